@@ -1,0 +1,45 @@
+# Malacoda: `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: venv demo test test-fast lint system-deps bench bench-quick clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) examples/demo.py
+
+# System packages the integration tests use: an OpenSSH server (remote tests), etcd (cluster
+# registry) and systemd-analyze (unit verification). Installed only when missing.
+system-deps:
+	@missing=""; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	  else echo "please install:$$missing (tests that need them will be skipped)"; fi; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check malacoda tests examples
+	$(VENV)/bin/mypy malacoda
+
+test: system-deps venv lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: venv
+	$(PY) -m pytest -q -x -m 'not slow' tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,85 @@
+"""Malacoda: Python daemons that talk to each other, and to people, across machines.
+
+The public API is what ``__all__`` lists; every other module is an implementation detail.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from .daemon import Malacoda
+from .errors import (
+    AccessDenied,
+    AlreadyRunning,
+    Busy,
+    CallTimeout,
+    CommunicationError,
+    ConfigError,
+    ConnectionLost,
+    LookupFailed,
+    MalacodaError,
+    ProcessError,
+    ProtocolError,
+    RemoteError,
+    StateError,
+)
+from .protocol import register_type
+from .proxy import Proxy
+from .storage import PstFileStorage, PstSqliteStorage, PstStorage
+from .version import __version__
+
+__all__ = [
+    "AccessDenied",
+    "AlreadyRunning",
+    "Busy",
+    "CallTimeout",
+    "CommunicationError",
+    "ConfigError",
+    "ConnectionLost",
+    "LookupFailed",
+    "Malacoda",
+    "MalacodaError",
+    "ProcessError",
+    "ProtocolError",
+    "Proxy",
+    "PstFileStorage",
+    "PstSqliteStorage",
+    "PstStorage",
+    "RemoteError",
+    "StateError",
+    "__version__",
+    "get",
+    "register_type",
+    "stop",
+]
+
+
+def get(name: str, timeout: Optional[float] = None, **ssh_args: Any) -> Proxy:
+    """A proxy to the daemon ``name`` (``NAME``, ``NAME:PORT``, ``NAME:HOST``, ``NAME:HOST:PORT``).
+
+    Raises :class:`LookupFailed` when no daemon of that name runs. ``timeout`` is the default
+    timeout of every call made through the proxy; ``ssh_args`` go to paramiko's
+    ``SSHClient.connect`` for a remote host.
+    """
+    return Proxy(name, timeout=timeout, **ssh_args)
+
+
+def stop(name: str, wait: float = 10.0, **ssh_args: Any) -> None:
+    """Ask the daemon ``name`` to stop and wait up to ``wait`` seconds until it has gone.
+
+    Raises :class:`LookupFailed` when it is not running and :class:`ProcessError` when it is
+    still there after ``wait`` seconds.
+    """
+    with Proxy(name, **ssh_args) as proxy:
+        incarnation = proxy._request("describe", None, None, wait)["incarnation"]
+        proxy.stop(timeout=wait)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                if proxy._request("describe", None, None, 0.5)["incarnation"] != incarnation:
+                    return
+            except (CommunicationError, LookupFailed):
+                return
+            time.sleep(0.05)
+    raise ProcessError(f"{name} did not stop within {wait} s")

@@ -1,0 +1,308 @@
+"""The :class:`Malacoda` base class: a daemon's lifecycle, signals, run loops and pst schedule.
+
+A daemon is a subclass that sets its attributes, calls ``super().__init__(...)`` and defines
+``_run``::
+
+    class MessageDaemon(Malacoda):
+        def __init__(self, daemonize=False):
+            self.messages = []
+            self.pst_counter = 0            # pst* attributes survive restarts
+            super().__init__(daemonize=daemonize)
+
+        def _run(self):
+            while self.running:
+                ...
+
+Instantiating starts it, as in the original: ``MessageDaemon(False)`` serves in the foreground
+until it is stopped, ``MessageDaemon(True)`` detaches first. The order of events is: folders,
+the name lock (a second daemon of the same name fails at once), pst state loaded over the
+constructor's defaults, the socket bound, the registry entry written (the daemon is *ready*),
+then ``_run`` and every ``_run_*`` method, each in a thread of its own. When they return
+(``stop()``, SIGTERM or SIGINT), pst state is saved, the entry removed and the socket closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import zmq
+
+from .dispatch import Dispatcher
+from .errors import AlreadyRunning, ConfigError, ProcessError, StateError
+from .runtime import Entry, NameLock, Paths, Registry, check_name, private_dir
+from .server import Server
+from .storage import PstStorage, from_config
+from .version import __version__
+
+log = logging.getLogger(__name__)
+
+READ_ONLY = frozenset({"name", "running", "finished"})
+
+
+@dataclass
+class RunOptions:
+    """Settings a supervisor imposes on the daemon it starts, over the constructor's.
+
+    The unit runner fills this in before it instantiates the class; ``None`` fields leave the
+    constructor's value. ``on_ready`` is called with the registry entry once the daemon serves.
+    """
+
+    name: Optional[str] = None
+    bind_address: Optional[str] = None
+    port: Optional[int] = None
+    workers: Optional[int] = None
+    queue: Optional[int] = None
+    pst_config: Optional[Dict[str, Any]] = None
+    configure_socket: Optional[Callable[[zmq.Socket], None]] = None
+    on_ready: List[Callable[[Entry], None]] = field(default_factory=list)
+    stop_grace: float = 5.0
+
+
+#: Set by a supervisor (``malacodactl``) in the daemon's own process before instantiation.
+run_options: Optional[RunOptions] = None
+
+
+class Malacoda:
+    """Base class of a daemon. See the module docstring for the lifecycle.
+
+    Keywords (the original's, in its order): ``name`` (default: the class name),
+    ``bind_address`` (default ``127.0.0.1`` — loopback, unlike the original's ``0.0.0.0``),
+    ``port`` (default: a free port the kernel picks, published in the registry),
+    ``daemonize`` (detach before serving), ``pst_config`` (see :mod:`malacoda.storage`).
+    Further: ``workers`` (calls run at once, 1 = strictly serial; default 8), ``queue``
+    (requests waiting for a worker before callers get "busy"; default 64). Any other keyword
+    goes to ``daemon.DaemonContext`` when ``daemonize`` is true.
+    """
+
+    def __init__(
+        self,
+        name: Optional[str] = None,
+        bind_address: str = "127.0.0.1",
+        port: Optional[int] = None,
+        daemonize: bool = False,
+        pst_config: Optional[Dict[str, Any]] = None,
+        workers: int = 8,
+        queue: int = 64,
+        **daemon_kwargs: Any,
+    ) -> None:
+        if name is self:  # the original README's ``super().__init__(self)``
+            name = None
+        opts = run_options or RunOptions()
+        name = check_name(opts.name or name or type(self).__name__)
+        bind_address = opts.bind_address or bind_address
+        port = opts.port if opts.port is not None else port
+        workers = opts.workers or workers
+        queue = opts.queue if opts.queue is not None else queue
+        if opts.pst_config is not None:
+            pst_config = {**(pst_config or {}), **opts.pst_config}
+        paths = Paths.default()
+        private_dir(paths.run)
+
+        self.name = name
+        self.running = True
+        self.finished = False
+        self._malacoda_paths = paths
+        self._malacoda_stop = threading.Event()
+        self._malacoda_save_lock = threading.Lock()
+        self._malacoda_incarnation = uuid.uuid4().hex[:16]
+        self._malacoda_storage: PstStorage = from_config(name, paths, pst_config)
+
+        if daemonize:
+            self._malacoda_detach(daemon_kwargs)
+        elif daemon_kwargs:
+            raise ConfigError(f"unknown keyword arguments {sorted(daemon_kwargs)} (they are "
+                              "daemon.DaemonContext options, used only with daemonize=True)")
+        self._malacoda_serve(bind_address, port or 0, workers, queue, opts)
+
+    # ------------------------------------------------------------------ public API
+
+    def stop(self) -> str:
+        """Stop the daemon: its run loops end, pst attributes are saved, the process exits."""
+        self.running = False
+        self._malacoda_stop.set()
+        return "Stopping"
+
+    # ------------------------------------------------------------------ for subclasses
+
+    def _run(self) -> None:
+        """The main loop. Override it: ``while self.running: ...``. The default just waits."""
+        self._malacoda_stop.wait()
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking early on stop; True while the daemon should run."""
+        self._malacoda_stop.wait(seconds)
+        return self.running
+
+    def _save_pst(self) -> bool:
+        """Save ``pst*`` attributes now if they changed; True when written."""
+        with self._malacoda_save_lock:
+            state = {k: v for k, v in list(vars(self).items()) if k.startswith("pst")}
+            return self._malacoda_storage.save(state)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _malacoda_detach(self, daemon_kwargs: Dict[str, Any]) -> None:
+        import daemon  # python-daemon
+
+        log_dir = private_dir(self._malacoda_paths.log)
+        if "stdout" not in daemon_kwargs or "stderr" not in daemon_kwargs:
+            out = open(log_dir / f"{self.name}.log", "a", buffering=1)  # noqa: SIM115
+            daemon_kwargs.setdefault("stdout", out)
+            daemon_kwargs.setdefault("stderr", out)
+        daemon_kwargs.setdefault("umask", 0o077)
+        daemon_kwargs.setdefault("working_directory", os.getcwd())
+        context = daemon.DaemonContext(**daemon_kwargs)
+        context.open()
+
+    def _malacoda_serve(self, address: str, port: int, workers: int, queue: int,
+                        opts: RunOptions) -> None:
+        paths, name = self._malacoda_paths, self.name
+        registry = Registry(paths)
+        lock = NameLock(paths, name)
+        if not lock.acquire():
+            entry, _ = registry.read(name)
+            pid = entry.pid if entry is not None else lock.holder()
+            raise AlreadyRunning(f"a daemon named {name!r} is already running (pid {pid})", pid)
+        try:
+            registry.clean_stale(name)
+            self._malacoda_load_pst()
+            dispatcher = Dispatcher(self, self._malacoda_incarnation, __version__,
+                                    read_only=READ_ONLY)
+            server = Server(dispatcher, address, port, workers, queue,
+                            configure=opts.configure_socket)
+            try:
+                bound = server.start()
+            except zmq.ZMQError as exc:
+                raise ProcessError(f"{name}: cannot bind {address}:{port}: {exc.strerror}") from exc
+            try:
+                entry = Entry(name=name, pid=os.getpid(), port=bound, address=address,
+                              start_time=_own_start_time(), incarnation=self._malacoda_incarnation,
+                              uid=os.geteuid(), version=__version__, host=socket.gethostname())
+                registry.write(entry)
+                try:
+                    self._malacoda_main(entry, opts)
+                finally:
+                    registry.remove(name, self._malacoda_incarnation)
+            finally:
+                server.close(grace=opts.stop_grace)
+        finally:
+            self._malacoda_storage.close()
+            lock.release()
+
+    def _malacoda_load_pst(self) -> None:
+        state = self._malacoda_storage.load()
+        for key, value in (state or {}).items():
+            if key.startswith("pst"):
+                setattr(self, key, value)
+
+    def _malacoda_main(self, entry: Entry, opts: RunOptions) -> None:
+        previous = self._malacoda_install_signals()
+        saver = threading.Thread(target=self._malacoda_save_loop, name="malacoda-pst", daemon=True)
+        saver.start()
+        log.info("%s ready on %s:%d (pid %d)", self.name, entry.address, entry.port, entry.pid)
+        for callback in opts.on_ready:
+            callback(entry)
+        failure: Optional[BaseException] = None
+        try:
+            self._malacoda_run_loops()
+        except BaseException as exc:  # noqa: B902 - re-raised below, after the state is saved
+            failure = exc
+        finally:
+            self.running = False
+            self._malacoda_stop.set()
+            self.finished = True
+            self._malacoda_restore_signals(previous)
+            try:
+                self._save_pst()
+            except StateError:
+                log.exception("%s: the final save of pst state failed", self.name)
+            log.info("%s stopped", self.name)
+        if failure is not None:
+            raise failure
+
+    def _malacoda_run_loops(self) -> None:
+        extra = sorted(n for n in dir(type(self)) if n.startswith("_run_") and callable(getattr(self, n)))
+        errors: List[BaseException] = []
+
+        def run(method: Callable[[], None]) -> None:
+            try:
+                method()
+            except BaseException as exc:  # noqa: B902 - reported by the main thread
+                log.exception("%s: %s failed", self.name, method.__name__)
+                errors.append(exc)
+                self.stop()
+
+        threads = [threading.Thread(target=run, args=(getattr(self, n),), name=f"malacoda{n}",
+                                    daemon=True) for n in extra]
+        for t in threads:
+            t.start()
+        self._run()
+        self.running = False
+        self._malacoda_stop.set()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def _malacoda_save_loop(self) -> None:
+        interval = self._malacoda_storage.frequency
+        while not self._malacoda_stop.wait(interval):
+            try:
+                self._save_pst()
+            except Exception:
+                log.exception("%s: saving pst state failed; the previous state is kept", self.name)
+
+    def _malacoda_install_signals(self) -> Dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("%s: signal %d, stopping", self.name, signum)
+            self.stop()
+
+        previous: Dict[int, Any] = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+        return previous
+
+    @staticmethod
+    def _malacoda_restore_signals(previous: Dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _own_start_time() -> float:
+    from .runtime import process_start_time
+
+    started = process_start_time(os.getpid())
+    return started if started is not None else time.time()
+
+
+def load_class(spec: str, search: Optional[List[Path]] = None) -> type:
+    """``'module:Class'`` (with ``search`` folders put first on ``sys.path``) → the class."""
+    import importlib
+
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise ConfigError(f"class {spec!r} must be given as 'module:Class'")
+    for folder in reversed(search or []):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    module = importlib.import_module(module_name)
+    try:
+        cls = getattr(module, class_name)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no class {class_name!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Malacoda)):
+        raise ConfigError(f"{spec!r} is not a subclass of malacoda.Malacoda")
+    return cls

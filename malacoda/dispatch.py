@@ -1,0 +1,146 @@
+"""What a request may do to a daemon object: the operation table and the access rules.
+
+Pure: no sockets, no threads. :class:`Dispatcher` turns a decoded :class:`~.protocol.Request`
+into ``(status, body)``. The rules, the same for every operation:
+
+- a name must be an identifier that does not start with ``_``: no private names, no dunders,
+  no dotted paths (supervisord CVE-2017-11610 walked a dotted name to ``os.system``);
+- only methods defined on the daemon's class can be called — not callables stored in attributes;
+- names the base class reserves (``name``, ``running``, ``finished``) are read-only, and a
+  method cannot be replaced by ``set``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import traceback
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+
+from . import protocol as p
+from .errors import AccessDenied, ProtocolError
+
+log = logging.getLogger(__name__)
+
+Outcome = Tuple[int, Any]
+
+
+def _public_identifier(name: Any) -> bool:
+    return type(name) is str and name.isidentifier() and not name.startswith("_")
+
+
+def _is_method(cls: type, name: str) -> bool:
+    try:
+        attr = inspect.getattr_static(cls, name)
+    except AttributeError:
+        return False
+    return isinstance(attr, (staticmethod, classmethod)) or inspect.isfunction(attr)
+
+
+def _param_row(param: inspect.Parameter) -> List[Any]:
+    default = None if param.default is inspect.Parameter.empty else repr(param.default)
+    return [param.name, int(param.kind), default]
+
+
+class Dispatcher:
+    """Runs the operations of the protocol on ``target``."""
+
+    def __init__(
+        self,
+        target: Any,
+        incarnation: str,
+        version: str,
+        read_only: FrozenSet[str] = frozenset(),
+        hidden: FrozenSet[str] = frozenset(),
+    ) -> None:
+        self.target = target
+        self.incarnation = incarnation
+        self.version = version
+        self.read_only = read_only
+        self.hidden = hidden
+        self._cls = type(target)
+        self.table: Dict[str, Callable[[p.Request], Outcome]] = {
+            p.CALL: self.call,
+            p.GET: self.get,
+            p.SET: self.set,
+            p.DESCRIBE: self.describe,
+        }
+
+    def handle(self, request: p.Request) -> Outcome:
+        """Run one request; every failure becomes a status and an error map."""
+        operation = self.table.get(request.op)
+        if operation is None:
+            exc: BaseException = ProtocolError(f"unknown operation {request.op!r}")
+            return p.UNKNOWN_OP, p.error_body(exc)
+        try:
+            return operation(request)
+        except AccessDenied as exc:
+            return p.DENIED, p.error_body(exc)
+        except ProtocolError as exc:
+            return p.BAD_REQUEST, p.error_body(exc)
+        except Exception as exc:  # the remote code's own exception: the caller gets it back
+            return p.ERROR, p.error_body(exc, traceback.format_exc())
+
+    def _check(self, name: Optional[str]) -> str:
+        if not _public_identifier(name) or name in self.hidden:
+            raise AccessDenied(f"{name!r} is not reachable: private, dotted or reserved names "
+                               "cannot be used through a proxy")
+        assert name is not None
+        return name
+
+    def call(self, request: p.Request) -> Outcome:
+        name = self._check(request.name)
+        body = p.decode(request.body, request.buffers)
+        if (not isinstance(body, list) or len(body) != 2 or not isinstance(body[0], list)
+                or not isinstance(body[1], dict)
+                or not all(type(k) is str for k in body[1])):
+            raise ProtocolError("a call body is [args, kwargs] with str keyword names")
+        if not _is_method(self._cls, name):
+            if hasattr(self.target, name):
+                raise TypeError(f"{name!r} is an attribute, not a method: use get/set")
+            raise AttributeError(f"{self._cls.__name__!r} daemon has no method {name!r}")
+        method = getattr(self.target, name)
+        return p.OK, method(*body[0], **body[1])
+
+    def get(self, request: p.Request) -> Outcome:
+        name = self._check(request.name)
+        if _is_method(self._cls, name):
+            raise TypeError(f"{name!r} is a method: call it")
+        return p.OK, getattr(self.target, name)
+
+    def set(self, request: p.Request) -> Outcome:
+        name = self._check(request.name)
+        if name in self.read_only or _is_method(self._cls, name):
+            raise AccessDenied(f"{name!r} is read-only through a proxy")
+        setattr(self.target, name, p.decode(request.body, request.buffers))
+        return p.OK, None
+
+    def describe(self, request: p.Request) -> Outcome:
+        return p.OK, self.description()
+
+    def description(self) -> Dict[str, Any]:
+        """The public face of the daemon: methods with signatures and docs, and attributes."""
+        methods: Dict[str, Any] = {}
+        attributes: List[str] = []
+        names = set(dir(self._cls)) | set(vars(self.target))
+        for name in sorted(names):
+            if not _public_identifier(name) or name in self.hidden:
+                continue
+            if _is_method(self._cls, name):
+                method = getattr(self.target, name)
+                try:
+                    params = [_param_row(x) for x in inspect.signature(method).parameters.values()]
+                except (TypeError, ValueError):
+                    params = [["args", 2, None], ["kwargs", 4, None]]
+                methods[name] = {"doc": inspect.getdoc(method), "params": params}
+            else:
+                attributes.append(name)
+        return {
+            "name": getattr(self.target, "name", self._cls.__name__),
+            "class": f"{self._cls.__module__}.{self._cls.__qualname__}",
+            "doc": inspect.getdoc(self._cls),
+            "incarnation": self.incarnation,
+            "version": self.version,
+            "methods": methods,
+            "attributes": attributes,
+        }

@@ -1,0 +1,88 @@
+"""Malacoda's exceptions: one root, subclasses by failure domain.
+
+Callers branch on these types, never on message text::
+
+    MalacodaError
+    ├── CommunicationError        talking to a daemon failed
+    │   ├── CallTimeout           (also a TimeoutError) no reply before the deadline
+    │   ├── ConnectionLost        (also a ConnectionError) the daemon went away mid-call
+    │   ├── Busy                  the daemon's workers and queue are full
+    │   └── ProtocolError         a frame that does not follow docs/protocol.md
+    ├── RemoteError               the remote code raised a non built-in exception
+    ├── AccessDenied              (also an AttributeError) a private or forbidden name
+    ├── LookupFailed              (also a LookupError) no daemon of that name is running
+    ├── AlreadyRunning            a daemon of that name already runs on this host
+    ├── ConfigError               a unit file, a pst_config or an argument is wrong
+    ├── StateError                persistent state cannot be read or written
+    └── ProcessError              a daemon could not be started or stopped
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class MalacodaError(Exception):
+    """The root of every error Malacoda raises on purpose."""
+
+
+class CommunicationError(MalacodaError):
+    """Talking to a daemon failed; the call may or may not have run."""
+
+
+class CallTimeout(CommunicationError, TimeoutError):
+    """No reply arrived before the call's timeout. The proxy stays usable."""
+
+
+class ConnectionLost(CommunicationError, ConnectionError):
+    """The daemon went away (died, or its connection dropped) while a call waited."""
+
+
+class Busy(CommunicationError):
+    """The daemon's worker pool and its bounded queue are full; try again later."""
+
+
+class ProtocolError(CommunicationError):
+    """A message that does not follow the wire protocol (docs/protocol.md)."""
+
+
+class RemoteError(MalacodaError):
+    """The remote method raised an exception that has no built-in equivalent here.
+
+    ``remote_type`` is the remote exception's qualified type name and
+    ``remote_traceback`` the traceback text as the daemon saw it.
+    """
+
+    def __init__(self, remote_type: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{remote_type}: {message}")
+        self.remote_type = remote_type
+        self.remote_message = message
+        self.remote_traceback = remote_traceback
+
+
+class AccessDenied(MalacodaError, AttributeError):
+    """A name that is never reachable through a proxy (private, dotted or reserved)."""
+
+
+class LookupFailed(MalacodaError, LookupError):
+    """No running daemon answers to that name."""
+
+
+class AlreadyRunning(MalacodaError):
+    """A daemon of that name already runs on this host; ``pid`` names it."""
+
+    def __init__(self, message: str, pid: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class ConfigError(MalacodaError):
+    """A unit file, a ``pst_config`` or another setting is wrong."""
+
+
+class StateError(MalacodaError):
+    """Persistent (pst) state could not be read or written."""
+
+
+class ProcessError(MalacodaError):
+    """A daemon could not be started, stopped or supervised."""

@@ -1,0 +1,458 @@
+"""The Malacoda wire protocol, version 1. This module is the spec; it does no I/O.
+
+Transport
+---------
+ZeroMQ. The daemon binds a ROUTER socket; a client connects a DEALER socket. Every message is a
+multipart message of at least three frames, the same shape in both directions::
+
+    frame 0   signature  b"MLC" followed by one byte, the protocol version (1)
+    frame 1   header     a msgpack map (below)
+    frame 2   body       a value in the codec (below)
+    frame 3…  buffers    large ``bytes`` values, each its own frame, referenced from the body
+
+A DEALER adds no envelope: the ROUTER sees ``[routing id, signature, header, body, buffers…]``
+and replies to the same routing id.
+
+Request header (client → daemon)
+--------------------------------
+=====  =========  ====================================================================
+key    type       meaning
+=====  =========  ====================================================================
+``i``  bin        request id, 1 to 64 bytes, unique per client; echoed in the reply
+``o``  str        operation: ``call``, ``get``, ``set``, ``describe``, ``ping``
+``n``  str        the method or attribute name (``call``, ``get``, ``set``)
+``t``  int/nil    how many milliseconds the caller will wait; nil waits for ever. A daemon
+                  that cannot *start* the request within that time drops it unanswered.
+=====  =========  ====================================================================
+
+Request body: ``call``: a 2-array ``[args, kwargs]`` (an array and a map with str keys);
+``set``: the new value; every other operation: nil.
+
+Reply header (daemon → client)
+------------------------------
+``i`` the request id; ``s`` a status code (int); ``c`` the daemon's incarnation id (str,
+new at every start, so a client can tell that the daemon restarted).
+
+=====  ===============  =================================================================
+``s``  name             body
+=====  ===============  =================================================================
+0      OK               the result: the return value, the attribute's value, nil for
+                        ``set``, the description for ``describe``, ``"pong"`` for ``ping``
+1      ERROR            the remote code raised: an error map (below)
+2      BUSY             every worker is busy and the queue is full; nothing ran
+3      DENIED           the name is private (``_…``), dotted, reserved, or read-only
+4      BAD_REQUEST      the message could not be decoded or lacks a key; nothing ran
+5      UNKNOWN_OP       the operation is not one of the above
+6      BAD_VERSION      the signature's version byte is not supported (a v1 reply)
+=====  ===============  =================================================================
+
+Error map (statuses 1, 3, 4, 5, 6): ``{"type": str, "module": str, "message": str,
+"traceback": str, "args": array (optional)}`` where ``type``/``module`` name the exception
+class (``ValueError``, ``builtins``) and ``args`` are its constructor arguments when they can be
+encoded. A client re-raises built-in types as themselves.
+
+Description (``describe``): ``{"name", "class", "doc", "incarnation", "version",
+"methods": {name: {"doc": str|nil, "params": [[name, kind, default_repr|nil], …]}},
+"attributes": [name, …]}``; ``kind`` is ``inspect.Parameter.kind`` as an int (0 positional
+only, 1 positional or keyword, 2 ``*args``, 3 keyword only, 4 ``**kwargs``); a nil
+``default_repr`` means no default.
+
+Codec
+-----
+msgpack (the 2.0 spec with ``bin`` and ``str`` types). nil, bool, int (64-bit), float (64-bit),
+str, bin, array (a Python ``list``) and map (a ``dict``; keys may be any hashable value) are
+native. Further types are msgpack extension types; each payload is described below, nested
+payloads are again msgpack in this codec:
+
+====  ===========  ====================================================================
+code  type         payload
+====  ===========  ====================================================================
+1     tuple        msgpack array of the items
+2     set          msgpack array of the items
+3     frozenset    msgpack array of the items
+4     datetime     ISO 8601 text (``datetime.isoformat()``; an offset when tz-aware)
+5     date         ISO 8601 text
+6     time         ISO 8601 text
+7     timedelta    msgpack array ``[days, seconds, microseconds]``
+8     Decimal      its text (``str(d)``, which includes ``NaN``/``Infinity``)
+9     UUID         the 16 bytes
+10    complex      msgpack array ``[real, imag]`` of floats
+11    int          decimal text of an integer outside the 64-bit range
+12    buffer       msgpack uint: the index of a buffer frame (0 = frame 3) holding a
+                   ``bytes`` value
+13    named        msgpack array ``[name, data]``: a type registered by name on both ends
+                   (:func:`register_type`); unknown names are an error, never imported
+====  ===========  ====================================================================
+
+``bytearray`` and ``memoryview`` travel as bin and arrive as ``bytes``. A sender may put any
+``bytes`` value in a buffer frame; Malacoda does so from 32 KiB up, which
+spares copies of large payloads. Nothing in a message is ever unpickled or evaluated.
+
+Limits (a receiver's defaults, each a message it refuses): the whole message
+(``MAX_MESSAGE``, enforced by ZMQ_MAXMSGSIZE before it is read), a str/bin/array/map/ext length
+over ``MAX_LENGTH`` and nesting deeper than ``MAX_DEPTH``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import msgpack
+
+from .errors import ProtocolError
+
+VERSION = 1
+SIGNATURE = b"MLC\x01"
+
+# Operations.
+CALL, GET, SET, DESCRIBE, PING = "call", "get", "set", "describe", "ping"
+OPERATIONS = (CALL, GET, SET, DESCRIBE, PING)
+
+# Reply statuses.
+OK, ERROR, BUSY, DENIED, BAD_REQUEST, UNKNOWN_OP, BAD_VERSION = range(7)
+STATUS_NAMES = {
+    OK: "OK",
+    ERROR: "ERROR",
+    BUSY: "BUSY",
+    DENIED: "DENIED",
+    BAD_REQUEST: "BAD_REQUEST",
+    UNKNOWN_OP: "UNKNOWN_OP",
+    BAD_VERSION: "BAD_VERSION",
+}
+
+# Limits (documented in docs/protocol.md; the daemon's settings may lower them).
+MAX_MESSAGE = 1 << 30  # 1 GiB for the whole multipart message
+MAX_LENGTH = 1 << 30  # one str / bin / ext payload
+MAX_ITEMS = 1 << 24  # items in one array or map
+MAX_DEPTH = 64  # nesting of containers, extension types included
+MAX_ID = 64  # request id bytes
+BUFFER_THRESHOLD = 32 * 1024  # bytes values from this size travel as their own frame
+
+EXT_TUPLE, EXT_SET, EXT_FROZENSET = 1, 2, 3
+EXT_DATETIME, EXT_DATE, EXT_TIME, EXT_TIMEDELTA = 4, 5, 6, 7
+EXT_DECIMAL, EXT_UUID, EXT_COMPLEX, EXT_BIGINT = 8, 9, 10, 11
+EXT_BUFFER, EXT_NAMED = 12, 13
+
+
+@dataclasses.dataclass(frozen=True)
+class _NamedType:
+    name: str
+    cls: type
+    to_data: Callable[[Any], Any]
+    from_data: Callable[[Any], Any]
+
+
+_named_by_type: Dict[type, _NamedType] = {}
+_named_by_name: Dict[str, _NamedType] = {}
+
+
+def register_type(
+    cls: type,
+    name: Optional[str] = None,
+    to_data: Optional[Callable[[Any], Any]] = None,
+    from_data: Optional[Callable[[Any], Any]] = None,
+) -> type:
+    """Allow ``cls`` on the wire under ``name`` (default: ``module.QualName``).
+
+    Both ends must register the same name. A dataclass needs nothing more: its fields travel as a
+    map and it is rebuilt with its constructor. Other classes give ``to_data`` (object → codec
+    value) and ``from_data`` (codec value → object). Usable as a class decorator.
+    """
+    name = name or f"{cls.__module__}.{cls.__qualname__}"
+    if to_data is None or from_data is None:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls!r} is not a dataclass: give to_data and from_data")
+        fields = [f.name for f in dataclasses.fields(cls)]
+
+        def to_data(obj: Any, _fields: List[str] = fields) -> Any:
+            return {f: getattr(obj, f) for f in _fields}
+
+        def from_data(data: Any, _cls: type = cls) -> Any:
+            return _cls(**data)
+
+    entry = _NamedType(name, cls, to_data, from_data)
+    _named_by_type[cls] = entry
+    _named_by_name[name] = entry
+    return cls
+
+
+class Encoder:
+    """Encodes one value; large ``bytes`` are collected in ``buffers`` as their own frames."""
+
+    __slots__ = ("buffers", "_threshold")
+
+    def __init__(self, threshold: int = BUFFER_THRESHOLD) -> None:
+        self.buffers: List[bytes] = []
+        self._threshold = threshold
+
+    def pack(self, value: Any, lift: int = 0) -> bytes:
+        """Pack ``value``; ``bytes`` within ``lift`` levels of small containers become buffers."""
+        if lift:
+            value = self._lift(value, lift)
+        elif type(value) is bytes and len(value) >= self._threshold:
+            value = self._buffer(value)
+        return msgpack.packb(value, default=self._default, strict_types=True, use_bin_type=True)
+
+    def _buffer(self, data: bytes) -> msgpack.ExtType:
+        self.buffers.append(data)
+        return msgpack.ExtType(EXT_BUFFER, msgpack.packb(len(self.buffers) - 1))
+
+    def _lift(self, value: Any, depth: int) -> Any:
+        t = type(value)
+        if t is bytes:
+            return self._buffer(value) if len(value) >= self._threshold else value
+        if depth and t in (list, tuple) and len(value) <= 64:
+            return t(self._lift(v, depth - 1) for v in value)
+        if depth and t is dict and len(value) <= 64:
+            return {k: self._lift(v, depth - 1) for k, v in value.items()}
+        return value
+
+    def _ext(self, code: int, value: Any) -> msgpack.ExtType:
+        return msgpack.ExtType(code, self.pack(value))
+
+    def _default(self, obj: Any) -> Any:  # noqa: C901 - one table of types
+        t = type(obj)
+        if t is tuple:
+            return self._ext(EXT_TUPLE, list(obj))
+        if t is set:
+            return self._ext(EXT_SET, list(obj))
+        if t is frozenset:
+            return self._ext(EXT_FROZENSET, list(obj))
+        if t is int:
+            return msgpack.ExtType(EXT_BIGINT, str(obj).encode())
+        if t is dt.datetime:
+            return msgpack.ExtType(EXT_DATETIME, obj.isoformat().encode())
+        if t is dt.date:
+            return msgpack.ExtType(EXT_DATE, obj.isoformat().encode())
+        if t is dt.time:
+            return msgpack.ExtType(EXT_TIME, obj.isoformat().encode())
+        if t is dt.timedelta:
+            return self._ext(EXT_TIMEDELTA, [obj.days, obj.seconds, obj.microseconds])
+        if t is Decimal:
+            return msgpack.ExtType(EXT_DECIMAL, str(obj).encode())
+        if t is uuid.UUID:
+            return msgpack.ExtType(EXT_UUID, obj.bytes)
+        if t is complex:
+            return self._ext(EXT_COMPLEX, [obj.real, obj.imag])
+        named = _named_by_type.get(t)
+        if named is not None:
+            return self._ext(EXT_NAMED, [named.name, named.to_data(obj)])
+        # Subclasses of native types (IntEnum, str subclasses, OrderedDict…) travel as the base.
+        for base in (bool, int, float, str, bytes, list, dict):
+            if isinstance(obj, base):
+                return base(obj)  # type: ignore[arg-type]
+        if isinstance(obj, memoryview):
+            return bytes(obj)
+        raise TypeError(
+            f"cannot send a value of type {t.__module__}.{t.__qualname__}: "
+            "register it with malacoda.register_type() on both ends"
+        )
+
+
+class Decoder:
+    """Decodes one body with its buffer frames, within the codec's limits."""
+
+    __slots__ = ("_buffers", "_depth", "_max_length")
+
+    def __init__(self, buffers: Sequence[bytes] = (), max_length: int = MAX_LENGTH) -> None:
+        self._buffers = buffers
+        self._depth = 0
+        self._max_length = max_length
+
+    def unpack(self, data: bytes) -> Any:
+        limit = min(self._max_length, len(data))
+        return msgpack.unpackb(
+            data,
+            ext_hook=self._ext_hook,
+            raw=False,
+            strict_map_key=False,
+            max_str_len=limit,
+            max_bin_len=limit,
+            max_ext_len=limit,
+            max_array_len=min(MAX_ITEMS, limit),
+            max_map_len=min(MAX_ITEMS, limit // 2),
+        )
+
+    def _nested(self, data: bytes) -> Any:
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise ValueError(f"nesting deeper than {MAX_DEPTH}")
+        try:
+            return self.unpack(data)
+        finally:
+            self._depth -= 1
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:  # noqa: C901 - one table of types
+        if code == EXT_TUPLE:
+            return tuple(self._nested(data))
+        if code == EXT_BUFFER:
+            index = msgpack.unpackb(data)
+            if type(index) is not int or not 0 <= index < len(self._buffers):
+                raise ValueError(f"buffer reference {index!r} out of range")
+            return self._buffers[index]
+        if code == EXT_SET:
+            return set(self._nested(data))
+        if code == EXT_FROZENSET:
+            return frozenset(self._nested(data))
+        if code == EXT_BIGINT:
+            if len(data) > 5000:
+                raise ValueError("integer text too long")
+            return int(data.decode("ascii"))
+        if code == EXT_DATETIME:
+            return dt.datetime.fromisoformat(data.decode())
+        if code == EXT_DATE:
+            return dt.date.fromisoformat(data.decode())
+        if code == EXT_TIME:
+            return dt.time.fromisoformat(data.decode())
+        if code == EXT_TIMEDELTA:
+            days, seconds, micro = self._nested(data)
+            return dt.timedelta(days=days, seconds=seconds, microseconds=micro)
+        if code == EXT_DECIMAL:
+            return Decimal(data.decode("ascii"))
+        if code == EXT_UUID:
+            return uuid.UUID(bytes=bytes(data))
+        if code == EXT_COMPLEX:
+            real, imag = self._nested(data)
+            return complex(float(real), float(imag))
+        if code == EXT_NAMED:
+            name, value = self._nested(data)
+            named = _named_by_name.get(name)
+            if named is None:
+                raise ValueError(f"unknown named type {name!r}: register it on both ends")
+            return named.from_data(value)
+        raise ValueError(f"unknown extension type {code}")
+
+
+def encode(value: Any, lift: int = 2) -> Tuple[bytes, List[bytes]]:
+    """``value`` → ``(body, buffers)``; large ``bytes`` up to ``lift`` levels deep are buffers."""
+    enc = Encoder()
+    return enc.pack(value, lift), enc.buffers
+
+
+def decode(body: bytes, buffers: Sequence[bytes] = ()) -> Any:
+    """``(body, buffers)`` → value. Raises :class:`ProtocolError` for anything malformed."""
+    try:
+        return Decoder(buffers).unpack(body)
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError,
+            UnicodeDecodeError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"undecodable body: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+
+
+def request_frames(
+    rid: bytes, op: str, name: Optional[str], body: Any, timeout_ms: Optional[int]
+) -> List[bytes]:
+    """The frames of one request (without the ROUTER's routing id)."""
+    header: Dict[str, Any] = {"i": rid, "o": op, "t": timeout_ms}
+    if name is not None:
+        header["n"] = name
+    payload, buffers = encode(body, lift=3)
+    return [SIGNATURE, msgpack.packb(header, use_bin_type=True), payload, *buffers]
+
+
+@dataclasses.dataclass
+class Request:
+    """A decoded request header; the body stays encoded until a worker needs it."""
+
+    rid: bytes
+    op: str
+    name: Optional[str]
+    timeout_ms: Optional[int]
+    body: bytes
+    buffers: List[bytes]
+
+
+def parse_request(frames: Sequence[bytes]) -> Request:
+    """Decode a request's frames (routing id removed). Raises :class:`ProtocolError`."""
+    if len(frames) < 3:
+        raise ProtocolError(f"a request has at least 3 frames, got {len(frames)}")
+    if frames[0] != SIGNATURE:
+        if frames[0][:3] == SIGNATURE[:3]:
+            raise ProtocolError(f"unsupported protocol version {frames[0][3:]!r}")
+        raise ProtocolError("frame 0 is not the b'MLC\\x01' signature")
+    try:
+        header = msgpack.unpackb(frames[1], raw=False, max_str_len=4096, max_bin_len=4096,
+                                 max_array_len=16, max_map_len=16, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise ProtocolError(f"undecodable header: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("the header is not a map")
+    rid, op, name, timeout = header.get("i"), header.get("o"), header.get("n"), header.get("t")
+    if type(rid) is not bytes or not 0 < len(rid) <= MAX_ID:
+        raise ProtocolError(f"the request id must be 1 to {MAX_ID} bytes")
+    if type(op) is not str:
+        raise ProtocolError("the operation must be a str")
+    if name is not None and type(name) is not str:
+        raise ProtocolError("the name must be a str")
+    if timeout is not None and (type(timeout) is not int or timeout < 0):
+        raise ProtocolError("the timeout must be a non-negative int of milliseconds or nil")
+    return Request(rid, op, name, timeout, frames[2], list(frames[3:]))
+
+
+def peek_request_id(frames: Sequence[bytes]) -> bytes:
+    """Best effort: the request id of a malformed request, to address an error reply."""
+    try:
+        header = msgpack.unpackb(frames[1], raw=False, max_str_len=4096, max_bin_len=4096,
+                                 max_array_len=16, max_map_len=16, max_ext_len=0)
+        rid = header.get("i") if isinstance(header, dict) else None
+        if type(rid) is bytes and 0 < len(rid) <= MAX_ID:
+            return rid
+    except Exception:
+        pass
+    return b""
+
+
+def reply_frames(rid: bytes, status: int, incarnation: str, body: Any) -> List[bytes]:
+    """The frames of one reply (without the routing id). Raises TypeError if unencodable."""
+    payload, buffers = encode(body)
+    header = msgpack.packb({"i": rid, "s": status, "c": incarnation}, use_bin_type=True)
+    return [SIGNATURE, header, payload, *buffers]
+
+
+@dataclasses.dataclass
+class Reply:
+    rid: bytes
+    status: int
+    incarnation: str
+    body: bytes
+    buffers: List[bytes]
+
+    def value(self) -> Any:
+        return decode(self.body, self.buffers)
+
+
+def parse_reply(frames: Sequence[bytes]) -> Reply:
+    """Decode a reply's frames. Raises :class:`ProtocolError`."""
+    if len(frames) < 3 or frames[0] != SIGNATURE:
+        raise ProtocolError("not a Malacoda v1 reply")
+    try:
+        header = msgpack.unpackb(frames[1], raw=False)
+        return Reply(header["i"], header["s"], header.get("c", ""), frames[2], list(frames[3:]))
+    except Exception as exc:
+        raise ProtocolError(f"undecodable reply header: {exc}") from None
+
+
+def error_body(exc: BaseException, traceback_text: str = "") -> Dict[str, Any]:
+    """The error map for ``exc``."""
+    t = type(exc)
+    body: Dict[str, Any] = {
+        "type": t.__qualname__,
+        "module": t.__module__,
+        "message": str(exc),
+        "traceback": traceback_text,
+    }
+    try:  # the constructor arguments, when they travel, rebuild the exception exactly
+        encode(list(exc.args))
+        body["args"] = list(exc.args)
+    except Exception:
+        pass
+    return body

@@ -1,0 +1,230 @@
+"""The client side: a :class:`Proxy` that feels like the daemon object itself.
+
+::
+
+    d = malacoda.get("MessageDaemon")
+    d.insert_message("hi", timeout=2)   # a remote call; TimeoutError subclass after 2 s
+    d.pst_counter                       # a remote attribute read
+    d.pst_counter = 0                   # a remote attribute write
+    help(d.insert_message)              # the remote signature and docstring
+
+A proxy is bound to a *name*: when its daemon restarts (new pid, maybe a new port), the next
+call resolves the name again and goes through. One proxy may be used by many threads at once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import itertools
+import os
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+from . import protocol as p
+from .channel import Channel
+from .errors import (
+    AccessDenied,
+    Busy,
+    ProtocolError,
+    RemoteError,
+)
+from .resolve import Target, resolve
+
+_NO_DEFAULT = inspect.Parameter.empty
+
+
+class _RemoteTraceback(Exception):
+    """Carries the remote traceback text as the ``__cause__`` of a re-raised exception."""
+
+    def __str__(self) -> str:
+        return "\n\nRemote traceback:\n" + (self.args[0] if self.args else "")
+
+
+class _Default:
+    """Shows a remote parameter's default as the daemon wrote it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def remote_exception(body: Any) -> BaseException:
+    """Rebuild the exception an ERROR reply describes (built-in types as themselves)."""
+    if not isinstance(body, dict):
+        return ProtocolError(f"malformed error reply: {body!r}")
+    type_name = str(body.get("type", "Exception"))
+    module = str(body.get("module", ""))
+    message = str(body.get("message", ""))
+    text = str(body.get("traceback", ""))
+    exc: Optional[BaseException] = None
+    cls = getattr(builtins, type_name, None) if module == "builtins" else None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        args = body.get("args")
+        try:
+            exc = cls(*args) if isinstance(args, list) else cls(message)
+        except Exception:
+            exc = cls(message)
+    if exc is None:
+        exc = RemoteError(f"{module}.{type_name}" if module else type_name, message, text)
+    exc.remote_traceback = text  # type: ignore[attr-defined]
+    if text:
+        exc.__cause__ = _RemoteTraceback(text)
+    return exc
+
+
+def _signature(params: List[Any]) -> inspect.Signature:
+    parameters = []
+    has_timeout = False
+    for name, kind, default in params:
+        kind = inspect._ParameterKind(kind)
+        value = _NO_DEFAULT if default is None else _Default(default)
+        parameters.append(inspect.Parameter(name, kind, default=value))
+        has_timeout = has_timeout or name == "timeout"
+    if not has_timeout:
+        timeout = inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY, default=None)
+        if parameters and parameters[-1].kind == inspect.Parameter.VAR_KEYWORD:
+            parameters.insert(len(parameters) - 1, timeout)
+        else:
+            parameters.append(timeout)
+    return inspect.Signature(parameters)
+
+
+class Proxy:
+    """A stand-in for the daemon ``spec`` names (``NAME[:HOST][:PORT]``).
+
+    ``timeout`` is the default for every call (None: wait as long as the call takes, failing
+    with :class:`~.errors.ConnectionLost` if the daemon dies meanwhile); a call's own
+    ``timeout=`` keyword overrides it. Other keywords go to the SSH connection of a remote
+    spec (paramiko's ``SSHClient.connect``).
+    """
+
+    def __init__(self, spec: str, timeout: Optional[float] = None, **ssh_args: Any) -> None:
+        d = self.__dict__
+        d["_spec"] = spec
+        d["_timeout"] = timeout
+        d["_ssh_args"] = ssh_args
+        d["_lock"] = threading.Lock()
+        d["_target"] = None
+        d["_channel"] = None
+        d["_description"] = None
+        d["_methods"] = {}
+        d["_incarnation"] = None
+        d["_rid_prefix"] = os.urandom(8)
+        d["_counter"] = itertools.count(1)
+        self._connect()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _connect(self) -> Channel:
+        with self._lock:
+            channel = self._channel
+            if channel is not None and channel.poll_broken() is None:
+                return channel
+            if channel is not None:
+                channel.close()
+                self._target.close()
+            target: Target = resolve(self._spec, **self._ssh_args)
+            channel = Channel(target.endpoint, curve=target.curve)
+            self.__dict__["_target"] = target
+            self.__dict__["_channel"] = channel
+            return channel
+
+    def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float]) -> Any:
+        channel = self._channel
+        if channel is None or channel.broken is not None or channel.poll_broken() is not None:
+            channel = self._connect()
+        rid = self._rid_prefix + next(self._counter).to_bytes(8, "big")
+        timeout_ms = None if timeout is None else max(0, int(timeout * 1000))
+        frames = p.request_frames(rid, op, name, body, timeout_ms)
+        reply = channel.request(frames, rid, timeout)
+        if reply.incarnation != self._incarnation:
+            if self._incarnation is not None:
+                self.__dict__["_description"] = None
+                self.__dict__["_methods"] = {}
+            self.__dict__["_incarnation"] = reply.incarnation
+        value = reply.value()
+        status = reply.status
+        if status == p.OK:
+            return value
+        if status == p.ERROR:
+            raise remote_exception(value)
+        message = value.get("message", "") if isinstance(value, dict) else str(value)
+        if status == p.BUSY:
+            raise Busy(message)
+        if status == p.DENIED:
+            raise AccessDenied(message)
+        raise ProtocolError(f"{p.STATUS_NAMES.get(status, status)}: {message}")
+
+    def _describe(self) -> Dict[str, Any]:
+        description = self._description
+        if description is None:
+            description = self._request(p.DESCRIBE, None, None, self._timeout)
+            self.__dict__["_description"] = description
+        return description
+
+    def _method(self, name: str, info: Dict[str, Any]) -> Callable[..., Any]:
+        proxy = self
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            timeout = kwargs.pop("timeout", proxy._timeout)
+            return proxy._request(p.CALL, name, [list(args), kwargs], timeout)
+
+        method.__name__ = method.__qualname__ = name
+        method.__doc__ = info.get("doc")
+        method.__signature__ = _signature(info.get("params", []))  # type: ignore[attr-defined]
+        method.__module__ = "malacoda.remote_method"
+        return method
+
+    def _close(self) -> None:
+        """Close the connection (a later call opens a new one)."""
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._target.close()
+            self.__dict__["_channel"] = None
+
+    # ------------------------------------------------------------------ the object's face
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AccessDenied(f"{name!r} is private: names starting with '_' are never reachable")
+        description = self._describe()
+        info = description["methods"].get(name)
+        if info is not None:
+            method = self._methods.get(name)
+            if method is None:
+                method = self._methods[name] = self._method(name, info)
+            return method
+        return self._request(p.GET, name, None, self._timeout)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            raise AccessDenied(f"{name!r} is private: names starting with '_' are never reachable")
+        self._request(p.SET, name, value, self._timeout)
+
+    def __delattr__(self, name: str) -> None:
+        raise AccessDenied("attributes of a daemon cannot be deleted through a proxy")
+
+    def __dir__(self) -> List[str]:
+        description = self._describe()
+        return sorted([*description["methods"], *description["attributes"]])
+
+    def __repr__(self) -> str:
+        target = self._target
+        where = target.endpoint if target is not None else "not connected"
+        return f"<malacoda.Proxy {self._spec} at {where}>"
+
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._close()
+
+    def __del__(self) -> None:
+        try:
+            self._close()
+        except Exception:
+            pass

@@ -1,0 +1,295 @@
+"""Where things live on one host: folders, the name registry, locks and liveness.
+
+Every file Malacoda writes lives under four folders (see :class:`Paths`); ``MALACODA_HOME``
+moves all of them under one folder. Folders are created owner-only (0700) and files 0600.
+
+The registry is one JSON file per running daemon, ``<run>/registry/<name>.json``, written
+atomically by the daemon once it is ready and removed when it stops. An entry is trusted only
+when the file belongs to us, is not writable by others, and its pid is alive with the recorded
+start time and owner; anything else is *stale* and is never used to reach a daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import stat
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import psutil
+
+from .errors import ConfigError, LookupFailed
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it can name a daemon (it becomes part of file names)."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise ConfigError(
+            f"invalid daemon name {name!r}: use letters, digits, '_', '.', '-' "
+            "(starting with a letter, at most 128 characters)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The folders Malacoda uses on this host, for the current user."""
+
+    run: Path
+    log: Path
+    lib: Path
+    units: Path
+    keys: Path
+
+    @classmethod
+    def default(cls) -> Paths:
+        """Folders from ``MALACODA_HOME``, else the root or per-user locations."""
+        home = os.environ.get("MALACODA_HOME")
+        if home:
+            base = Path(home).expanduser().absolute()
+            return cls(base / "run", base / "log", base / "lib", base / "units", base / "keys")
+        if os.geteuid() == 0:
+            return cls(
+                Path("/run/malacoda"),
+                Path("/var/log/malacoda"),
+                Path("/var/lib/malacoda"),
+                Path("/etc/malacoda/units"),
+                Path("/etc/malacoda/keys"),
+            )
+        user_home = Path.home()
+        xdg_run = os.environ.get("XDG_RUNTIME_DIR")
+        state = user_home / ".local" / "state" / "malacoda"
+        config = Path(os.environ.get("XDG_CONFIG_HOME") or user_home / ".config") / "malacoda"
+        run = Path(xdg_run) / "malacoda" if xdg_run else state / "run"
+        return cls(run, state / "log", state / "lib", config / "units", config / "keys")
+
+    @property
+    def registry(self) -> Path:
+        return self.run / "registry"
+
+    def as_dict(self) -> Dict[str, str]:
+        d = {k: str(v) for k, v in asdict(self).items()}
+        d["registry"] = str(self.registry)
+        return d
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) owner-only, or check that an existing one is safe."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"{path} belongs to uid {st.st_uid}, not to you: refusing to use it")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path} is writable by other users: run 'chmod go-w {path}'")
+    return path
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never a torn one.
+
+    Temporary file in the same folder, fsync, rename over the target, fsync of the folder. On any
+    error the temporary file is removed and the old file is untouched.
+    """
+    folder = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def process_start_time(pid: int) -> Optional[float]:
+    """The start time of ``pid`` as psutil reports it, or None when it is not alive."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+@dataclass
+class Entry:
+    """One running daemon, as it registered itself."""
+
+    name: str
+    pid: int
+    port: int
+    address: str
+    start_time: float
+    incarnation: str
+    uid: int
+    version: str
+    host: str = ""
+    server_key: Optional[str] = None
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Entry:
+        raw = json.loads(data)
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    def is_alive(self) -> bool:
+        """True when the pid lives, started when the entry says, and runs as its uid."""
+        started = process_start_time(self.pid)
+        if started is None or abs(started - self.start_time) > 0.05:
+            return False
+        try:
+            return psutil.Process(self.pid).uids().real == self.uid
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+
+
+class Registry:
+    """The local name registry: ``<run>/registry/<name>.json`` per running daemon."""
+
+    def __init__(self, paths: Optional[Paths] = None) -> None:
+        self.paths = paths or Paths.default()
+
+    @property
+    def folder(self) -> Path:
+        return self.paths.registry
+
+    def _file(self, name: str) -> Path:
+        return self.folder / f"{check_name(name)}.json"
+
+    def write(self, entry: Entry) -> None:
+        private_dir(self.paths.run)
+        private_dir(self.folder)
+        atomic_write(self._file(entry.name), entry.to_json())
+
+    def read(self, name: str) -> Tuple[Optional[Entry], str]:
+        """``(entry, state)``: state is ``running``, ``stale`` or ``absent``.
+
+        A file we do not own, one writable by others, or one that does not parse is ``stale``
+        and its entry is not returned.
+        """
+        path = self._file(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None, "absent"
+        except OSError:
+            return None, "stale"
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                log.warning("ignoring registry entry %s: not owned by us or writable by others", path)
+                return None, "stale"
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(65536)
+        finally:
+            os.close(fd)
+        try:
+            entry = Entry.from_json(data)
+        except (ValueError, TypeError):
+            return None, "stale"
+        if entry.uid != os.geteuid() or not entry.is_alive():
+            return entry, "stale"
+        return entry, "running"
+
+    def lookup(self, name: str) -> Entry:
+        """The live entry for ``name``, or :class:`LookupFailed`."""
+        entry, state = self.read(name)
+        if entry is None or state != "running":
+            raise LookupFailed(f"no daemon named {name!r} is running on this host")
+        return entry
+
+    def remove(self, name: str, incarnation: Optional[str] = None) -> None:
+        """Remove ``name``'s entry (only if it is ``incarnation``'s, when given)."""
+        path = self._file(name)
+        if incarnation is not None:
+            entry, _ = self.read(name)
+            if entry is None or entry.incarnation != incarnation:
+                return
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    def clean_stale(self, name: str) -> bool:
+        """Remove ``name``'s entry if it is stale; True when something was removed."""
+        entry, state = self.read(name)
+        if state == "stale":
+            with contextlib.suppress(FileNotFoundError):
+                self._file(name).unlink()
+            return True
+        return False
+
+    def names(self) -> List[str]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.stem for p in self.folder.glob("*.json"))
+
+    def entries(self) -> Iterator[Tuple[str, Optional[Entry], str]]:
+        for name in self.names():
+            entry, state = self.read(name)
+            yield name, entry, state
+
+
+class NameLock:
+    """An exclusive ``flock`` on ``<run>/<name>.lock``, held for a daemon's lifetime.
+
+    The kernel drops it when the process dies, so a killed daemon never blocks its successor.
+    The lock file records the holder's pid for error messages.
+    """
+
+    def __init__(self, paths: Paths, name: str, suffix: str = "lock") -> None:
+        self.path = private_dir(paths.run) / f"{check_name(name)}.{suffix}"
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> Optional[int]:
+        """The pid written by whoever holds the lock, if it can be read."""
+        try:
+            text = self.path.read_text().strip()
+            return int(text) if text else None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)

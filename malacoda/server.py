@@ -1,0 +1,316 @@
+"""The daemon's socket: a ROUTER served by a leader/followers thread pool.
+
+Handing every request from a socket thread to a worker costs a thread wake-up per call (about
+1.6x a raw REQ/REP round trip on a 2-core machine), so the thread that receives a request runs
+it itself ("leader"). A *standby* thread watches the leader: when the leader's call is still
+running one tick later (a slow call), the standby takes over the socket — which sits idle while
+user code runs — and goes on receiving. The old leader, once its call returns, finds that it no
+longer owns the socket and sends its reply through an inproc PUSH socket to whoever does.
+
+At most ``workers`` user calls run at once. A request that finds them all busy waits in a
+queue of ``queue`` entries, and one that finds the queue full gets a BUSY reply at once: a flood
+cannot grow memory without bound. ``ping`` is answered by the socket's owner without a worker.
+A request whose caller's timeout has passed before it could start is dropped unanswered.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable, Deque, List, Optional, Tuple
+
+import zmq
+
+from . import protocol as p
+from .dispatch import Dispatcher
+from .errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+TICK_ACTIVE = 0.002  # how long a call may hold the socket before the standby takes over
+TICK_IDLE = 0.1  # the standby's pace while no call runs
+_INPROC = "inproc://malacoda-replies-{}"
+
+_Item = Tuple[bytes, p.Request, float]
+
+
+class Server:
+    """Serves ``dispatcher`` on a ROUTER socket bound to ``address:port`` (0: the kernel picks)."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        address: str = "127.0.0.1",
+        port: int = 0,
+        workers: int = 8,
+        queue: int = 64,
+        max_message: int = p.MAX_MESSAGE,
+        configure: Optional[Callable[[zmq.Socket], None]] = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.dispatcher = dispatcher
+        self.address = address
+        self.requested_port = port
+        self.workers = workers
+        self.queue_size = max(0, queue)
+        self.max_message = max_message
+        self._configure = configure
+        self.port: Optional[int] = None
+        self.endpoint = ""
+
+        self._mu = threading.Lock()
+        self._cv = threading.Condition(self._mu)
+        self._leader: Optional[int] = None
+        self._standby: Optional[int] = None
+        self._leader_busy = False
+        self._busy_seq = 0
+        self._running = 0
+        self._queue: Deque[_Item] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._threads: List[threading.Thread] = []
+        self._local = threading.local()
+        self._ctx: Optional[zmq.Context] = None
+        self._router: Optional[zmq.Socket] = None
+        self._pull: Optional[zmq.Socket] = None
+        self._inproc = _INPROC.format(id(self))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> int:
+        """Bind and start serving; returns the bound port. Raises ``zmq.ZMQError`` on bind."""
+        ctx = self._ctx = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 1000)
+        router.setsockopt(zmq.MAXMSGSIZE, self.max_message)
+        router.setsockopt(zmq.RCVHWM, 10000)
+        if self._configure is not None:
+            self._configure(router)
+        try:
+            host = f"[{self.address}]" if ":" in self.address else self.address
+            if self.requested_port:
+                router.bind(f"tcp://{host}:{self.requested_port}")
+            else:
+                router.bind(f"tcp://{host}:0")
+        except zmq.ZMQError:
+            router.close(0)
+            ctx.term()
+            self._ctx = None
+            raise
+        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+        self._router = router
+        self._pull = ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.bind(self._inproc)
+        for i in range(self.workers + 2):
+            t = threading.Thread(target=self._thread_main, name=f"malacoda-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self.port
+
+    def running_calls(self) -> int:
+        with self._mu:
+            return self._running + len(self._queue)
+
+    def close(self, grace: float = 5.0) -> None:
+        """Let calls in progress finish (up to ``grace`` s), deliver their replies, then stop."""
+        deadline = time.monotonic() + grace
+        while self.running_calls() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._mu:
+            self._stopping = True
+            self._cv.notify_all()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self._router is not None:
+            self._router.close(linger=500)
+        if self._pull is not None:
+            self._pull.close(0)
+        if self._ctx is not None:
+            self._ctx.term()
+        self._ctx = self._router = self._pull = None
+
+    # ------------------------------------------------------------------ roles
+
+    def _thread_main(self) -> None:
+        me = threading.get_ident()
+        try:
+            while True:
+                item: Optional[_Item] = None
+                with self._mu:
+                    if self._stopping:
+                        return
+                    if self._leader is None:
+                        self._leader = me
+                        role = "lead"
+                    elif self._queue and self._running < self.workers:
+                        item = self._queue.popleft()
+                        self._running += 1
+                        role = "work"
+                    elif self._standby is None:
+                        self._standby = me
+                        role = "standby"
+                    else:
+                        self._cv.wait(1.0)
+                        continue
+                if role == "lead":
+                    self._lead(me)
+                elif role == "work":
+                    assert item is not None
+                    self._work(item)
+                elif self._stand_by(me):
+                    self._lead(me)
+        finally:
+            push = getattr(self._local, "push", None)
+            if push is not None:
+                push.close(linger=1000)
+
+    def _stand_by(self, me: int) -> bool:
+        """Watch the leader; True once this thread has taken over the socket."""
+        seen = -1
+        while True:
+            with self._mu:
+                if self._stopping:
+                    self._standby = None
+                    return False
+                if self._leader is None:
+                    self._leader, self._standby = me, None
+                    self._cv.notify()
+                    return True
+                if self._leader_busy and self._busy_seq == seen:
+                    # The leader's call outlived a tick: the socket is ours now.
+                    self._leader, self._standby = me, None
+                    self._leader_busy = False
+                    self._cv.notify()  # an idle thread becomes the next standby
+                    return True
+                seen = self._busy_seq if self._leader_busy else -1
+                tick = TICK_ACTIVE if self._leader_busy else TICK_IDLE
+                self._wake.clear()
+            self._wake.wait(tick)
+
+    def _lead(self, me: int) -> None:
+        router, pull = self._router, self._pull
+        assert router is not None and pull is not None
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(pull, zmq.POLLIN)
+        while True:
+            with self._mu:
+                if self._stopping:
+                    self._leader = None
+                    self._forward(router, pull)
+                    return
+            events = dict(poller.poll(100))
+            if pull in events:
+                self._forward(router, pull)
+            if router in events:
+                for _ in range(64):
+                    try:
+                        frames = router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if not self._incoming(me, router, frames):
+                        return  # lost the socket while running a call
+
+    @staticmethod
+    def _forward(router: zmq.Socket, pull: zmq.Socket) -> None:
+        while True:
+            try:
+                frames = pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            router.send_multipart(frames)
+
+    # ------------------------------------------------------------------ requests
+
+    def _incoming(self, me: int, router: zmq.Socket, frames: List[bytes]) -> bool:
+        """Handle one received message; False when this thread lost the socket meanwhile."""
+        identity = frames[0]
+        try:
+            request = p.parse_request(frames[1:])
+        except ProtocolError as exc:
+            status = p.BAD_VERSION if "version" in str(exc) else p.BAD_REQUEST
+            rid = p.peek_request_id(frames[1:]) if len(frames) > 2 else b""
+            router.send_multipart([identity, *self._reply(rid, status, p.error_body(exc))])
+            return True
+        if request.op == p.PING:
+            router.send_multipart([identity, *self._reply(request.rid, p.OK, "pong")])
+            return True
+        now = time.monotonic()
+        with self._mu:
+            if self._running < self.workers and not self._queue:
+                self._running += 1
+                self._leader_busy = True
+                self._busy_seq += 1
+                inline = True
+            elif len(self._queue) < self.queue_size:
+                self._queue.append((identity, request, now))
+                self._cv.notify()
+                return True
+            else:
+                inline = False
+        if not inline:
+            busy = RuntimeError(f"daemon busy: {self.workers} workers and a queue of "
+                                f"{self.queue_size} are full; try again")
+            router.send_multipart([identity, *self._reply(request.rid, p.BUSY, p.error_body(busy))])
+            return True
+        if not self._wake.is_set():
+            self._wake.set()  # the standby may be sleeping its idle tick
+        out = self._execute(identity, request, now)
+        with self._mu:
+            self._running -= 1
+            self._leader_busy = False
+            still_leader = self._leader == me
+            if self._queue and self._running < self.workers:
+                self._cv.notify()
+        if still_leader:
+            if out is not None:
+                router.send_multipart(out)
+            return True
+        if out is not None:
+            self._push().send_multipart(out)
+        return False
+
+    def _work(self, item: _Item) -> None:
+        identity, request, received = item
+        try:
+            out = self._execute(identity, request, received)
+        finally:
+            with self._mu:
+                self._running -= 1
+        if out is not None:
+            self._push().send_multipart(out)
+
+    def _push(self) -> zmq.Socket:
+        push = getattr(self._local, "push", None)
+        if push is None:
+            assert self._ctx is not None
+            push = self._ctx.socket(zmq.PUSH)
+            push.connect(self._inproc)
+            self._local.push = push
+        return push
+
+    def _execute(self, identity: bytes, request: p.Request, received: float) -> Optional[list]:
+        if request.timeout_ms is not None:
+            waited = (time.monotonic() - received) * 1000.0
+            if waited > request.timeout_ms:
+                log.debug("dropping %s %r: its caller gave up", request.op, request.name)
+                return None
+        status, body = self.dispatcher.handle(request)
+        return [identity, *self._reply(request.rid, status, body)]
+
+    def _reply(self, rid: bytes, status: int, body: Any) -> List[bytes]:
+        incarnation = self.dispatcher.incarnation
+        try:
+            return p.reply_frames(rid, status, incarnation, body)
+        except Exception as exc:  # the result could not be encoded
+            if status == p.OK:
+                error = TypeError(f"the result cannot be sent: {exc}")
+            else:
+                error = TypeError(f"the error cannot be sent: {exc}")
+            return p.reply_frames(rid, p.ERROR, incarnation, p.error_body(error))

@@ -1,0 +1,250 @@
+"""Persisters for ``pst*`` attributes: one small interface, a file and an SQLite backend.
+
+A daemon's ``pst_config`` names the persister and its options, as in the original::
+
+    pst_config={'class_name': 'PstFileStorage', 'frequency': timedelta(minutes=1),
+                'file_path': '/var/lib/app/state.pst'}
+
+``class_name`` is a built-in name (``PstFileStorage``, ``PstSqliteStorage``) or
+``package.module:Class`` for a subclass of :class:`PstStorage`. ``frequency`` (a
+``timedelta`` or seconds, default 60) is how often changed state is saved; every other key goes
+to the persister's constructor.
+
+State is serialised with ``dill`` — for a local file the daemon's owner wrote, never for
+anything from the network — and a state file that is not ours or is writable by others is
+refused before it is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import importlib
+import logging
+import os
+import sqlite3
+import stat
+import struct
+from pathlib import Path
+from typing import Any, Dict, Optional, Type
+
+import dill
+
+from .errors import ConfigError, StateError
+from .runtime import Paths, atomic_write, private_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FREQUENCY = 60.0
+
+
+def _frequency(value: Any) -> float:
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"pst frequency must be a positive number of seconds or a timedelta, "
+                          f"got {value!r}")
+    return float(value)
+
+
+def _check_owned(path: Path) -> None:
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        raise StateError(f"state file {path} belongs to uid {st.st_uid}, not to you: refusing to "
+                         "load it (loading runs code)")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StateError(f"state file {path} is writable by other users: refusing to load it; "
+                         f"run 'chmod go-w {path}' if you trust it")
+
+
+class PstStorage:
+    """The persister interface. Subclass it and implement :meth:`load` and :meth:`write`.
+
+    ``name`` is the daemon's name and ``paths`` its folders; ``frequency`` is in seconds.
+    :meth:`save` skips state that has not changed since the last save or load.
+    """
+
+    def __init__(self, name: str, paths: Paths, frequency: Any = DEFAULT_FREQUENCY) -> None:
+        self.name = name
+        self.paths = paths
+        self.frequency = _frequency(frequency)
+        self._last_digest: Optional[bytes] = None
+
+    def load(self) -> Optional[Dict[str, Any]]:
+        """The saved state, None when nothing was saved yet; :class:`StateError` if unreadable."""
+        raise NotImplementedError
+
+    def write(self, payload: bytes) -> None:
+        """Store ``payload`` (dill bytes of the state dict) atomically."""
+        raise NotImplementedError
+
+    def save(self, state: Dict[str, Any]) -> bool:
+        """Save ``state`` if it changed; True when something was written."""
+        try:
+            payload = dill.dumps(state, protocol=4)
+        except Exception as exc:
+            raise StateError(f"pst state of {self.name!r} cannot be serialised: {exc}") from exc
+        digest = hashlib.sha256(payload).digest()
+        if digest == self._last_digest:
+            return False
+        self.write(payload)
+        self._last_digest = digest
+        return True
+
+    def _loaded(self, payload: bytes, where: str) -> Dict[str, Any]:
+        try:
+            state = dill.loads(payload)
+        except Exception as exc:
+            raise StateError(f"state in {where} cannot be loaded ({exc}); it was left untouched: "
+                             "move it away to start from defaults") from exc
+        if not isinstance(state, dict):
+            raise StateError(f"state in {where} is not a dict; it was left untouched")
+        self._last_digest = hashlib.sha256(payload).digest()
+        return state
+
+    def close(self) -> None:
+        """Release resources (files, connections)."""
+
+
+class PstFileStorage(PstStorage):
+    """One file per daemon (default ``<lib>/<name>.pst``), replaced atomically on each save.
+
+    Layout: ``b"MLCPST1\\n"``, the payload's length (8 bytes, big-endian), its SHA-256, then
+    the payload. A file that does not match is reported, never overwritten.
+    """
+
+    MAGIC = b"MLCPST1\n"
+
+    def __init__(self, name: str, paths: Paths, frequency: Any = DEFAULT_FREQUENCY,
+                 file_path: Optional[str] = None) -> None:
+        super().__init__(name, paths, frequency)
+        self.path = Path(file_path).expanduser() if file_path else paths.lib / f"{name}.pst"
+
+    def load(self) -> Optional[Dict[str, Any]]:
+        if not self.path.exists():
+            return None
+        _check_owned(self.path)
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise StateError(f"state file {self.path} cannot be read: {exc}") from exc
+        head = len(self.MAGIC) + 8 + 32
+        if len(data) < head or not data.startswith(self.MAGIC):
+            raise StateError(f"state file {self.path} is not a Malacoda state file or is "
+                             "truncated; it was left untouched: move it away to start from defaults")
+        (length,) = struct.unpack(">Q", data[len(self.MAGIC):len(self.MAGIC) + 8])
+        digest = data[len(self.MAGIC) + 8:head]
+        payload = data[head:]
+        if len(payload) != length or hashlib.sha256(payload).digest() != digest:
+            raise StateError(f"state file {self.path} is corrupt (length or checksum mismatch); "
+                             "it was left untouched: move it away to start from defaults")
+        return self._loaded(payload, str(self.path))
+
+    def write(self, payload: bytes) -> None:
+        folder = self.path.parent
+        if folder == self.paths.lib:
+            private_dir(folder)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+        header = self.MAGIC + struct.pack(">Q", len(payload)) + hashlib.sha256(payload).digest()
+        try:
+            atomic_write(self.path, header + payload)
+        except OSError as exc:
+            raise StateError(f"saving state to {self.path} failed: {exc}; "
+                             "the previous state is kept") from exc
+
+
+class PstSqliteStorage(PstStorage):
+    """State in an SQLite database (default ``<lib>/<name>.sqlite``), one row per daemon.
+
+    Several daemons may share one database file; SQLite's transactions make each save atomic.
+    """
+
+    def __init__(self, name: str, paths: Paths, frequency: Any = DEFAULT_FREQUENCY,
+                 file_path: Optional[str] = None) -> None:
+        super().__init__(name, paths, frequency)
+        self.path = Path(file_path).expanduser() if file_path else paths.lib / f"{name}.sqlite"
+        self._db: Optional[sqlite3.Connection] = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            if self.path.parent == self.paths.lib:
+                private_dir(self.path.parent)
+            existed = self.path.exists()
+            if existed:
+                _check_owned(self.path)
+            try:
+                self._db = sqlite3.connect(str(self.path), check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS malacoda_pst "
+                                 "(name TEXT PRIMARY KEY, payload BLOB NOT NULL)")
+            except sqlite3.DatabaseError as exc:
+                self._db = None
+                raise StateError(f"state database {self.path} cannot be opened: {exc}; "
+                                 "it was left untouched") from exc
+            if not existed:
+                os.chmod(self.path, 0o600)
+        return self._db
+
+    def load(self) -> Optional[Dict[str, Any]]:
+        if not self.path.exists():
+            return None
+        try:
+            row = self._connect().execute(
+                "SELECT payload FROM malacoda_pst WHERE name = ?", (self.name,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state database {self.path} cannot be read: {exc}") from exc
+        return None if row is None else self._loaded(bytes(row[0]), f"{self.path} ({self.name})")
+
+    def write(self, payload: bytes) -> None:
+        db = self._connect()
+        try:
+            with db:
+                db.execute("INSERT OR REPLACE INTO malacoda_pst (name, payload) VALUES (?, ?)",
+                           (self.name, payload))
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"saving state to {self.path} failed: {exc}; "
+                             "the previous state is kept") from exc
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+
+BUILTIN: Dict[str, Type[PstStorage]] = {
+    "PstFileStorage": PstFileStorage,
+    "PstSqliteStorage": PstSqliteStorage,
+    "file": PstFileStorage,
+    "sqlite": PstSqliteStorage,
+}
+
+
+def storage_class(class_name: str) -> Type[PstStorage]:
+    """A built-in persister name or ``package.module:Class`` → the class."""
+    if class_name in BUILTIN:
+        return BUILTIN[class_name]
+    if ":" not in class_name:
+        raise ConfigError(f"unknown persister {class_name!r}: use one of "
+                          f"{', '.join(sorted(BUILTIN))} or 'package.module:Class'")
+    module_name, _, attr = class_name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"persister {class_name!r} cannot be imported: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, PstStorage)):
+        raise ConfigError(f"persister {class_name!r} is not a subclass of malacoda.PstStorage")
+    return cls
+
+
+def from_config(name: str, paths: Paths, config: Optional[Dict[str, Any]]) -> PstStorage:
+    """Build the persister a ``pst_config`` dict describes (None: the file default)."""
+    options = dict(config or {})
+    cls = storage_class(str(options.pop("class_name", "PstFileStorage")))
+    try:
+        return cls(name, paths, **options)
+    except TypeError as exc:
+        raise ConfigError(f"pst_config for {name!r}: {exc}") from exc

@@ -1,0 +1,3 @@
+"""The Malacoda version (also the package's, in pyproject.toml)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+"""Shared fixtures: a private MALACODA_HOME per test and daemon processes cleaned up by pid."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.support import ROOT, DaemonProcess, Processes, wait_for
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary MALACODA_HOME for this test (and the processes it starts)."""
+    path = tmp_path / "home"
+    path.mkdir(mode=0o700)
+    monkeypatch.setenv("MALACODA_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    yield procs
+    procs.cleanup()
+
+
+def _env(home: Path) -> dict:
+    env = dict(os.environ)
+    env["MALACODA_HOME"] = str(home)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def start_daemon(home: Path, processes: Processes) -> Callable[..., DaemonProcess]:
+    """Start ``tests.daemons.<cls>(**kwargs)`` in a new process and wait until it is registered."""
+    from malacoda.runtime import Registry
+
+    def start(cls: str = "TestDaemon", wait: bool = True, **kwargs: Any) -> DaemonProcess:
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        code = f"import datetime; from tests.daemons import {cls}; {cls}({args})"
+        proc = processes.add(DaemonProcess(code, _env(home)))
+        if wait:
+            name = kwargs.get("name") or cls
+
+            def ready() -> bool:
+                if not proc.alive():
+                    raise AssertionError(f"daemon exited early:\n{proc.output()}")
+                entry, state = Registry().read(name)
+                return state == "running" and entry is not None and entry.pid == proc.pid
+
+            wait_for(ready, what=f"{name} to register")
+        return proc
+
+    return start

@@ -1,0 +1,82 @@
+"""Daemon classes the integration tests run in real processes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from malacoda import Malacoda
+
+
+class CustomError(Exception):
+    pass
+
+
+class TestDaemon(Malacoda):
+    """A daemon with one of everything the tests need."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, name=None, daemonize=False, **kwargs):
+        self.constant = 10
+        self.pst_counter = 0
+        self.pst_data = {"a": (1, 2)}
+        self.loops = 0
+        self.lock = threading.Lock()
+        super().__init__(name=name, daemonize=daemonize, **kwargs)
+
+    def _run(self):
+        while self.running:
+            self.loops += 1
+            self._wait(0.05)
+
+    def echo(self, value, *rest, **kw):
+        """Return what it was given."""
+        if rest or kw:
+            return [value, list(rest), kw]
+        return value
+
+    def add(self, a: int, b: int = 2) -> int:
+        """Add two numbers."""
+        return a + b
+
+    def slow(self, seconds=1.0):
+        time.sleep(seconds)
+        return f"slept {seconds}"
+
+    def fail_value(self, message="bad value"):
+        raise ValueError(message)
+
+    def fail_key(self):
+        return {}["missing"]
+
+    def fail_custom(self):
+        raise CustomError("custom failure")
+
+    def bump(self):
+        self.pst_counter += 1
+        return self.pst_counter
+
+    def pid(self):
+        return os.getpid()
+
+    def crash(self):
+        os._exit(3)
+
+
+class TwoLoops(TestDaemon):
+    """A daemon with a second run method (the original's 'more than one run method')."""
+
+    def __init__(self, **kwargs):
+        self.side_loops = 0
+        super().__init__(**kwargs)
+
+    def _run_side(self):
+        while self.running:
+            self.side_loops += 1
+            self._wait(0.05)
+
+
+class SerialDaemon(TestDaemon):
+    pass

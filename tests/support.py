@@ -1,0 +1,100 @@
+"""Test helpers: bounded waits and daemon processes that are always cleaned up by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
+             what: str = "condition") -> T:
+    """Poll ``condition`` until it returns a true value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0): check its state.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class DaemonProcess:
+    """A daemon started from Python code in a subprocess of its own session."""
+
+    def __init__(self, code: str, env: dict, cwd: Optional[Path] = None) -> None:
+        self.code = code
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=str(cwd or ROOT),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self, timeout: float = 10.0) -> str:
+        out, err = self.proc.communicate(timeout=timeout)
+        return out.decode(errors="replace") + err.decode(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def cleanup(self) -> None:
+        self.kill(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+class Processes:
+    """Every process a test starts; all are killed by pid when the test ends."""
+
+    def __init__(self) -> None:
+        self.started: List[DaemonProcess] = []
+
+    def add(self, proc: DaemonProcess) -> DaemonProcess:
+        self.started.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.started:
+            proc.cleanup()
