@@ -1,0 +1,112 @@
+"""The codec and message framing, without sockets."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import pickle
+import uuid
+from decimal import Decimal
+
+import msgpack
+import pytest
+
+from malacoda import protocol as p
+from malacoda.errors import ProtocolError
+
+VALUES = [
+    None, True, 0, 2**63 - 1, -(2**63), 2**64, -(2**200), 0.1, "", "é", b"", b"\x00" * 10,
+    [], [1, [2, [3]]], (), (1, (2,)), {}, {"k": {"n": [1]}}, {1: 2, (1, 2): 3, None: 4},
+    set(), {1, "a"}, frozenset({(1, 2)}), dt.datetime(2020, 1, 2, 3, 4, 5, 6),
+    dt.datetime(2020, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=-5, minutes=-30))),
+    dt.date(1999, 12, 31), dt.time(0, 0, 0, 1), dt.time(12, tzinfo=dt.timezone.utc),
+    dt.timedelta(days=-1, seconds=1, microseconds=1), Decimal("-0.000"), Decimal("Infinity"),
+    uuid.uuid4(), complex(0, -1.5),
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_round_trip_keeps_type_and_value(value):
+    body, buffers = p.encode(value)
+    result = p.decode(body, buffers)
+    assert result == value and type(result) is type(value)
+    if isinstance(value, dt.datetime):
+        assert result.utcoffset() == value.utcoffset()
+
+
+def test_large_bytes_travel_as_their_own_frame():
+    big = b"x" * (1 << 20)
+    frames = p.request_frames(b"id", p.CALL, "echo", [[big], {}], None)
+    assert len(frames) == 4 and frames[3] is big  # no copy on the way out
+    request = p.parse_request(frames)
+    assert p.decode(request.body, request.buffers) == [[big], {}]
+
+
+def test_unknown_types_are_refused_not_pickled():
+    class Thing:
+        pass
+
+    with pytest.raises(TypeError, match="register_type"):
+        p.encode(Thing())
+
+
+def test_registered_dataclass_round_trips():
+    @dataclasses.dataclass
+    class Point:
+        x: int
+        y: tuple
+
+    p.register_type(Point, name="tests.Point")
+    body, buffers = p.encode([Point(1, (2, 3))])
+    assert p.decode(body, buffers) == [Point(1, (2, 3))]
+
+
+def test_unregistered_named_type_is_an_error():
+    payload = msgpack.packb(["os.system", "id"])
+    body = msgpack.packb(msgpack.ExtType(p.EXT_NAMED, payload))
+    with pytest.raises(ProtocolError, match="unknown named type"):
+        p.decode(body)
+
+
+@pytest.mark.parametrize("body", [
+    pickle.dumps(("x",)),
+    b"\xc1",  # never used in msgpack
+    b"\xdb\xff\xff\xff\xff",  # a str declaring 4 GiB, with no data
+    msgpack.packb(msgpack.ExtType(99, b"")),
+    msgpack.packb(msgpack.ExtType(p.EXT_BUFFER, msgpack.packb(5))),
+    msgpack.packb(msgpack.ExtType(p.EXT_BIGINT, b"9" * 10000)),
+])
+def test_garbage_is_a_protocol_error(body):
+    with pytest.raises(ProtocolError):
+        p.decode(body)
+
+
+def test_nesting_depth_is_limited():
+    body = msgpack.packb([])
+    for _ in range(p.MAX_DEPTH + 5):  # a tuple in a tuple in a tuple ...
+        body = msgpack.packb(msgpack.ExtType(p.EXT_TUPLE, msgpack.packb([msgpack.ExtType(
+            p.EXT_TUPLE, body)])))
+    with pytest.raises(ProtocolError, match="deeper"):
+        p.decode(body)
+    shallow = (((1,),),)
+    assert p.decode(*p.encode(shallow)) == shallow
+
+
+@pytest.mark.parametrize("frames, match", [
+    ([b"MLC\x01", b""], "at least 3 frames"),
+    ([b"XXXX", b"", b""], "signature"),
+    ([b"MLC\x09", b"", b""], "version"),
+    ([b"MLC\x01", msgpack.packb([1]), b""], "not a map"),
+    ([b"MLC\x01", msgpack.packb({"o": "call"}), b""], "request id"),
+    ([b"MLC\x01", msgpack.packb({"i": b"1", "o": 1}), b""], "operation"),
+    ([b"MLC\x01", msgpack.packb({"i": b"1", "o": "get", "n": 1}), b""], "name"),
+    ([b"MLC\x01", msgpack.packb({"i": b"1", "o": "get", "t": -1}), b""], "timeout"),
+])
+def test_bad_requests_are_named(frames, match):
+    with pytest.raises(ProtocolError, match=match):
+        p.parse_request(frames)
+
+
+def test_error_body_keeps_builtin_args():
+    body = p.error_body(KeyError("k"), "tb")
+    assert body["type"] == "KeyError" and body["module"] == "builtins" and body["args"] == ["k"]
