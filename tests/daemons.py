@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from malacoda import Malacoda
+from malacoda import Malacoda, PstStorage
 
 
 class CustomError(Exception):
@@ -80,3 +80,22 @@ class TwoLoops(TestDaemon):
 
 class SerialDaemon(TestDaemon):
     pass
+
+
+
+class CustomStorage(PstStorage):
+    """A custom persister, named as 'tests.daemons:JsonStorage' in pst_config."""
+
+    def __init__(self, name, paths, frequency=60, folder=None):
+        super().__init__(name, paths, frequency)
+        from pathlib import Path
+
+        self.path = Path(folder) / f"{name}.custom"
+
+    def load(self):
+        if not self.path.exists():
+            return None
+        return self._loaded(self.path.read_bytes(), str(self.path))
+
+    def write(self, payload):
+        self.path.write_bytes(payload)

@@ -291,3 +291,44 @@ def test_periodic_save_survives_kill(start_daemon, home):
     storage = PstFileStorage("TestDaemon", Paths.default())
     wait_for(lambda: state.exists() and storage.load().get("pst_counter") == 5,
              what="the periodic save")
+
+
+def test_custom_persister(start_daemon, tmp_path):
+    config = {"class_name": "tests.daemons:CustomStorage", "folder": str(tmp_path)}
+    start_daemon(pst_config=config)
+    malacoda.get("TestDaemon").pst_counter = 3
+    malacoda.stop("TestDaemon")
+    assert (tmp_path / "TestDaemon.custom").exists()
+    start_daemon(pst_config=config)
+    assert malacoda.get("TestDaemon").pst_counter == 3
+
+
+def test_bad_persister_name_is_a_clear_error(start_daemon):
+    proc = start_daemon(wait=False, pst_config={"class_name": "NoSuchStorage"})
+    assert proc.wait(10) != 0
+    assert "unknown persister 'NoSuchStorage'" in proc.output()
+
+
+def test_daemonize_true_detaches(home, processes):
+    """The original style: MessageDaemon(True) returns the shell at once and serves detached."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    code = "from tests.daemons import TestDaemon; TestDaemon(daemonize=True)"
+    launcher = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(ROOT), timeout=30)
+    assert launcher.returncode == 0
+    entry = wait_for(lambda: Registry().read("TestDaemon")[0], what="the detached daemon")
+    try:
+        assert pid_alive(entry.pid)  # still serving after its launcher returned
+        d = malacoda.get("TestDaemon")
+        assert d.echo("detached") == "detached"
+        assert (home / "log" / "TestDaemon.log").exists()
+        malacoda.stop("TestDaemon")
+        wait_for(lambda: not pid_alive(entry.pid), what="the detached daemon to exit")
+    finally:
+        if pid_alive(entry.pid):
+            os.kill(entry.pid, signal.SIGKILL)
