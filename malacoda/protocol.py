@@ -28,6 +28,13 @@ key    type       meaning
 Request body: ``call``: a 2-array ``[args, kwargs]`` (an array and a map with str keys);
 ``set``: the new value; every other operation: nil.
 
+Retries: a client whose connection dropped mid-request may send the very same frames again
+(same id). A daemon remembers the replies of recent ``call``/``set`` requests (by id, operation,
+name and body; bounded, about a minute): a copy of one that ran is answered from there, a copy
+of one still running gets the reply once it is ready; neither runs it again. The daemon's
+incarnation id (``c`` below, also in the ``ping`` reply) tells a client whether it is talking to
+the daemon that received the first copy; another incarnation never saw it.
+
 Reply header (daemon → client)
 ------------------------------
 ``i`` the request id; ``s`` a status code (int); ``c`` the daemon's incarnation id (str,

@@ -17,8 +17,10 @@ from __future__ import annotations
 import builtins
 import inspect
 import itertools
+import logging
 import os
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 from . import protocol as p
@@ -26,12 +28,19 @@ from .channel import Channel
 from .errors import (
     AccessDenied,
     Busy,
+    CommunicationError,
+    ConnectionLost,
+    LookupFailed,
     ProtocolError,
     RemoteError,
 )
 from .resolve import Target, resolve
 
 _NO_DEFAULT = inspect.Parameter.empty
+RESEND_ATTEMPTS = 3  # re-sends of one request after dropped connections
+RESEND_PROBE = 5.0  # seconds to wait for the ping that tells which daemon answers now
+
+log = logging.getLogger(__name__)
 
 
 class _RemoteTraceback(Exception):
@@ -139,7 +148,11 @@ class Proxy:
         rid = self._rid_prefix + next(self._counter).to_bytes(8, "big")
         timeout_ms = None if timeout is None else max(0, int(timeout * 1000))
         frames = p.request_frames(rid, op, name, body, timeout_ms)
-        reply = channel.request(frames, rid, timeout)
+        started = time.monotonic()
+        try:
+            reply = channel.request(frames, rid, timeout)
+        except ConnectionLost as lost:
+            reply = self._resend(frames, rid, timeout, started, lost)
         if reply.incarnation != self._incarnation:
             if self._incarnation is not None:
                 self.__dict__["_description"] = None
@@ -157,6 +170,42 @@ class Proxy:
         if status == p.DENIED:
             raise AccessDenied(message)
         raise ProtocolError(f"{p.STATUS_NAMES.get(status, status)}: {message}")
+
+    def _resend(self, frames: List[bytes], rid: bytes, timeout: Optional[float], started: float,
+                lost: ConnectionLost) -> p.Reply:
+        """After the connection dropped mid-request: send the same frames (same id) again.
+
+        Only to the same daemon incarnation, whose reply cache answers a request it already ran
+        instead of running it again; a restarted daemon (or none) re-raises ``lost``: the call
+        may or may not have run, and running it again could run it twice.
+        """
+        def remaining() -> Optional[float]:
+            return None if timeout is None else timeout - (time.monotonic() - started)
+
+        for _ in range(RESEND_ATTEMPTS):
+            known, left = self._incarnation, remaining()
+            if known is None or (left is not None and left <= 0):
+                raise lost
+            try:
+                channel = self._connect()
+                probe = self._rid_prefix + next(self._counter).to_bytes(8, "big")
+                ping = p.request_frames(probe, p.PING, None, None, None)
+                now = channel.request(ping, probe, RESEND_PROBE if left is None
+                                      else min(left, RESEND_PROBE)).incarnation
+            except ConnectionLost as again:
+                lost = again
+                continue
+            except (CommunicationError, LookupFailed):
+                raise lost from None
+            if now != known:
+                raise lost  # another daemon now: the call may have run in the old one
+            log.info("connection to %s dropped mid-request: re-sending request %s",
+                     self._spec, rid.hex())
+            try:
+                return channel.request(frames, rid, remaining())
+            except ConnectionLost as again:
+                lost = again
+        raise lost
 
     def _describe(self) -> Dict[str, Any]:
         description = self._description

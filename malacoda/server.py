@@ -26,6 +26,7 @@ import zmq
 from . import protocol as p
 from .dispatch import Dispatcher
 from .errors import ProtocolError
+from .replycache import ReplyCache
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class Server:
         self._router: Optional[zmq.Socket] = None
         self._pull: Optional[zmq.Socket] = None
         self._inproc = _INPROC.format(id(self))
+        self.replies = ReplyCache()  # a re-sent call is answered from here, not run twice
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -241,6 +243,11 @@ class Server:
         if request.op == p.PING:
             router.send_multipart([identity, *self._reply(request.rid, p.OK, "pong")])
             return True
+        seen = self.replies.begin(request, identity)
+        if seen is not None:  # a re-sent request: answered (or to be answered), not run again
+            for message in seen:
+                router.send_multipart(message)
+            return True
         now = time.monotonic()
         with self._mu:
             if self._running < self.workers and not self._queue:
@@ -255,6 +262,7 @@ class Server:
             else:
                 inline = False
         if not inline:
+            self.replies.abandon(request)
             busy = RuntimeError(f"daemon busy: {self.workers} workers and a queue of "
                                 f"{self.queue_size} are full; try again")
             router.send_multipart([identity, *self._reply(request.rid, p.BUSY, p.error_body(busy))])
@@ -300,9 +308,13 @@ class Server:
             waited = (time.monotonic() - received) * 1000.0
             if waited > request.timeout_ms:
                 log.debug("dropping %s %r: its caller gave up", request.op, request.name)
+                self.replies.finish(request, None)
                 return None
         status, body = self.dispatcher.handle(request)
-        return [identity, *self._reply(request.rid, status, body)]
+        frames = self._reply(request.rid, status, body)
+        for message in self.replies.finish(request, frames):  # the same request, re-sent
+            self._push().send_multipart(message)
+        return [identity, *frames]
 
     def _reply(self, rid: bytes, status: int, body: Any) -> List[bytes]:
         incarnation = self.dispatcher.incarnation

@@ -82,7 +82,6 @@ class SerialDaemon(TestDaemon):
     pass
 
 
-
 class CustomStorage(PstStorage):
     """A custom persister, named as 'tests.daemons:JsonStorage' in pst_config."""
 
@@ -99,3 +98,33 @@ class CustomStorage(PstStorage):
 
     def write(self, payload):
         self.path.write_bytes(payload)
+
+
+class HostileDaemon(TestDaemon):
+    """Counts the calls it runs, so that tests can tell a call that ran twice."""
+
+    def __init__(self, **kwargs):
+        self.tallies = 0
+        self.seen = {}
+        super().__init__(**kwargs)
+
+    def tally(self, seconds=0.0):
+        """Count this call, then take ``seconds``."""
+        with self.lock:
+            self.tallies += 1
+            count = self.tallies
+        time.sleep(seconds)
+        return count
+
+    def record(self, caller, index, payload=None):
+        """Count call ``index`` of ``caller`` and return what identifies it."""
+        key = (caller, index)
+        with self.lock:
+            self.seen[key] = self.seen.get(key, 0) + 1
+        return [caller, index, payload]
+
+    def record_stats(self):
+        """(distinct calls recorded, calls recorded more than once, total)."""
+        with self.lock:
+            counts = list(self.seen.values())
+        return [len(counts), sum(1 for c in counts if c > 1), sum(counts)]

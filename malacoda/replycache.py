@@ -1,0 +1,121 @@
+"""Recent replies by request id, so that a re-sent request is answered, never run twice.
+
+A client whose connection drops mid-call does not know whether its call ran. It re-sends the
+same frames (same request id) once it is connected again; the daemon then answers from this
+cache instead of executing the request again:
+
+- a request seen before and finished: the cached reply goes out at once;
+- a request seen before and still executing: nothing runs; the reply goes to every sender of
+  that id once it is ready;
+- anything else runs as usual.
+
+Only ``call`` and ``set`` are remembered (``get``, ``describe`` and ``ping`` change nothing, so
+running them again is harmless). A request is the same request when its id, operation, name and
+body are equal, so a client reusing an id for another request is not answered with a stale
+reply. The cache is bounded three ways (see :data:`MAX_ENTRIES`, :data:`MAX_BYTES`,
+:data:`TTL`); the oldest replies go first. Requests still executing are bounded by the
+server's worker pool and queue. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+import time
+from typing import Dict, List, Optional, OrderedDict, Tuple
+
+from . import protocol as p
+
+MAX_ENTRIES = 1024  # replies remembered
+MAX_BYTES = 64 << 20  # their total size; a larger single reply is sent, never remembered
+TTL = 60.0  # seconds a reply is remembered after it was sent
+
+_REMEMBERED = (p.CALL, p.SET)
+
+Message = List[bytes]
+
+
+def request_key(request: p.Request) -> bytes:
+    """What makes two requests the same request: id, operation, name and body."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(request.op.encode())
+    h.update(b"\0" + (request.name or "").encode("utf-8", "surrogatepass") + b"\0")
+    h.update(request.body)
+    for buffer in request.buffers:
+        h.update(len(buffer).to_bytes(8, "big"))
+    return bytes(request.rid) + h.digest()
+
+
+class ReplyCache:
+    """The replies of recent ``call``/``set`` requests and the requests still running."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,
+                 ttl: float = TTL) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self._mu = threading.Lock()
+        self._done: OrderedDict[bytes, Tuple[float, int, Message]] = collections.OrderedDict()
+        self._running: Dict[bytes, List[bytes]] = {}
+        self._bytes = 0
+        self.hits = 0  # re-sent requests answered without running them
+
+    def begin(self, request: p.Request, identity: bytes) -> Optional[List[Message]]:
+        """None: run ``request``. Otherwise the messages to send now (maybe none): it ran."""
+        if request.op not in _REMEMBERED:
+            return None
+        key = request_key(request)
+        with self._mu:
+            self._expire(time.monotonic())
+            done = self._done.get(key)
+            if done is not None:
+                self.hits += 1
+                return [[identity, *done[2]]]
+            waiting = self._running.get(key)
+            if waiting is not None:
+                self.hits += 1
+                waiting.append(identity)
+                return []
+            self._running[key] = []
+            return None
+
+    def finish(self, request: p.Request, frames: Optional[Message]) -> List[Message]:
+        """Remember ``frames`` (None: dropped unanswered); the messages for re-senders."""
+        if request.op not in _REMEMBERED:
+            return []
+        key = request_key(request)
+        with self._mu:
+            waiting = self._running.pop(key, None)
+            if frames is None or waiting is None:
+                return []
+            size = sum(len(f) for f in frames)
+            if size <= self.max_bytes and self.max_entries > 0:
+                self._done[key] = (time.monotonic() + self.ttl, size, frames)
+                self._bytes += size
+                self._expire(time.monotonic())
+        return [[identity, *frames] for identity in waiting]
+
+    def abandon(self, request: p.Request) -> None:
+        """``request`` will not run after all (the daemon was busy): forget it."""
+        if request.op in _REMEMBERED:
+            with self._mu:
+                self._running.pop(request_key(request), None)
+
+    def __len__(self) -> int:
+        with self._mu:
+            return len(self._done)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the replies remembered now."""
+        return self._bytes
+
+    def _expire(self, now: float) -> None:
+        done = self._done
+        while done:
+            key, (expires, size, _) = next(iter(done.items()))
+            if expires > now and len(done) <= self.max_entries and self._bytes <= self.max_bytes:
+                return
+            del done[key]
+            self._bytes -= size

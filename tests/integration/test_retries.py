@@ -1,0 +1,180 @@
+"""Retries never run a call twice: the daemon answers a re-sent request id from its reply cache."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+import zmq
+
+import malacoda
+from malacoda import protocol as p
+from malacoda.runtime import Registry
+from tests.relay import Relay
+from tests.support import wait_for
+
+
+class RawClient:
+    """A bare DEALER speaking the protocol by hand (no proxy logic at all)."""
+
+    def __init__(self, port: int) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"tcp://127.0.0.1:{port}")
+
+    def send(self, frames):
+        self.sock.send_multipart(frames)
+
+    def recv(self, timeout: float = 10.0) -> p.Reply:
+        if not self.sock.poll(int(timeout * 1000)):
+            raise AssertionError(f"no reply within {timeout} s")
+        return p.parse_reply(self.sock.recv_multipart())
+
+    def nothing_more(self, wait: float = 0.3) -> bool:
+        return not self.sock.poll(int(wait * 1000))
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def raw(start_daemon):
+    start_daemon("HostileDaemon")
+    clients = []
+
+    def make() -> RawClient:
+        client = RawClient(Registry().lookup("HostileDaemon").port)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_same_id_twice_runs_once(raw):
+    client = raw()
+    rid = os.urandom(16)
+    frames = p.request_frames(rid, p.CALL, "tally", [[], {}], None)
+    client.send(frames)
+    client.send(frames)  # a retry racing the first copy
+    first, second = client.recv(), client.recv()
+    assert (first.rid, first.value()) == (rid, 1)
+    assert (second.rid, second.value()) == (rid, 1)
+    client.send(frames)  # a retry long after the reply: answered from the cache
+    assert client.recv().value() == 1
+    assert client.nothing_more()
+    assert malacoda.get("HostileDaemon").tallies == 1
+
+
+def test_same_id_while_running_gets_the_one_reply(raw):
+    first_client, second_client = raw(), raw()
+    d = malacoda.get("HostileDaemon")
+    rid = os.urandom(16)
+    frames = p.request_frames(rid, p.CALL, "tally", [[1.0], {}], None)
+    first_client.send(frames)
+    wait_for(lambda: d.tallies == 1, what="the call to start")
+    second_client.send(frames)  # the same request over a new connection (a new routing id)
+    assert second_client.recv().value() == 1
+    assert first_client.recv().value() == 1
+    assert d.tallies == 1
+
+
+def test_same_id_other_request_is_not_confused(raw):
+    """A reused id with another body is another request: it runs, with its own reply."""
+    client = raw()
+    rid = b"same-id"
+    client.send(p.request_frames(rid, p.CALL, "echo", [["a"], {}], None))
+    assert client.recv().value() == "a"
+    client.send(p.request_frames(rid, p.CALL, "echo", [["b"], {}], None))
+    assert client.recv().value() == "b"
+    client.send(p.request_frames(rid, p.SET, "pst_counter", 5, None))
+    assert client.recv().status == p.OK
+    client.send(p.request_frames(rid, p.SET, "pst_counter", 5, None))
+    assert client.recv().status == p.OK
+    assert malacoda.get("HostileDaemon").pst_counter == 5
+
+
+def test_gets_and_busy_are_not_remembered(start_daemon):
+    """Only calls and sets that ran are cached: a request refused as busy may be re-sent."""
+    start_daemon("HostileDaemon", workers=1, queue=0)
+    client = RawClient(Registry().lookup("HostileDaemon").port)
+    try:
+        slow = p.request_frames(b"slow", p.CALL, "tally", [[1.0], {}], None)
+        quick = p.request_frames(b"quick", p.CALL, "tally", [[], {}], None)
+        client.send(slow)
+        d = malacoda.get("HostileDaemon")
+
+        def worker_taken() -> bool:
+            try:
+                d.constant
+            except malacoda.Busy:
+                return True
+            return False
+
+        wait_for(worker_taken, what="the slow call to take the only worker")
+        client.send(quick)
+        assert client.recv().status == p.BUSY  # nothing ran
+        assert client.recv().value() == 1  # the slow call's reply
+        client.send(quick)  # the same id again: it runs now
+        assert client.recv().value() == 2
+        assert d.tallies == 2
+    finally:
+        client.close()
+
+
+def test_proxy_resends_with_the_same_id_after_a_dropped_connection(start_daemon):
+    """The connection drops mid-call (a network cut): the proxy reconnects, re-sends the same
+    request id, and the call that was already running is answered, not run a second time."""
+    start_daemon("HostileDaemon")
+    relay = Relay(Registry().lookup("HostileDaemon").port)
+    try:
+        d = malacoda.get(f"HostileDaemon:{relay.port}")
+        watcher = malacoda.get("HostileDaemon")
+        result = {}
+
+        def call():
+            try:
+                result["value"] = d.tally(1.5)
+            except Exception as exc:  # reported below
+                result["error"] = exc
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        wait_for(lambda: watcher.tallies == 1, what="the call to start")
+        relay.cut()
+        caller.join(20)
+        assert result == {"value": 1}
+        assert watcher.tallies == 1
+        assert relay.connections >= 2  # it did reconnect
+        assert d.tally() == 2  # and the proxy stays usable
+    finally:
+        relay.close()
+
+
+def test_call_in_flight_when_the_daemon_restarts_is_not_rerun(start_daemon):
+    """A restarted daemon has no memory of the call: the proxy reports the loss honestly
+    instead of running it again, and the next call goes to the new daemon."""
+    proc = start_daemon("HostileDaemon")
+    d = malacoda.get("HostileDaemon")
+    result = {}
+
+    def call():
+        try:
+            result["value"] = d.tally(30)
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_for(lambda: malacoda.get("HostileDaemon").tallies == 1, what="the call to start")
+    proc.kill()
+    proc.wait()
+    start_daemon("HostileDaemon")  # another incarnation, on another port
+    caller.join(30)
+    assert isinstance(result.get("error"), malacoda.ConnectionLost), result
+    assert d.tallies == 0  # the new daemon never ran it
+    assert d.tally() == 1
