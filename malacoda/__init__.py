@@ -12,8 +12,10 @@ from .daemon import Malacoda
 from .errors import (
     AccessDenied,
     AlreadyRunning,
+    AmbiguousName,
     Busy,
     CallTimeout,
+    ClusterError,
     CommunicationError,
     ConfigError,
     ConnectionLost,
@@ -32,8 +34,10 @@ from .version import __version__
 __all__ = [
     "AccessDenied",
     "AlreadyRunning",
+    "AmbiguousName",
     "Busy",
     "CallTimeout",
+    "ClusterError",
     "CommunicationError",
     "ConfigError",
     "ConnectionLost",

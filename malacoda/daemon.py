@@ -17,7 +17,8 @@ Instantiating starts it, as in the original: ``MessageDaemon(False)`` serves in 
 until it is stopped, ``MessageDaemon(True)`` detaches first. The order of events is: folders,
 the name lock (a second daemon of the same name fails at once), pst state loaded over the
 constructor's defaults, the socket bound, the registry entry written (the daemon is *ready*),
-then ``_run`` and every ``_run_*`` method, each in a thread of its own. When they return
+then ``_run`` and every ``_run_*`` method (with a cluster registry configured, the daemon also
+registers there: :mod:`malacoda.cluster`), each in a thread of its own. When they return
 (``stop()``, SIGTERM or SIGINT), pst state is saved, the entry removed and the socket closed.
 """
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -37,9 +37,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import zmq
 
+from . import cluster
 from .dispatch import Dispatcher
 from .errors import AlreadyRunning, ConfigError, ProcessError, StateError
-from .runtime import Entry, NameLock, Paths, Registry, check_name, private_dir
+from .runtime import Entry, NameLock, Paths, Registry, check_name, host_name, private_dir
 from .server import Server
 from .storage import PstStorage, from_config
 from .version import __version__
@@ -187,11 +188,15 @@ class Malacoda:
             try:
                 entry = Entry(name=name, pid=os.getpid(), port=bound, address=address,
                               start_time=_own_start_time(), incarnation=self._malacoda_incarnation,
-                              uid=os.geteuid(), version=__version__, host=socket.gethostname())
+                              uid=os.geteuid(), version=__version__, host=host_name())
                 registry.write(entry)
+                announced: Optional[cluster.Registration] = None
                 try:
+                    announced = cluster.register(entry)  # None unless a cluster is configured
                     self._malacoda_main(entry, opts)
                 finally:
+                    if announced is not None:
+                        announced.stop()
                     registry.remove(name, self._malacoda_incarnation)
             finally:
                 server.close(grace=opts.stop_grace)

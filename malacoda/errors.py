@@ -11,15 +11,17 @@ Callers branch on these types, never on message text::
     ├── RemoteError               the remote code raised a non built-in exception
     ├── AccessDenied              (also an AttributeError) a private or forbidden name
     ├── LookupFailed              (also a LookupError) no daemon of that name is running
+    │   └── AmbiguousName         that name runs on several hosts of the cluster
     ├── AlreadyRunning            a daemon of that name already runs on this host
     ├── ConfigError               a unit file, a pst_config or an argument is wrong
     ├── StateError                persistent state cannot be read or written
-    └── ProcessError              a daemon could not be started or stopped
+    ├── ProcessError              a daemon could not be started or stopped
+    └── ClusterError              the cluster registry (etcd) is unreachable or refused a request
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 
 class MalacodaError(Exception):
@@ -68,6 +70,17 @@ class LookupFailed(MalacodaError, LookupError):
     """No running daemon answers to that name."""
 
 
+class AmbiguousName(LookupFailed):
+    """Daemons of that name run on several hosts of the cluster; ``hosts`` lists them.
+
+    Name one as ``NAME:HOST``.
+    """
+
+    def __init__(self, message: str, hosts: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.hosts = list(hosts)
+
+
 class AlreadyRunning(MalacodaError):
     """A daemon of that name already runs on this host; ``pid`` names it."""
 
@@ -86,3 +99,7 @@ class StateError(MalacodaError):
 
 class ProcessError(MalacodaError):
     """A daemon could not be started, stopped or supervised."""
+
+
+class ClusterError(MalacodaError):
+    """The cluster registry (etcd) is unreachable or refused a request; the message names it."""

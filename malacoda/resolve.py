@@ -1,18 +1,27 @@
 """From ``NAME[:HOST][:PORT]`` to an endpoint a proxy can connect to.
 
 ``NAME`` alone, or ``NAME:PORT`` (a number, as in the original), is looked up in this host's
-registry. ``NAME:HOST`` and ``NAME:HOST:PORT`` are looked up on another host over SSH (see
-:mod:`malacoda.remote`). Every backend returns a :class:`Target`; a new backend (a cluster
-registry) is one more function, not a rewrite.
+registry, then — when one is configured — in the cluster registry (:mod:`malacoda.cluster`).
+``NAME:HOST`` and ``NAME:HOST:PORT`` are looked up in the cluster's entry for that host, else
+on that host over SSH (see :mod:`malacoda.remote`). Every backend returns a :class:`Target`.
+
+A cluster entry says how to reach its daemon: bound to loopback, through an SSH tunnel to its
+host (the default); bound to another address, directly over TCP (to the host's name when bound
+to a wildcard address).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
-from .errors import ConfigError, LookupFailed
-from .runtime import Entry, Registry, check_name
+from . import cluster
+from .errors import AmbiguousName, ClusterError, ConfigError, LookupFailed
+from .runtime import Entry, Registry, check_name, host_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,7 +111,70 @@ def resolve(spec: str, **ssh_args: Any) -> Target:
     """Resolve ``spec`` with the backend its form asks for."""
     parsed = parse(spec)
     if parsed.host is None:
-        return local(parsed)
+        try:
+            return local(parsed)
+        except LookupFailed:
+            config = cluster.load_config()
+            if config is None or parsed.port is not None:
+                raise
+            return in_cluster(parsed, config, **ssh_args)
+    config = cluster.load_config()
+    if config is not None:
+        if parsed.host == host_name():
+            return local(parsed)
+        try:
+            found = cluster.Etcd(config).members(parsed.name)
+        except ClusterError as exc:
+            log.info("%s: %s; looking on %s over SSH", spec, exc, parsed.host)
+            found = []
+        for member in found:
+            if member.host == parsed.host and parsed.port in (None, member.port):
+                return connect_member(member, **ssh_args)
+    return _remote(parsed, **ssh_args)
+
+
+def _remote(spec: Spec, **ssh_args: Any) -> Target:
     from .remote import resolve_remote  # imported on demand: paramiko is slow to import
 
-    return resolve_remote(parsed, **ssh_args)
+    return resolve_remote(spec, **ssh_args)
+
+
+def in_cluster(spec: Spec, config: cluster.ClusterConfig, **ssh_args: Any) -> Target:
+    """Resolve ``spec.name`` through the cluster registry: exactly one host must run it."""
+    try:
+        found = cluster.Etcd(config).members(spec.name)
+    except ClusterError as exc:
+        raise ClusterError(f"no daemon named {spec.name!r} is running on this host, and {exc}") from None
+    here = host_name()
+    # This host's entries were checked against the local registry already: one left here is a
+    # daemon that died within its lease's TTL.
+    found = [m for m in found if m.host != here]
+    if not found:
+        raise LookupFailed(f"no daemon named {spec.name!r} is running on this host or in the "
+                           f"cluster (etcd at {config.where})")
+    if len(found) > 1:
+        hosts = [m.host for m in found]
+        raise AmbiguousName(f"{spec.name!r} runs on several hosts: {', '.join(hosts)}; name one, "
+                            f"as in '{spec.name}:{hosts[0]}'", hosts)
+    return connect_member(found[0], **ssh_args)
+
+
+def connect_member(member: cluster.Member, **ssh_args: Any) -> Target:
+    """Reach the daemon ``member`` describes, the way its entry says."""
+    if member.host == host_name():
+        return local(Spec(member.name))
+    if _is_loopback(member.address) or member.server_key:
+        # Reachable only from its own host (or CURVE, whose client keys arrive with the
+        # security issue): through an SSH tunnel to that host.
+        return _remote(Spec(member.name, member.host), **ssh_args)
+    address = member.host if connect_address(member.address) != member.address else member.address
+    return Target(tcp_endpoint(address, member.port), member.name, host=member.host)
+
+
+def _is_loopback(address: str) -> bool:
+    if address in ("localhost", "localhost6"):
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

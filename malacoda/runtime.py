@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import socket
 import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -124,6 +125,14 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def host_name() -> str:
+    """This host's name in the cluster: ``MALACODA_HOSTNAME``, else ``socket.gethostname()``.
+
+    ``MALACODA_HOSTNAME`` lets several "hosts" share one machine (tests, containers).
+    """
+    return os.environ.get("MALACODA_HOSTNAME") or socket.gethostname()
 
 
 def process_start_time(pid: int) -> Optional[float]:
