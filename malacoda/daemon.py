@@ -48,6 +48,7 @@ from .version import __version__
 log = logging.getLogger(__name__)
 
 READ_ONLY = frozenset({"name", "running", "finished"})
+MAX_MESSAGE = 64 << 20  # the largest request a daemon reads (ZMQ_MAXMSGSIZE), by default
 
 
 @dataclass
@@ -63,6 +64,7 @@ class RunOptions:
     port: Optional[int] = None
     workers: Optional[int] = None
     queue: Optional[int] = None
+    max_message: Optional[int] = None
     pst_config: Optional[Dict[str, Any]] = None
     configure_socket: Optional[Callable[[zmq.Socket], None]] = None
     on_ready: List[Callable[[Entry], None]] = field(default_factory=list)
@@ -81,8 +83,9 @@ class Malacoda:
     ``port`` (default: a free port the kernel picks, published in the registry),
     ``daemonize`` (detach before serving), ``pst_config`` (see :mod:`malacoda.storage`).
     Further: ``workers`` (calls run at once, 1 = strictly serial; default 8), ``queue``
-    (requests waiting for a worker before callers get "busy"; default 64). Any other keyword
-    goes to ``daemon.DaemonContext`` when ``daemonize`` is true.
+    (requests waiting for a worker before callers get "busy"; default 64), ``max_message``
+    (bytes: a larger request is refused before it is read and its connection dropped; default
+    64 MiB). Any other keyword goes to ``daemon.DaemonContext`` when ``daemonize`` is true.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Malacoda:
         pst_config: Optional[Dict[str, Any]] = None,
         workers: int = 8,
         queue: int = 64,
+        max_message: int = MAX_MESSAGE,
         **daemon_kwargs: Any,
     ) -> None:
         if name is self:  # the original README's ``super().__init__(self)``
@@ -104,6 +108,7 @@ class Malacoda:
         port = opts.port if opts.port is not None else port
         workers = opts.workers or workers
         queue = opts.queue if opts.queue is not None else queue
+        max_message = opts.max_message or max_message
         if opts.pst_config is not None:
             pst_config = {**(pst_config or {}), **opts.pst_config}
         paths = Paths.default()
@@ -123,7 +128,7 @@ class Malacoda:
         elif daemon_kwargs:
             raise ConfigError(f"unknown keyword arguments {sorted(daemon_kwargs)} (they are "
                               "daemon.DaemonContext options, used only with daemonize=True)")
-        self._malacoda_serve(bind_address, port or 0, workers, queue, opts)
+        self._malacoda_serve(bind_address, port or 0, workers, queue, max_message, opts)
 
     # ------------------------------------------------------------------ public API
 
@@ -166,7 +171,7 @@ class Malacoda:
         context.open()
 
     def _malacoda_serve(self, address: str, port: int, workers: int, queue: int,
-                        opts: RunOptions) -> None:
+                        max_message: int, opts: RunOptions) -> None:
         paths, name = self._malacoda_paths, self.name
         registry = Registry(paths)
         lock = NameLock(paths, name)
@@ -179,7 +184,7 @@ class Malacoda:
             self._malacoda_load_pst()
             dispatcher = Dispatcher(self, self._malacoda_incarnation, __version__,
                                     read_only=READ_ONLY)
-            server = Server(dispatcher, address, port, workers, queue,
+            server = Server(dispatcher, address, port, workers, queue, max_message=max_message,
                             configure=opts.configure_socket)
             try:
                 bound = server.start()

@@ -58,6 +58,7 @@ class Dispatcher:
         self.version = version
         self.read_only = read_only
         self.hidden = hidden
+        self.max_items = p.MAX_REQUEST_ITEMS  # container items in one request body
         self._cls = type(target)
         self.table: Dict[str, Callable[[p.Request], Outcome]] = {
             p.CALL: self.call,
@@ -90,7 +91,7 @@ class Dispatcher:
 
     def call(self, request: p.Request) -> Outcome:
         name = self._check(request.name)
-        body = p.decode(request.body, request.buffers)
+        body = p.decode(request.body, request.buffers, self.max_items)
         if (not isinstance(body, list) or len(body) != 2 or not isinstance(body[0], list)
                 or not isinstance(body[1], dict)
                 or not all(type(k) is str for k in body[1])):
@@ -112,7 +113,7 @@ class Dispatcher:
         name = self._check(request.name)
         if name in self.read_only or _is_method(self._cls, name):
             raise AccessDenied(f"{name!r} is read-only through a proxy")
-        setattr(self.target, name, p.decode(request.body, request.buffers))
+        setattr(self.target, name, p.decode(request.body, request.buffers, self.max_items))
         return p.OK, None
 
     def describe(self, request: p.Request) -> Outcome:

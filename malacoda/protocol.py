@@ -97,7 +97,9 @@ spares copies of large payloads. Nothing in a message is ever unpickled or evalu
 
 Limits (a receiver's defaults, each a message it refuses): the whole message
 (``MAX_MESSAGE``, enforced by ZMQ_MAXMSGSIZE before it is read), a str/bin/array/map/ext length
-over ``MAX_LENGTH`` and nesting deeper than ``MAX_DEPTH``.
+over ``MAX_LENGTH`` and nesting deeper than ``MAX_DEPTH``. A daemon also caps the items of all
+containers of one request body together (``MAX_REQUEST_ITEMS``): decoding turns each byte of
+msgpack into up to ~80 bytes of Python objects, and this keeps a body's decoded size bounded.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ MAX_MESSAGE = 1 << 30  # 1 GiB for the whole multipart message
 MAX_LENGTH = 1 << 30  # one str / bin / ext payload
 MAX_ITEMS = 1 << 24  # items in one array or map
 MAX_DEPTH = 64  # nesting of containers, extension types included
+MAX_REQUEST_ITEMS = 1 << 20  # items in all containers of one request body, as a daemon decodes it
+_COUNT_FROM = 4096  # bodies smaller than this cannot amplify much: their items are not counted
 MAX_ID = 64  # request id bytes
 BUFFER_THRESHOLD = 32 * 1024  # bytes values from this size travel as their own frame
 
@@ -263,15 +267,22 @@ class Encoder:
 class Decoder:
     """Decodes one body with its buffer frames, within the codec's limits."""
 
-    __slots__ = ("_buffers", "_depth", "_max_length")
+    __slots__ = ("_buffers", "_depth", "_max_length", "_items_left")
 
-    def __init__(self, buffers: Sequence[bytes] = (), max_length: int = MAX_LENGTH) -> None:
+    def __init__(self, buffers: Sequence[bytes] = (), max_length: int = MAX_LENGTH,
+                 max_items: Optional[int] = None) -> None:
         self._buffers = buffers
         self._depth = 0
         self._max_length = max_length
+        self._items_left = max_items  # None: containers are not counted
 
     def unpack(self, data: bytes) -> Any:
         limit = min(self._max_length, len(data))
+        items = MAX_ITEMS
+        hooks: Dict[str, Any] = {}
+        if self._items_left is not None and (self._depth or len(data) >= _COUNT_FROM):
+            items = min(items, self._items_left)
+            hooks = {"list_hook": self._count, "object_hook": self._count}
         return msgpack.unpackb(
             data,
             ext_hook=self._ext_hook,
@@ -280,9 +291,16 @@ class Decoder:
             max_str_len=limit,
             max_bin_len=limit,
             max_ext_len=limit,
-            max_array_len=min(MAX_ITEMS, limit),
-            max_map_len=min(MAX_ITEMS, limit // 2),
+            max_array_len=min(items, limit),
+            max_map_len=min(items, limit // 2),
+            **hooks,
         )
+
+    def _count(self, container: Any) -> Any:
+        left = self._items_left = (self._items_left or 0) - len(container)
+        if left < 0:
+            raise ValueError("more container items than this receiver accepts in one message")
+        return container
 
     def _nested(self, data: bytes) -> Any:
         self._depth += 1
@@ -340,15 +358,19 @@ def encode(value: Any, lift: int = 2) -> Tuple[bytes, List[bytes]]:
     return enc.pack(value, lift), enc.buffers
 
 
-def decode(body: bytes, buffers: Sequence[bytes] = ()) -> Any:
-    """``(body, buffers)`` → value. Raises :class:`ProtocolError` for anything malformed."""
+def decode(body: bytes, buffers: Sequence[bytes] = (), max_items: Optional[int] = None) -> Any:
+    """``(body, buffers)`` → value. Raises :class:`ProtocolError` for anything malformed.
+
+    ``max_items`` caps the items of all containers together (a daemon passes
+    ``MAX_REQUEST_ITEMS``); None leaves only the per-container limit.
+    """
     try:
-        return Decoder(buffers).unpack(body)
+        return Decoder(buffers, max_items=max_items).unpack(body)
     except ProtocolError:
         raise
     except (ValueError, TypeError, KeyError, OverflowError, RecursionError,
             UnicodeDecodeError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"undecodable body: {exc}") from None
+        raise ProtocolError(f"undecodable body: {exc or type(exc).__name__}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ user code runs — and goes on receiving. The old leader, once its call returns,
 longer owns the socket and sends its reply through an inproc PUSH socket to whoever does.
 
 At most ``workers`` user calls run at once. A request that finds them all busy waits in a
-queue of ``queue`` entries, and one that finds the queue full gets a BUSY reply at once: a flood
-cannot grow memory without bound. ``ping`` is answered by the socket's owner without a worker.
-A request whose caller's timeout has passed before it could start is dropped unanswered.
+queue of ``queue`` entries (and ``queue_bytes`` bytes), and one that finds the queue full gets a
+BUSY reply at once: a flood cannot grow memory without bound. A re-sent request is answered
+from a :class:`~.replycache.ReplyCache` instead of running again. ``ping`` is answered by the
+socket's owner without a worker. A request whose caller's timeout has passed before it could
+start is dropped unanswered.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ _INPROC = "inproc://malacoda-replies-{}"
 _Item = Tuple[bytes, p.Request, float]
 
 
+def _size(request: p.Request) -> int:
+    return len(request.body) + sum(len(b) for b in request.buffers)
+
+
 class Server:
     """Serves ``dispatcher`` on a ROUTER socket bound to ``address:port`` (0: the kernel picks)."""
 
@@ -48,6 +54,7 @@ class Server:
         workers: int = 8,
         queue: int = 64,
         max_message: int = p.MAX_MESSAGE,
+        queue_bytes: Optional[int] = None,
         configure: Optional[Callable[[zmq.Socket], None]] = None,
     ) -> None:
         if workers < 1:
@@ -57,6 +64,9 @@ class Server:
         self.requested_port = port
         self.workers = workers
         self.queue_size = max(0, queue)
+        # The bytes of queued requests, beyond the first: default twice the largest message.
+        self.queue_bytes = 2 * max_message if queue_bytes is None else queue_bytes
+        self._queued_bytes = 0
         self.max_message = max_message
         self._configure = configure
         self.port: Optional[int] = None
@@ -152,6 +162,7 @@ class Server:
                         role = "lead"
                     elif self._queue and self._running < self.workers:
                         item = self._queue.popleft()
+                        self._queued_bytes -= _size(item[1])
                         self._running += 1
                         role = "work"
                     elif self._standby is None:
@@ -255,8 +266,10 @@ class Server:
                 self._leader_busy = True
                 self._busy_seq += 1
                 inline = True
-            elif len(self._queue) < self.queue_size:
+            elif len(self._queue) < self.queue_size and (
+                    not self._queue or self._queued_bytes + _size(request) <= self.queue_bytes):
                 self._queue.append((identity, request, now))
+                self._queued_bytes += _size(request)
                 self._cv.notify()
                 return True
             else:

@@ -1,0 +1,408 @@
+"""Wire fuzzing against a running daemon: it keeps serving, runs no code it was sent, and its
+memory stays bounded.
+
+Hypothesis generates the messages (derandomized, a bounded number of examples, no deadline:
+the same inputs on every run). Each example goes to one daemon process over a raw DEALER; after
+each, a ping must be answered. Pickles whose unpickling would create a marker file are put in
+every position a message has; the marker must never appear.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import msgpack
+import psutil
+import pytest
+import zmq
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from malacoda import protocol as p
+from malacoda.runtime import Registry
+
+FUZZ = settings(max_examples=120, derandomize=True, deadline=None, database=None,
+                suppress_health_check=list(HealthCheck))
+RSS_LIMIT = 200 << 20  # the daemon's peak RSS after all of it (it starts near 40 MiB)
+SIG = p.SIGNATURE
+
+
+class Evil:
+    """Unpickling this creates ``path`` (it would run any code the same way)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+class Wire:
+    """A raw DEALER to the daemon, with a liveness check."""
+
+    def __init__(self, port: int) -> None:
+        self.ctx = zmq.Context()
+        self.port = port
+        self.sock = self._open()
+        self.pings = 0
+
+    def _open(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{self.port}")
+        return sock
+
+    def send(self, frames: List[bytes]) -> None:
+        self.sock.send_multipart(frames, copy=True)
+
+    def ask(self, frames: List[bytes], timeout: float = 10.0) -> p.Reply:
+        """Send ``frames`` (a well-formed request) and return the reply to its id."""
+        rid = p.parse_request(frames).rid
+        self.send(frames)
+        return self._reply_to(rid, timeout)
+
+    def _reply_to(self, rid: bytes, timeout: float) -> p.Reply:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
+                raise AssertionError(f"no reply to {rid!r} within {timeout} s")
+            frames = self.sock.recv_multipart()
+            assert frames[0] == SIG and len(frames) >= 3, frames[:3]
+            reply = p.parse_reply(frames)
+            if reply.rid == rid:
+                return reply
+
+    def alive(self, timeout: float = 10.0) -> bool:
+        """The daemon answers a ping (replies to earlier garbage are skipped)."""
+        self.pings += 1
+        rid = b"alive-%d" % self.pings
+        reply = self.ask(p.request_frames(rid, p.PING, None, None, None), timeout)
+        return reply.status == p.OK and reply.value() == "pong"
+
+    def reconnect(self) -> None:
+        self.sock.close(0)
+        self.sock = self._open()
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def wire(start_daemon, tmp_path):
+    proc = start_daemon("HostileDaemon")
+    w = Wire(Registry().lookup("HostileDaemon").port)
+    w.proc = psutil.Process(proc.pid)
+    w.marker = tmp_path / "UNPICKLED"
+    yield w
+    w.close()
+    assert not w.marker.exists(), "the daemon unpickled something it was sent"
+
+
+def peak_rss(proc: psutil.Process) -> int:
+    """The process's peak resident size (VmHWM), in bytes."""
+    with open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return proc.memory_info().rss
+
+
+def header(rid: bytes = b"r", op: str = "call", name: Optional[str] = "echo",
+           timeout: Optional[int] = 10000) -> bytes:
+    h = {"i": rid, "o": op, "t": timeout}
+    if name is not None:
+        h["n"] = name
+    return msgpack.packb(h, use_bin_type=True)
+
+
+# ------------------------------------------------------------------------------- strategies
+
+frames_st = st.lists(st.binary(max_size=300), min_size=0, max_size=7)
+signed_frames_st = st.lists(st.binary(max_size=300), min_size=1, max_size=6).map(
+    lambda fs: [SIG, *fs])
+leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
+                 st.text(max_size=20), st.binary(max_size=20))
+values = st.recursive(leaf, lambda kids: st.one_of(
+    st.lists(kids, max_size=5), st.dictionaries(st.text(max_size=5), kids, max_size=5)),
+    max_leaves=20)
+names = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["_run", "__class__", "__init__", "__dict__", "_malacoda_stop", "__reduce__",
+                     "echo.__globals__", "lock.acquire", "os.system", "__import__", "échô",
+                     "__builtins__", "_Malacoda__x", "stop()", "pst_counter.__class__", ".", "",
+                     "a.b", "名前", "_", "__"]),
+    st.builds(lambda a, b: f"{a}.{b}", st.text(max_size=6), st.text(max_size=6)),
+    st.builds(lambda a: "_" + a, st.text(max_size=8)),
+    st.builds(lambda a: "__" + a + "__", st.text(max_size=8)),
+)
+# Methods a fuzzer must not call: they stop, crash or sleep the daemon (legitimately).
+UNSAFE = {"stop", "crash", "slow", "tally"}
+
+
+# ------------------------------------------------------------------------------- tests
+
+
+def test_random_multipart_frames(wire):
+    @FUZZ
+    @given(frames=st.one_of(frames_st, signed_frames_st))
+    def run(frames):
+        if frames:
+            wire.send(frames)
+        assert wire.alive()
+
+    run()
+
+
+def test_unknown_operations_versions_and_headers(wire):
+    @FUZZ
+    @given(op=st.text(max_size=10), version=st.integers(0, 255), extra=values,
+           rid=st.binary(min_size=1, max_size=64))
+    def run(op, version, extra, rid):
+        assume(op not in p.OPERATIONS)
+        reply = wire.ask([SIG, header(rid, op), msgpack.packb(extra, use_bin_type=True)])
+        assert reply.status == p.UNKNOWN_OP
+        if version != 1:
+            wire.send([b"MLC" + bytes([version]), header(rid, "call"), b"\xc0"])
+            reply = wire._reply_to(rid, 10)
+            assert reply.status == p.BAD_VERSION
+        # A header that is not a map, or a map of odd values, is a BAD_REQUEST.
+        wire.send([SIG, msgpack.packb(extra, use_bin_type=True), b"\xc0"])
+        assert wire.alive()
+
+    run()
+
+
+def test_names_private_dotted_and_non_ascii_are_never_reached(wire):
+    @FUZZ
+    @given(name=names, op=st.sampled_from([p.CALL, p.GET, p.SET]), value=values)
+    def run(name, op, value):
+        assume(name not in UNSAFE)
+        body = [[], {}] if op == p.CALL else value
+        reply = wire.ask(p.request_frames(b"n", op, name, body, 10000))
+        private = not name.isidentifier() or name.startswith("_")
+        if private:
+            assert reply.status == p.DENIED, (name, reply.status)
+        else:
+            assert reply.status in (p.OK, p.ERROR, p.DENIED), (name, reply.status)
+
+    run()
+    d = wire.ask(p.request_frames(b"d", p.DESCRIBE, None, None, 10000)).value()
+    assert not [n for n in [*d["methods"], *d["attributes"]] if n.startswith("_")]
+
+
+def test_truncated_and_over_long_codec_payloads(wire):
+    @FUZZ
+    @given(value=values, cut=st.integers(0, 10**6), tail=st.binary(min_size=1, max_size=40))
+    def run(value, cut, tail):
+        body, buffers = p.encode([[value], {}])
+        truncated = body[:cut % max(1, len(body))]
+        reply = wire.ask([SIG, header(b"t"), truncated, *buffers])
+        assert reply.status == p.BAD_REQUEST
+        reply = wire.ask([SIG, header(b"o"), body + tail, *buffers])
+        assert reply.status == p.BAD_REQUEST
+        reply = wire.ask([SIG, header(b"k"), body, *buffers])
+        assert reply.status == p.OK
+        echoed = reply.value()
+        assert echoed == value or echoed != echoed  # NaN inside
+
+    run()
+
+
+def test_huge_declared_lengths(wire):
+    """Lengths up to 2**32-1 declared in a few bytes: refused without allocating them."""
+    markers = [b"\xdb", b"\xc6", b"\xdd", b"\xdf", b"\xc9\x00"]  # str32 bin32 array32 map32 ext32
+
+    @FUZZ
+    @given(marker=st.sampled_from(markers), length=st.integers(2**16, 2**32 - 1),
+           data=st.binary(max_size=64), wrap=st.booleans())
+    def run(marker, length, data, wrap):
+        if marker == b"\xc9\x00":
+            body = b"\xc9" + struct.pack(">I", length) + b"\x01" + data
+        else:
+            body = marker + struct.pack(">I", length) + data
+        if wrap:
+            body = b"\x92\x91" + body + b"\x80"  # [[that], {}]
+        assert wire.ask([SIG, header(b"h"), body]).status == p.BAD_REQUEST
+
+    run()
+    assert peak_rss(wire.proc) < RSS_LIMIT
+
+
+@pytest.mark.parametrize("depth", [65, 600, 1100, 100_000])
+def test_deep_nesting(wire, depth):
+    """Native arrays nest up to msgpack's 1024 levels, extension types up to 64; deeper is a
+    BAD_REQUEST, and either way the daemon goes on serving."""
+    native = b"\x91" * depth + b"\xc0"  # [[[[…]]]]
+    reply = wire.ask([SIG, header(b"d"), b"\x92\x91" + native + b"\x80"])
+    if depth < 1022:
+        assert reply.status in (p.OK, p.ERROR)  # echoed, or too deep to encode the reply
+    else:
+        assert reply.status == p.BAD_REQUEST
+    nested = msgpack.packb(None)
+    for _ in range(min(depth, 2000)):  # tuples: each an extension type holding the next
+        nested = msgpack.packb(msgpack.ExtType(p.EXT_TUPLE, b"\x91" + nested))
+    assert wire.ask([SIG, header(b"e"), b"\x92\x91" + nested + b"\x80"]).status == p.BAD_REQUEST
+    assert wire.alive()
+
+
+def test_amplifying_bodies_are_refused(wire):
+    """A 60 MiB map of distinct keys would decode to ~800 MiB of objects: it is refused."""
+    n = 10 << 20
+    keys = b"".join(b"\xce" + struct.pack(">I", i) + b"\xc0" for i in range(n))
+    body = b"\x92\x91\xdf" + struct.pack(">I", n) + keys + b"\x80"
+    assert wire.ask([SIG, header(b"m"), body], timeout=60).status == p.BAD_REQUEST
+    many = b"\x92\x91\xdd" + struct.pack(">I", 4 << 20) + b"\x91\xc0" * (4 << 20) + b"\x80"
+    assert wire.ask([SIG, header(b"l"), many], timeout=60).status == p.BAD_REQUEST
+    assert peak_rss(wire.proc) < RSS_LIMIT
+    assert wire.alive()
+
+
+def test_pickles_in_every_position_are_never_unpickled(wire):
+    marker = str(wire.marker)
+    pickles = [pickle.dumps(Evil(marker), protocol=n) for n in range(0, pickle.HIGHEST_PROTOCOL + 1)]
+    for blob in pickles:
+        messages = [
+            [blob],
+            [blob, blob, blob],
+            [SIG, blob, blob],
+            [blob, header(), msgpack.packb([[1], {}])],
+            [SIG, header(), blob],
+            [SIG, header(), msgpack.packb([[b"x"], {}]), blob],
+            [SIG, header(rid=blob[:64])],
+            [SIG, header(name=blob.decode("latin-1")), msgpack.packb([[], {}])],
+            [SIG, header(op=blob.decode("latin-1")), msgpack.packb(None)],
+            [SIG, header(op="set", name="pst_counter"), blob],
+            [SIG, header(), msgpack.packb([[msgpack.ExtType(p.EXT_NAMED, blob)], {}])],
+            [SIG, header(), msgpack.packb([[msgpack.ExtType(99, blob)], {}])],
+            [SIG, header(), msgpack.packb([[msgpack.ExtType(p.EXT_NAMED, msgpack.packb(
+                ["pickle.loads", blob], use_bin_type=True))], {}])],
+        ]
+        for frames in messages:
+            wire.send(frames)
+        assert wire.alive()
+        # As data, a pickle is just bytes: it comes back as the same bytes, never as an object.
+        reply = wire.ask(p.request_frames(b"b", p.CALL, "echo", [[blob], {}], 10000))
+        assert reply.status == p.OK and reply.value() == blob
+        reply = wire.ask(p.request_frames(b"s", p.SET, "stash", blob, 10000))
+        assert reply.status == p.OK
+        assert wire.ask(p.request_frames(b"g", p.GET, "stash", None, 10000)).value() == blob
+    assert not Path(marker).exists()
+
+
+def test_a_512_mib_frame_is_refused_unread(start_daemon):
+    """Larger than max_message (64 MiB by default): the connection is dropped on its header;
+    the daemon's peak memory stays far below the frame's size and it keeps serving."""
+    import mmap
+
+    proc = start_daemon("HostileDaemon")
+    port = Registry().lookup("HostileDaemon").port
+    daemon = psutil.Process(proc.pid)
+    before = peak_rss(daemon)
+    zeros = mmap.mmap(-1, 512 << 20)  # zero pages: the sender does not hold 512 MiB either
+    sender = Wire(port)
+    try:
+        sender.sock.send_multipart([SIG, header(b"big"), memoryview(zeros)], copy=False)
+        probe = Wire(port)
+        try:
+            for _ in range(20):
+                assert probe.alive()
+            reply = probe.ask([SIG, header(b"ok"), msgpack.packb([["still here"], {}])])
+            assert reply.value() == "still here"
+        finally:
+            probe.close()
+    finally:
+        sender.close()
+        zeros.close()
+    peak = peak_rss(daemon)
+    assert peak < 128 << 20, f"peak RSS {peak >> 20} MiB (was {before >> 20} MiB)"
+
+
+def test_huge_declared_transport_length_drops_the_connection(start_daemon):
+    """A ZMTP frame header declaring 2**62 bytes, by hand over TCP: dropped, nothing read."""
+    proc = start_daemon("HostileDaemon")
+    port = Registry().lookup("HostileDaemon").port
+    greeting = (b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0")
+                + b"\0" + b"\0" * 31)
+    props = b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+    ready = b"\x05READY" + props
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        s.settimeout(10)
+        s.sendall(greeting)
+        theirs = b""
+        while len(theirs) < 64:
+            chunk = s.recv(64 - len(theirs))
+            assert chunk, "the daemon closed before its greeting"
+            theirs += chunk
+        assert theirs[:1] == b"\xff" and theirs[10:11] == b"\x03"  # it speaks ZMTP 3
+        s.sendall(b"\x04" + bytes([len(ready)]) + ready)
+        s.sendall(b"\x03" + struct.pack(">Q", 1 << 62) + b"\0" * 4096)  # more, long frame
+        closed = False
+        try:
+            while s.recv(4096):
+                pass  # its READY command
+            closed = True
+        except ConnectionResetError:
+            closed = True
+        assert closed
+    w = Wire(port)
+    try:
+        assert w.alive()
+    finally:
+        w.close()
+    assert peak_rss(psutil.Process(proc.pid)) < 128 << 20
+
+
+def test_max_message_is_a_setting(start_daemon):
+    start_daemon("HostileDaemon", max_message=1 << 20)
+    port = Registry().lookup("HostileDaemon").port
+    sender, probe = Wire(port), Wire(port)
+    try:
+        big = b"x" * (2 << 20)
+        sender.send([SIG, header(b"big"), msgpack.packb([[], {}]), big])
+        assert probe.alive()
+        assert not sender.sock.poll(500)  # dropped, unanswered
+        sender.reconnect()
+        small = p.request_frames(b"small", p.CALL, "echo", [[b"y" * (512 << 10)], {}], 10000)
+        assert sender.ask(small).value() == b"y" * (512 << 10)
+    finally:
+        sender.close()
+        probe.close()
+
+
+def test_nothing_ran_from_the_fuzzing(wire):
+    """After a burst of hostile traffic, the daemon's own state is what it was."""
+    d_before = wire.ask(p.request_frames(b"d", p.GET, "pst_counter", None, 10000)).value()
+    for frames in ([SIG, header(op="set", name="_malacoda_stop"), b"\xc0"],
+                   [SIG, header(op="set", name="running"), b"\xc2"],
+                   [SIG, header(op="call", name="stop.__call__"), msgpack.packb([[], {}])],
+                   [SIG, header(op="call", name="__class__"), msgpack.packb([[], {}])]):
+        wire.send(frames)
+    assert wire.alive()
+    assert wire.ask(p.request_frames(b"r", p.GET, "running", None, 10000)).value() is True
+    assert wire.ask(p.request_frames(b"c", p.GET, "pst_counter", None, 10000)).value() == d_before
+    assert os.path.exists(f"/proc/{wire.proc.pid}")
+
+
+def test_queue_is_bounded_in_bytes_too(start_daemon):
+    """With max_message 4 MiB the queue holds at most 8 MiB of requests: the third 3 MiB request
+    that finds the only worker busy is told BUSY at once, though the queue has room for 64."""
+    start_daemon("HostileDaemon", workers=1, max_message=4 << 20)
+    w = Wire(Registry().lookup("HostileDaemon").port)
+    try:
+        w.send(p.request_frames(b"slow", p.CALL, "tally", [[2.0], {}], None))
+        for n in range(3):
+            w.send(p.request_frames(b"big%d" % n, p.CALL, "echo", [[b"z" * (3 << 20)], {}], None))
+        first = w._reply_to(b"big2", 10)
+        assert first.status == p.BUSY
+        assert w._reply_to(b"big0", 20).status == p.OK
+        assert w._reply_to(b"big1", 20).status == p.OK
+    finally:
+        w.close()
