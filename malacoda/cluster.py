@@ -297,6 +297,10 @@ class Etcd:
                                f"{_reason(exc)}") from None
         client.session.headers["Authorization"] = reply["token"]
 
+    def current_client(self) -> Any:
+        """The ``etcd3gw`` client of the endpoint that answered last (for a watch stream)."""
+        return self._clients[self._current]
+
     # -------------------------------------------------------------- operations
 
     def members(self, name: Optional[str] = None) -> List[Member]:

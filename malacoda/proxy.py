@@ -130,7 +130,7 @@ class Proxy:
     def _connect(self) -> Channel:
         with self._lock:
             channel = self._channel
-            if channel is not None and channel.poll_broken() is None:
+            if channel is not None and channel.poll_broken() is None and self._target.current():
                 return channel
             if channel is not None:
                 channel.close()
@@ -143,7 +143,8 @@ class Proxy:
 
     def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float]) -> Any:
         channel = self._channel
-        if channel is None or channel.broken is not None or channel.poll_broken() is not None:
+        if (channel is None or channel.broken is not None or channel.poll_broken() is not None
+                or not self._target.current()):
             channel = self._connect()
         rid = self._rid_prefix + next(self._counter).to_bytes(8, "big")
         timeout_ms = None if timeout is None else max(0, int(timeout * 1000))

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
-from . import cluster
+from . import cluster, cluster_watch
 from .errors import AmbiguousName, ClusterError, ConfigError, LookupFailed
 from .runtime import Entry, Registry, check_name, host_name
 
@@ -51,6 +51,9 @@ class Target:
     host: Optional[str] = None
     curve: Optional[Dict[str, bytes]] = None
     close: Callable[[], None] = field(default=lambda: None)
+    #: False once the target is known to be gone (a cluster entry deleted or replaced): the
+    #: proxy then resolves the name again even though its connection did not drop.
+    current: Callable[[], bool] = field(default=lambda: True)
 
 
 def parse(spec: str) -> Spec:
@@ -129,7 +132,7 @@ def resolve(spec: str, **ssh_args: Any) -> Target:
             found = []
         for member in found:
             if member.host == parsed.host and parsed.port in (None, member.port):
-                return connect_member(member, **ssh_args)
+                return connect_member(member, config, **ssh_args)
     return _remote(parsed, **ssh_args)
 
 
@@ -156,19 +159,30 @@ def in_cluster(spec: Spec, config: cluster.ClusterConfig, **ssh_args: Any) -> Ta
         hosts = [m.host for m in found]
         raise AmbiguousName(f"{spec.name!r} runs on several hosts: {', '.join(hosts)}; name one, "
                             f"as in '{spec.name}:{hosts[0]}'", hosts)
-    return connect_member(found[0], **ssh_args)
+    return connect_member(found[0], config, **ssh_args)
 
 
-def connect_member(member: cluster.Member, **ssh_args: Any) -> Target:
-    """Reach the daemon ``member`` describes, the way its entry says."""
+def connect_member(member: cluster.Member, config: cluster.ClusterConfig, **ssh_args: Any) -> Target:
+    """Reach the daemon ``member`` describes, the way its entry says, and watch its entry."""
     if member.host == host_name():
         return local(Spec(member.name))
     if _is_loopback(member.address) or member.server_key:
         # Reachable only from its own host (or CURVE, whose client keys arrive with the
         # security issue): through an SSH tunnel to that host.
-        return _remote(Spec(member.name, member.host), **ssh_args)
-    address = member.host if connect_address(member.address) != member.address else member.address
-    return Target(tcp_endpoint(address, member.port), member.name, host=member.host)
+        target = _remote(Spec(member.name, member.host), **ssh_args)
+    else:
+        address = member.host if connect_address(member.address) != member.address else member.address
+        target = Target(tcp_endpoint(address, member.port), member.name, host=member.host)
+    view, release = cluster_watch.acquire(config)
+    close = target.close
+
+    def close_both() -> None:
+        release()
+        close()
+
+    target.current = lambda: view.current(member.key, member.incarnation)
+    target.close = close_both
+    return target
 
 
 def _is_loopback(address: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterator, List
 import pytest
 
 import malacoda
-from malacoda import cluster
+from malacoda import cluster, cluster_watch
 from tests.etcd import ETCD, EtcdServer
 from tests.support import ROOT, DaemonProcess, Processes, wait_for
 
@@ -191,6 +191,79 @@ def test_loopback_daemon_is_reached_through_ssh(hosts, etcd, monkeypatch):
     with pytest.raises(malacoda.LookupFailed, match="over ssh"):
         malacoda.get("TestDaemon")
     assert called == [f"TestDaemon:{B}"]
+
+
+def test_daemon_moving_hosts_behind_a_live_proxy(hosts, etcd):
+    on_b = hosts.start(B)
+    hosts.be(A)
+    with malacoda.get("TestDaemon", timeout=5) as d:
+        assert d.pid() == on_b.pid
+        on_b.kill(signal.SIGTERM)  # a clean stop on B ...
+        assert on_b.wait() == 0
+        on_c = hosts.start(C)  # ... and a start on C: the next call finds it there
+        assert d.pid() == on_c.pid
+        assert d.echo("moved") == "moved"
+        assert cluster_watch.view_of(cluster.load_config()) is not None
+    assert cluster_watch.view_of(cluster.load_config()) is None  # the last proxy closed: no watch
+
+
+def hang(proc: DaemonProcess) -> None:
+    """SIGSTOP ``proc`` and wait until the kernel shows it stopped."""
+    os.kill(proc.pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+    wait_for(stopped, what=f"pid {proc.pid} to stop")
+
+
+def _follows(proxy: malacoda.Proxy, pid: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return proxy.pid(timeout=0.5) == pid
+        except malacoda.CallTimeout:
+            return False
+
+    return check
+
+
+@pytest.mark.slow
+def test_proxy_leaves_a_hung_host(hosts, etcd):
+    """A host that hangs keeps its TCP connections open: only its expired lease tells."""
+    on_b = hosts.start(B)
+    hosts.be(A)
+    d = malacoda.get("TestDaemon")
+    assert d.pid(timeout=5) == on_b.pid
+    hang(on_b)  # no FIN, no lease refresh
+    with pytest.raises(malacoda.CallTimeout):
+        d.pid(timeout=0.3)
+    wait_for(gone(etcd.registry, "TestDaemon", B), timeout=TTL + 3, what="B's lease to expire")
+    on_c = hosts.start(C)
+    wait_for(_follows(d, on_c.pid), what="the proxy to follow the daemon to C")
+
+
+@pytest.mark.slow
+def test_etcd_restarted_under_a_watching_proxy(hosts, etcd):
+    on_b = hosts.start(B)
+    hosts.be(A)
+    d = malacoda.get("TestDaemon")
+    assert d.pid(timeout=5) == on_b.pid
+    view = cluster_watch.view_of(cluster.load_config())
+    assert view is not None
+    wait_for(view.synced.is_set, what="the watch to list the registry")
+    lists = view.lists
+    etcd.stop()
+    assert d.pid(timeout=5) == on_b.pid  # etcd away: the proxy keeps its working connection
+    etcd.start()
+    wait_for(lambda: view.lists > lists and view.synced.is_set(), timeout=10,
+             what="the watch to list again after the restart")
+    wait_for(lambda: registered(etcd.registry, "TestDaemon", B, on_b), what="B to stay registered")
+    # Now B hangs and the daemon comes back on C: only a watch that survived the restart sees it.
+    hang(on_b)
+    wait_for(gone(etcd.registry, "TestDaemon", B), timeout=TTL + 5, what="B's lease to expire")
+    on_c = hosts.start(C)
+    wait_for(_follows(d, on_c.pid), what="the proxy to follow the daemon to C")
 
 
 def test_config_file_and_errors(tmp_path, monkeypatch):
