@@ -1,0 +1,172 @@
+"""The systems under test: one echo server each, and a client that calls it.
+
+A server runs in a process of its own (``python -m bench.systems SYSTEM``), binds 127.0.0.1 on a
+port the kernel picks, prints ``READY <port>`` on stdout and serves until it is killed or its
+parent goes away. Every server answers ``echo(x) -> x``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, Tuple
+
+HOST = "127.0.0.1"
+
+#: system -> (label, what it is)
+SYSTEMS: Dict[str, Tuple[str, str]] = {
+    "zmq_reqrep": ("raw pyzmq REQ/REP", "bytes echo, one-thread REP loop, no codec: the floor"),
+    "malacoda": ("Malacoda", "d.echo('hello') through a Proxy; leader/followers daemon"),
+    "pyro5": ("Pyro5", "proxy.echo('hello'); serpent, thread-pool server"),
+    "rpyc": ("RPyC", "conn.root.echo('hello'); ThreadedServer (two round trips)"),
+    "rpyc_cached": ("RPyC, method cached", "f = conn.root.echo once, then f('hello')"),
+}
+FLOOR = "zmq_reqrep"
+BENCH_NAME = "BenchEcho"
+
+
+def small_value(system: str) -> Any:
+    """The small-call argument: raw zmq carries bytes, every RPC system a str."""
+    return b"hello" if system == FLOOR else "hello"
+
+
+def _exit_with_parent() -> None:
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _ready(port: int) -> None:
+    sys.stdout.write(f"READY {port}\n")
+    sys.stdout.flush()
+
+
+def serve(system: str) -> None:
+    """Run ``system``'s echo server in this process until it is killed."""
+    _exit_with_parent()
+    if system == "zmq_reqrep":
+        import zmq
+
+        sock = zmq.Context().socket(zmq.REP)
+        port = sock.bind_to_random_port(f"tcp://{HOST}")
+        _ready(port)
+        while True:
+            sock.send(sock.recv())
+    elif system == "malacoda":
+        from bench.daemon import serve_bench_echo
+
+        serve_bench_echo(_ready)
+    elif system == "pyro5":
+        import Pyro5.api
+        import serpent
+
+        @Pyro5.api.expose
+        class Echo:
+            def echo(self, value: Any) -> Any:
+                if type(value) is dict and value.get("encoding") == "base64":
+                    value = serpent.tobytes(value)  # serpent sends bytes as base64 text
+                return value
+
+        daemon = Pyro5.api.Daemon(host=HOST, port=0)
+        daemon.register(Echo(), objectId="echo")
+        _ready(int(daemon.locationStr.rsplit(":", 1)[1]))
+        daemon.requestLoop()
+    elif system in ("rpyc", "rpyc_cached"):
+        import socket
+
+        import rpyc
+        from rpyc.utils.server import ThreadedServer
+
+        class EchoService(rpyc.Service):
+            def exposed_echo(self, value: Any) -> Any:
+                return value
+
+        probe = socket.socket()
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+        probe.close()
+
+        class Server(ThreadedServer):
+            def _listen(self) -> None:
+                super()._listen()
+                _ready(port)
+
+        Server(EchoService, hostname=HOST, port=port, auto_register=False).start()
+    else:
+        raise SystemExit(f"unknown system {system!r}")
+
+
+class Client:
+    """One connection of ``system`` to the server on ``port``: ``call(x)`` echoes ``x``."""
+
+    def __init__(self, system: str, port: int) -> None:
+        self.system = system
+        self.call: Callable[[Any], Any]
+        self._close: Callable[[], None]
+        if system == "zmq_reqrep":
+            import zmq
+
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"tcp://{HOST}:{port}")
+
+            def call(value: Any) -> Any:
+                sock.send(value)
+                return sock.recv()
+
+            def close() -> None:
+                sock.close(0)
+                ctx.term()
+
+            self.call, self._close = call, close
+        elif system == "malacoda":
+            import malacoda
+
+            proxy = malacoda.get(f"{BENCH_NAME}:{port}")
+            self.proxy = proxy
+            self.call = lambda value: proxy.echo(value)  # the idiomatic d.echo(x), every time
+            self._close = proxy._close
+        elif system == "pyro5":
+            import Pyro5.api
+            import serpent
+
+            proxy = Pyro5.api.Proxy(f"PYRO:echo@{HOST}:{port}")
+
+            def call(value: Any) -> Any:
+                result = proxy.echo(value)
+                if type(result) is dict and result.get("encoding") == "base64":
+                    result = serpent.tobytes(result)
+                return result
+
+            self.proxy = proxy
+            self.call, self._close = call, proxy._pyroRelease
+        elif system in ("rpyc", "rpyc_cached"):
+            import rpyc
+
+            conn = rpyc.connect(HOST, port, config={"sync_request_timeout": 60})
+            if system == "rpyc_cached":
+                self.call = conn.root.echo
+            else:
+                self.call = lambda value: conn.root.echo(value)
+            self.conn = conn
+            self._close = conn.close
+        else:
+            raise ValueError(f"unknown system {system!r}")
+
+    def close(self) -> None:
+        try:
+            self._close()
+        except Exception:
+            pass
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
