@@ -27,6 +27,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as p
+from .frames import recv_frames, send_frames
 from .errors import CallTimeout, ConnectionLost, ProtocolError
 
 HEARTBEAT = 5.0
@@ -46,17 +47,34 @@ def context() -> zmq.Context:
         return _context
 
 
+class NotSent(ConnectionLost):
+    """The link was found down before the request left: it is safe to send it elsewhere."""
+
+
 class _Waiter:
-    __slots__ = ("event", "reply", "error")
+    """A thread waiting for its reply; ``wake`` is a one-shot signal (a lock, the cheapest)."""
+
+    __slots__ = ("_signal", "reply", "error")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self._signal = threading.Lock()
+        self._signal.acquire()
         self.reply: Optional[p.Reply] = None
         self.error: Optional[BaseException] = None
 
     @property
     def done(self) -> bool:
         return self.reply is not None or self.error is not None
+
+    def wake(self) -> None:
+        try:
+            self._signal.release()
+        except RuntimeError:
+            pass  # already signalled and not consumed yet
+
+    def sleep(self, timeout: Optional[float]) -> None:
+        """Wait for a wake (consuming it) or ``timeout`` seconds."""
+        self._signal.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
 
 
 class Channel:
@@ -102,45 +120,44 @@ class Channel:
     # ------------------------------------------------------------------ public
 
     def request(self, frames: List[bytes], rid: bytes, timeout: Optional[float]) -> p.Reply:
-        """Send ``frames`` and wait for the reply with id ``rid``."""
-        waiter = _Waiter()
+        """Send ``frames`` and wait for the reply with id ``rid``.
+
+        Raises :class:`NotSent` when the link is found down before anything was sent,
+        :class:`~.errors.ConnectionLost` when it drops while waiting, and
+        :class:`~.errors.CallTimeout` after ``timeout`` seconds.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._mu:
-            if self.broken is not None:
-                raise self.broken
-            self._pending[rid] = waiter
-            self._outbox.append(frames)
-        try:
-            while not waiter.done:
-                if self._io.acquire(blocking=False):
-                    try:
-                        self._read_until(waiter, deadline)
-                    finally:
-                        self._io.release()
-                        self._pass_reader_role(waiter)
-                    break
-                self._nudge()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                waiter.event.wait(remaining)
-                waiter.event.clear()
-        finally:
-            with self._mu:
-                self._pending.pop(rid, None)
-        if waiter.error is not None:
-            raise waiter.error
-        if waiter.reply is None:
+        if self._io.acquire(blocking=False):
+            # Nobody is reading: this thread sends and reads itself, without any hand-off.
+            try:
+                if self._closed:
+                    raise NotSent(f"the connection to {self.endpoint} was closed")
+                if self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+                    self._read_monitor()
+                if self.broken is not None:
+                    raise NotSent(str(self.broken))
+                self._send(frames)
+                reply = self._read_until(rid, deadline, None)
+            finally:
+                self._io.release()
+                if self._pending:
+                    self._pass_reader_role()
+        else:
+            reply = self._wait_as_follower(frames, rid, deadline)
+        if reply is None:
             raise CallTimeout(f"no reply from {self.endpoint} within {timeout} s")
-        return waiter.reply
+        return reply
 
     def poll_broken(self) -> Optional[BaseException]:
         """Read pending monitor events without waiting; the error if the link dropped."""
         if self.broken is None and self._io.acquire(blocking=False):
             try:
-                self._read_monitor()
+                if not self._closed:
+                    self._read_monitor()
             finally:
                 self._io.release()
+                if self._pending:
+                    self._pass_reader_role()
         return self.broken
 
     def close(self) -> None:
@@ -160,18 +177,57 @@ class Channel:
 
     # ------------------------------------------------------------------ reader role
 
+    def _wait_as_follower(self, frames: List[bytes], rid: bytes,
+                          deadline: Optional[float]) -> Optional[p.Reply]:
+        """Another thread reads: queue the request for it, wait, and take over when it is done."""
+        waiter = _Waiter()
+        with self._mu:
+            if self.broken is not None:
+                raise NotSent(str(self.broken))
+            self._pending[rid] = waiter
+            self._outbox.append(frames)
+        try:
+            self._nudge()
+            while not waiter.done:
+                if self._io.acquire(blocking=False):
+                    try:
+                        if self._closed:
+                            raise ConnectionLost(f"the connection to {self.endpoint} was closed")
+                        self._flush()
+                        if not waiter.done:
+                            waiter.reply = self._read_until(rid, deadline, waiter)
+                    finally:
+                        self._io.release()
+                        self._pass_reader_role()
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                # Bounded: a reader role released between our try and our sleep is taken
+                # on the next round even if its wake-up went to someone else.
+                waiter.sleep(0.05 if remaining is None else min(remaining, 0.05))
+        finally:
+            with self._mu:
+                self._pending.pop(rid, None)
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.reply
+
     def _nudge(self) -> None:
         try:
             os.write(self._wake_w, b"\0")
         except (BlockingIOError, OSError):
             pass  # the pipe is full (a wake-up is already pending) or closed
 
-    def _pass_reader_role(self, waiter: _Waiter) -> None:
+    def _pass_reader_role(self) -> None:
         with self._mu:
             for other in self._pending.values():
-                if other is not waiter and not other.done:
-                    other.event.set()
+                if not other.done:
+                    other.wake()
                     return
+
+    def _send(self, frames: List[bytes]) -> None:
+        send_frames(self._sock, frames)
 
     def _flush(self) -> None:
         while True:
@@ -179,59 +235,73 @@ class Channel:
                 if not self._outbox:
                     return
                 frames = self._outbox.popleft()
-            self._sock.send_multipart(frames, copy=len(frames[-1]) < 65536)
+            self._send(frames)
 
-    def _read_until(self, waiter: _Waiter, deadline: Optional[float]) -> None:
-        if self._closed:
-            raise ConnectionLost(f"the connection to {self.endpoint} was closed")
-        self._flush()
+    def _read_until(self, rid: bytes, deadline: Optional[float],
+                    waiter: Optional[_Waiter]) -> Optional[p.Reply]:
+        """As the reader: send what others queue, deliver their replies, return ours.
+
+        None when ``deadline`` passes first; raises ConnectionLost when the link drops.
+        """
+        sock, monitor = self._sock, self._monitor
+        poll = self._poller.poll
         quiet_since = time.monotonic()
         pinged = False
-        while not waiter.done:
-            now = time.monotonic()
-            wait = self.heartbeat if deadline is None else min(self.heartbeat, deadline - now)
-            if wait <= 0:
-                return
-            events = dict(self._poller.poll(max(1, int(wait * 1000))))
-            if self._wake_r in events:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
-                self._flush()
-            if self._monitor in events:
-                self._read_monitor()
-            if self._sock in events:
-                self._read_replies()
-                quiet_since, pinged = time.monotonic(), False
-            elif not events and deadline is None:
-                if time.monotonic() - quiet_since >= 2 * self.heartbeat and pinged:
-                    self._fail_all(ConnectionLost(
-                        f"the daemon at {self.endpoint} did not answer a ping for "
-                        f"{2 * self.heartbeat:.0f} s (hung, stopped or unreachable)"))
-                    return
-                if not pinged:
-                    self._ping_seq += 1
-                    rid = b"\xffping" + self._ping_seq.to_bytes(8, "big")
-                    self._sock.send_multipart(p.request_frames(rid, p.PING, None, None, None))
-                    pinged = True
-
-    def _read_replies(self) -> None:
         while True:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                reply = p.parse_reply(frames)
-            except ProtocolError:
+            if waiter is not None and waiter.done:
+                return waiter.reply
+            if deadline is None:
+                wait = self.heartbeat
+            else:
+                wait = min(self.heartbeat, deadline - time.monotonic())
+                if wait <= 0:
+                    return None
+            events = poll(max(1, int(wait * 1000)))
+            if not events:
+                if deadline is None:
+                    if pinged and time.monotonic() - quiet_since >= 2 * self.heartbeat:
+                        self._fail_all(ConnectionLost(
+                            f"the daemon at {self.endpoint} did not answer a ping for "
+                            f"{2 * self.heartbeat:.0f} s (hung, stopped or unreachable)"))
+                        raise self.broken  # type: ignore[misc]
+                    if not pinged:
+                        self._ping()
+                        pinged = True
                 continue
-            with self._mu:
-                waiter = self._pending.get(reply.rid)
-            if waiter is not None:
-                waiter.reply = reply
-                waiter.event.set()
+            for source, _ in events:
+                if source is sock:
+                    try:
+                        frames = recv_frames(sock, zmq.NOBLOCK)
+                    except zmq.Again:
+                        continue
+                    quiet_since, pinged = time.monotonic(), False
+                    try:
+                        reply = p.parse_reply(frames)
+                    except ProtocolError:
+                        continue
+                    if reply.rid == rid:
+                        return reply
+                    with self._mu:
+                        other = self._pending.get(reply.rid)
+                    if other is not None:
+                        other.reply = reply
+                        other.wake()
+                elif source is monitor:
+                    self._read_monitor()
+                    if self.broken is not None:
+                        raise self.broken
+                else:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self._flush()
+
+    def _ping(self) -> None:
+        self._ping_seq += 1
+        rid = b"\xffping" + self._ping_seq.to_bytes(8, "big")
+        send_frames(self._sock, p.request_frames(rid, p.PING, None, None, None))
 
     def _read_monitor(self) -> None:
         while True:
@@ -254,4 +324,4 @@ class Channel:
         for w in waiters:
             if not w.done:
                 w.error = error
-                w.event.set()
+                w.wake()

@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from . import protocol as p
-from .channel import Channel
+from .channel import Channel, NotSent
 from .errors import (
     AccessDenied,
     Busy,
@@ -143,21 +143,22 @@ class Proxy:
 
     def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float]) -> Any:
         channel = self._channel
-        if (channel is None or channel.broken is not None or channel.poll_broken() is not None
-                or not self._target.current()):
+        if channel is None or channel.broken is not None or not self._target.current():
             channel = self._connect()
         rid = self._rid_prefix + next(self._counter).to_bytes(8, "big")
         timeout_ms = None if timeout is None else max(0, int(timeout * 1000))
         frames = p.request_frames(rid, op, name, body, timeout_ms)
         started = time.monotonic()
         try:
-            reply = channel.request(frames, rid, timeout)
+            try:
+                reply = channel.request(frames, rid, timeout)
+            except NotSent:  # the link was down before the request left: resolve, send
+                reply = self._connect().request(frames, rid, timeout)
         except ConnectionLost as lost:
             reply = self._resend(frames, rid, timeout, started, lost)
         if reply.incarnation != self._incarnation:
             if self._incarnation is not None:
-                self.__dict__["_description"] = None
-                self.__dict__["_methods"] = {}
+                self._forget_methods()
             self.__dict__["_incarnation"] = reply.incarnation
         value = reply.value()
         status = reply.status
@@ -208,6 +209,14 @@ class Proxy:
                 lost = again
         raise lost
 
+    def _forget_methods(self) -> None:
+        """The daemon restarted: its methods may have changed."""
+        d = self.__dict__
+        for name in d["_methods"]:
+            d.pop(name, None)
+        d["_description"] = None
+        d["_methods"] = {}
+
     def _describe(self) -> Dict[str, Any]:
         description = self._description
         if description is None:
@@ -247,6 +256,8 @@ class Proxy:
             method = self._methods.get(name)
             if method is None:
                 method = self._methods[name] = self._method(name, info)
+                # Found in the instance dict from now on: no __getattr__ on the next call.
+                self.__dict__[name] = method
             return method
         return self._request(p.GET, name, None, self._timeout)
 

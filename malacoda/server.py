@@ -28,6 +28,7 @@ import zmq
 from . import protocol as p
 from .dispatch import Dispatcher
 from .errors import ProtocolError
+from .frames import recv_frames, send_frames
 from .replycache import ReplyCache
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Server:
         self._standby: Optional[int] = None
         self._leader_busy = False
         self._busy_seq = 0
+        self._standby_dozing = False
         self._running = 0
         self._queue: Deque[_Item] = collections.deque()
         self._wake = threading.Event()
@@ -184,8 +186,14 @@ class Server:
                 push.close(linger=1000)
 
     def _stand_by(self, me: int) -> bool:
-        """Watch the leader; True once this thread has taken over the socket."""
+        """Watch the leader; True once this thread has taken over the socket.
+
+        While calls keep arriving the standby looks every ``TICK_ACTIVE`` on its own clock; the
+        leader wakes it only when it was dozing (``TICK_IDLE``), so that a busy daemon does not
+        pay a thread wake-up per call.
+        """
         seen = -1
+        last_seq = -1
         while True:
             with self._mu:
                 if self._stopping:
@@ -199,12 +207,15 @@ class Server:
                     # The leader's call outlived a tick: the socket is ours now.
                     self._leader, self._standby = me, None
                     self._leader_busy = False
+                    self._standby_dozing = False
                     self._cv.notify()  # an idle thread becomes the next standby
                     return True
                 seen = self._busy_seq if self._leader_busy else -1
-                tick = TICK_ACTIVE if self._leader_busy else TICK_IDLE
+                active = self._leader_busy or self._busy_seq != last_seq
+                last_seq = self._busy_seq
+                self._standby_dozing = not active
                 self._wake.clear()
-            self._wake.wait(tick)
+            self._wake.wait(TICK_ACTIVE if active else TICK_IDLE)
 
     def _lead(self, me: int) -> None:
         router, pull = self._router, self._pull
@@ -212,32 +223,30 @@ class Server:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(pull, zmq.POLLIN)
-        while True:
-            with self._mu:
-                if self._stopping:
-                    self._leader = None
-                    self._forward(router, pull)
-                    return
-            events = dict(poller.poll(100))
-            if pull in events:
-                self._forward(router, pull)
-            if router in events:
-                for _ in range(64):
+        poll = poller.poll
+        while not self._stopping:
+            for source, _ in poll(100):
+                if source is router:
                     try:
-                        frames = router.recv_multipart(zmq.NOBLOCK)
+                        frames = recv_frames(router, zmq.NOBLOCK)
                     except zmq.Again:
-                        break
+                        continue
                     if not self._incoming(me, router, frames):
                         return  # lost the socket while running a call
+                else:
+                    self._forward(router, pull)
+        with self._mu:
+            self._leader = None
+        self._forward(router, pull)
 
     @staticmethod
     def _forward(router: zmq.Socket, pull: zmq.Socket) -> None:
         while True:
             try:
-                frames = pull.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(pull, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            router.send_multipart(frames)
+            send_frames(router, frames)
 
     # ------------------------------------------------------------------ requests
 
@@ -249,15 +258,15 @@ class Server:
         except ProtocolError as exc:
             status = p.BAD_VERSION if "version" in str(exc) else p.BAD_REQUEST
             rid = p.peek_request_id(frames[1:]) if len(frames) > 2 else b""
-            router.send_multipart([identity, *self._reply(rid, status, p.error_body(exc))])
+            send_frames(router, [identity, *self._reply(rid, status, p.error_body(exc))])
             return True
         if request.op == p.PING:
-            router.send_multipart([identity, *self._reply(request.rid, p.OK, "pong")])
+            send_frames(router, [identity, *self._reply(request.rid, p.OK, "pong")])
             return True
         seen = self.replies.begin(request, identity)
         if seen is not None:  # a re-sent request: answered (or to be answered), not run again
             for message in seen:
-                router.send_multipart(message)
+                send_frames(router, message)
             return True
         now = time.monotonic()
         with self._mu:
@@ -266,6 +275,9 @@ class Server:
                 self._leader_busy = True
                 self._busy_seq += 1
                 inline = True
+                if self._standby_dozing:  # it sleeps its idle tick: make it watch this call
+                    self._standby_dozing = False
+                    self._wake.set()
             elif len(self._queue) < self.queue_size and (
                     not self._queue or self._queued_bytes + _size(request) <= self.queue_bytes):
                 self._queue.append((identity, request, now))
@@ -278,10 +290,8 @@ class Server:
             self.replies.abandon(request)
             busy = RuntimeError(f"daemon busy: {self.workers} workers and a queue of "
                                 f"{self.queue_size} are full; try again")
-            router.send_multipart([identity, *self._reply(request.rid, p.BUSY, p.error_body(busy))])
+            send_frames(router, [identity, *self._reply(request.rid, p.BUSY, p.error_body(busy))])
             return True
-        if not self._wake.is_set():
-            self._wake.set()  # the standby may be sleeping its idle tick
         out = self._execute(identity, request, now)
         with self._mu:
             self._running -= 1
@@ -291,10 +301,10 @@ class Server:
                 self._cv.notify()
         if still_leader:
             if out is not None:
-                router.send_multipart(out)
+                send_frames(router, out)
             return True
         if out is not None:
-            self._push().send_multipart(out)
+            send_frames(self._push(), out)
         return False
 
     def _work(self, item: _Item) -> None:
@@ -305,7 +315,7 @@ class Server:
             with self._mu:
                 self._running -= 1
         if out is not None:
-            self._push().send_multipart(out)
+            send_frames(self._push(), out)
 
     def _push(self) -> zmq.Socket:
         push = getattr(self._local, "push", None)
@@ -326,7 +336,7 @@ class Server:
         status, body = self.dispatcher.handle(request)
         frames = self._reply(request.rid, status, body)
         for message in self.replies.finish(request, frames):  # the same request, re-sent
-            self._push().send_multipart(message)
+            send_frames(self._push(), message)
         return [identity, *frames]
 
     def _reply(self, rid: bytes, status: int, body: Any) -> List[bytes]:
