@@ -27,8 +27,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as p
-from .frames import recv_frames, send_frames
 from .errors import CallTimeout, ConnectionLost, ProtocolError
+from .frames import recv_frames, send_frames
 
 HEARTBEAT = 5.0
 
