@@ -413,7 +413,6 @@ class Registration:
         self.registered = threading.Event()
         self._etcd = Etcd(config)
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._lease: Any = None
         self._thread = threading.Thread(target=self._loop, name="malacoda-cluster", daemon=True)
 
@@ -425,15 +424,11 @@ class Registration:
         backoff, warned = 0.1, False
         while not self._stop.is_set():
             try:
-                with self._lock:
-                    if self._stop.is_set():
-                        return
-                    self._keep()
+                self._keep()
             except ClusterError as exc:
                 self.registered.clear()
                 if not warned:
-                    log.warning("%s: not registered in the cluster yet: %s (retrying)",
-                                self.member.name, exc)
+                    log.warning("%s: not registered in the cluster: %s (retrying)", self.member.name, exc)
                     warned = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, float(self.config.ttl))
@@ -445,7 +440,8 @@ class Registration:
             self._stop.wait(self.config.ttl / 3)
 
     def _keep(self) -> None:
-        if self._lease is not None and self._etcd.refresh(self._lease) > 0:
+        lease = self._lease
+        if lease is not None and self._etcd.refresh(lease) > 0:
             return
         lease = self._etcd.grant(self.config.ttl)
         self._lease = lease
@@ -454,17 +450,21 @@ class Registration:
         log.debug("%s registered as %s (lease %x)", self.member.name, self.member.key, lease.id)
 
     def stop(self) -> None:
-        """Revoke the lease (one attempt: if etcd is away the lease expires by itself)."""
+        """Revoke the lease, if etcd was reachable lately (else the lease expires by itself).
+
+        Waits at most one request timeout for a refresh in progress: a stop is never held up
+        for long by an etcd that went away.
+        """
         self._stop.set()
-        with self._lock:
-            lease, self._lease = self._lease, None
-        self._thread.join(timeout=self.config.timeout * 2)
-        if lease is not None:
-            try:
-                self._etcd.revoke(lease)
-            except ClusterError as exc:
-                log.warning("%s: could not leave the cluster (%s); the entry expires in %d s",
-                            self.member.name, exc, self.config.ttl)
+        self._thread.join(timeout=self.config.timeout)
+        lease, self._lease = self._lease, None
+        if lease is None or not self.registered.is_set():
+            return
+        try:
+            self._etcd.revoke(lease)
+        except ClusterError as exc:
+            log.warning("%s: could not leave the cluster (%s); the entry expires in %d s",
+                        self.member.name, exc, self.config.ttl)
 
 
 def register(entry: Entry) -> Optional[Registration]:

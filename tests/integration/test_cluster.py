@@ -9,6 +9,7 @@ another "host" connects over plain TCP: the SSH-tunnel path (daemons bound to lo
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 from pathlib import Path
@@ -44,6 +45,7 @@ class Hosts:
         self.registry = registry
         self.processes = processes
         self.monkeypatch = monkeypatch
+        self.extra_env: Dict[str, str] = {}
 
     def home(self, host: str) -> Path:
         path = self.tmp_path / f"host-{host}"
@@ -56,6 +58,7 @@ class Hosts:
                    MALACODA_REGISTRY=self.registry, MALACODA_REGISTRY_TTL=str(TTL),
                    PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
                    PYTHONUNBUFFERED="1")
+        env.update(self.extra_env)
         return env
 
     def be(self, host: str) -> None:
@@ -75,8 +78,8 @@ class Hosts:
         return proc
 
 
-def members(registry: str, name: str = "") -> List[cluster.Member]:
-    config = cluster.ClusterConfig(cluster.parse_registry(registry, "test")[0], timeout=2.0)
+def members(registry: str, name: str = "", **auth: str) -> List[cluster.Member]:
+    config = cluster.ClusterConfig(cluster.parse_registry(registry, "test")[0], timeout=2.0, **auth)
     return [m for m in cluster.list_daemons(config) if not name or m.name == name]
 
 
@@ -172,6 +175,9 @@ def test_local_lookups_do_not_need_etcd(hosts, etcd):
     with pytest.raises(malacoda.ClusterError) as info:
         malacoda.get("Nobody")
     assert "\n" not in str(info.value) and "Nobody" in str(info.value)
+    hosts.be(B)
+    malacoda.stop("TestDaemon")  # a stop does not hang on the etcd that went away
+    assert proc.wait() == 0
 
 
 def test_loopback_daemon_is_reached_through_ssh(hosts, etcd, monkeypatch):
@@ -264,6 +270,46 @@ def test_etcd_restarted_under_a_watching_proxy(hosts, etcd):
     wait_for(gone(etcd.registry, "TestDaemon", B), timeout=TTL + 5, what="B's lease to expire")
     on_c = hosts.start(C)
     wait_for(_follows(d, on_c.pid), what="the proxy to follow the daemon to C")
+
+
+def enable_auth(etcd: EtcdServer) -> None:
+    """Users root and malacoda (read-write on malacoda/ only), then authentication on."""
+    import etcd3gw
+
+    c = etcd3gw.client(host="127.0.0.1", port=etcd.client_port, timeout=5)
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    for path, body in [
+        ("/auth/role/add", {"name": "root"}),
+        ("/auth/user/add", {"name": "root", "password": "rootpw"}),
+        ("/auth/user/grant", {"user": "root", "role": "root"}),
+        ("/auth/role/add", {"name": "malacoda"}),
+        ("/auth/role/grant", {"name": "malacoda", "perm": {
+            "permType": "READWRITE", "key": b64("malacoda/"), "range_end": b64("malacoda0")}}),
+        ("/auth/user/add", {"name": "malacoda", "password": "s3cret"}),
+        ("/auth/user/grant", {"user": "malacoda", "role": "malacoda"}),
+        ("/auth/enable", {}),
+    ]:
+        c.post(c.get_url(path), json=body)
+
+
+def test_etcd_user_and_password(hosts, etcd, monkeypatch):
+    enable_auth(etcd)
+    hosts.extra_env.update(MALACODA_ETCD_USER="malacoda", MALACODA_ETCD_PASSWORD="s3cret")
+    proc = hosts.start(B, wait=False)
+    wait_for(lambda: any(m.pid == proc.pid for m in members(
+        etcd.registry, "TestDaemon", user="malacoda", password="s3cret")),
+        what="the daemon to register with a user and password")
+    hosts.be(A)
+    assert malacoda.get("TestDaemon").pid() == proc.pid
+    monkeypatch.setenv("MALACODA_ETCD_PASSWORD", "wrong")
+    with pytest.raises(malacoda.ClusterError, match="refused user 'malacoda'"):
+        malacoda.get("TestDaemon")
+    monkeypatch.delenv("MALACODA_ETCD_USER")
+    with pytest.raises(malacoda.ClusterError, match="refused to list daemons"):
+        malacoda.get("TestDaemon")
 
 
 def test_config_file_and_errors(tmp_path, monkeypatch):
