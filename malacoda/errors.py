@@ -7,7 +7,8 @@ Callers branch on these types, never on message text::
     │   ├── CallTimeout           (also a TimeoutError) no reply before the deadline
     │   ├── ConnectionLost        (also a ConnectionError) the daemon went away mid-call
     │   ├── Busy                  the daemon's workers and queue are full
-    │   └── ProtocolError         a frame that does not follow docs/protocol.md
+    │   ├── ProtocolError         a frame that does not follow docs/protocol.md
+    │   └── ClusterError          the cluster registry (etcd) is unreachable or refused a request
     ├── RemoteError               the remote code raised a non built-in exception
     ├── AccessDenied              (also an AttributeError) a private or forbidden name
     ├── LookupFailed              (also a LookupError) no daemon of that name is running
@@ -15,8 +16,7 @@ Callers branch on these types, never on message text::
     ├── AlreadyRunning            a daemon of that name already runs on this host
     ├── ConfigError               a unit file, a pst_config or an argument is wrong
     ├── StateError                persistent state cannot be read or written
-    ├── ProcessError              a daemon could not be started or stopped
-    └── ClusterError              the cluster registry (etcd) is unreachable or refused a request
+    └── ProcessError              a daemon could not be started or stopped
 """
 
 from __future__ import annotations
@@ -101,5 +101,8 @@ class ProcessError(MalacodaError):
     """A daemon could not be started, stopped or supervised."""
 
 
-class ClusterError(MalacodaError):
-    """The cluster registry (etcd) is unreachable or refused a request; the message names it."""
+class ClusterError(CommunicationError):
+    """The cluster registry (etcd) is unreachable or refused a request; the message names it.
+
+    A communication error: the daemon may well run, but where could not be learnt.
+    """
