@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -135,6 +136,20 @@ def host_name() -> str:
     return os.environ.get("MALACODA_HOSTNAME") or socket.gethostname()
 
 
+def remove_leftovers(path: Path) -> int:
+    """Remove the temporary files an :func:`atomic_write` of ``path`` killed mid-way left.
+
+    Call it only while no other process writes ``path`` (its owner holds the name lock).
+    """
+    removed = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if tmp.lstat().st_uid == os.geteuid():
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
 def process_start_time(pid: int) -> Optional[float]:
     """The start time of ``pid`` as psutil reports it, or None when it is not alive."""
     try:
@@ -198,6 +213,7 @@ class Registry:
     def write(self, entry: Entry) -> None:
         private_dir(self.paths.run)
         private_dir(self.folder)
+        remove_leftovers(self._file(entry.name))
         atomic_write(self._file(entry.name), entry.to_json())
 
     def read(self, name: str) -> Tuple[Optional[Entry], str]:

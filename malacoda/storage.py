@@ -32,7 +32,7 @@ from typing import Any, Dict, Optional, Type
 import dill
 
 from .errors import ConfigError, StateError
-from .runtime import Paths, atomic_write, private_dir
+from .runtime import Paths, atomic_write, private_dir, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ class PstFileStorage(PstStorage):
         self.path = Path(file_path).expanduser() if file_path else paths.lib / f"{name}.pst"
 
     def load(self) -> Optional[Dict[str, Any]]:
+        if self.path.parent.is_dir():
+            remove_leftovers(self.path)  # of a save that was killed mid-way
         if not self.path.exists():
             return None
         _check_owned(self.path)

@@ -37,12 +37,16 @@ def _env(home: Path) -> dict:
 
 @pytest.fixture
 def start_daemon(home: Path, processes: Processes) -> Callable[..., DaemonProcess]:
-    """Start ``tests.daemons.<cls>(**kwargs)`` in a new process and wait until it is registered."""
+    """Start ``tests.daemons.<cls>(**kwargs)`` in a new process and wait until it is registered.
+
+    ``module`` names another module of daemon classes; ``prelude`` is code run first.
+    """
     from malacoda.runtime import Registry
 
-    def start(cls: str = "TestDaemon", wait: bool = True, **kwargs: Any) -> DaemonProcess:
+    def start(cls: str = "TestDaemon", wait: bool = True, module: str = "tests.daemons",
+              prelude: str = "", **kwargs: Any) -> DaemonProcess:
         args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        code = f"import datetime; from tests.daemons import {cls}; {cls}({args})"
+        code = f"{prelude}\nimport datetime; from {module} import {cls}; {cls}({args})"
         proc = processes.add(DaemonProcess(code, _env(home)))
         if wait:
             name = kwargs.get("name") or cls
