@@ -38,7 +38,7 @@ from .resolve import Target, resolve
 
 _NO_DEFAULT = inspect.Parameter.empty
 RESEND_ATTEMPTS = 3  # re-sends of one request after dropped connections
-RESEND_PROBE = 5.0  # seconds to wait for the ping that tells which daemon answers now
+RESEND_PROBE = 2.0  # seconds to wait for the ping that tells which daemon answers now
 
 log = logging.getLogger(__name__)
 
