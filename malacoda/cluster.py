@@ -366,14 +366,30 @@ def _b64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
+_REASONS = (  # (marker in the error text, what to tell the user)
+    ("Connection refused", "connection refused"),
+    ("timed out", "timed out"),
+    ("Name or service not known", "name or service not known"),
+    ("No route to host", "no route to host"),
+    ("certificate verify failed", "its certificate does not verify against the CA (ca)"),
+    ("KEY_VALUES_MISMATCH", "the client certificate and key do not match (cert, key)"),
+    ("BAD_CERTIFICATE", "it refused the client certificate or wants one (cert, key)"),
+    ("CERTIFICATE_REQUIRED", "it wants a client certificate (cert, key)"),
+    ("EOF occurred in violation", "it closed the TLS connection (does it want a client certificate: "
+     "cert, key?)"),
+    ("WRONG_VERSION_NUMBER", "it does not speak TLS (etcd:// instead of etcds://?)"),
+    ("Remote end closed", "it closed the connection (does it want TLS: etcds://?)"),
+)
+
+
 def _reason(exc: Exception) -> str:
     text = str(getattr(exc, "detail_text", "") or exc)
-    for marker in ("Connection refused", "timed out", "Name or service not known",
-                   "No route to host", "certificate verify failed"):
+    for marker, reason in _REASONS:
         if marker in text:
-            return marker.lower()
+            return reason
     try:
-        return str(json.loads(text).get("error") or json.loads(text).get("message"))
+        body = json.loads(text)
+        return str(body.get("error") or body.get("message"))
     except (ValueError, AttributeError):
         return text.splitlines()[0][:200] if text else type(exc).__name__
 

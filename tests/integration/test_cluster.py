@@ -19,7 +19,7 @@ import pytest
 
 import malacoda
 from malacoda import cluster, cluster_watch
-from tests.etcd import ETCD, EtcdServer
+from tests.etcd import ETCD, EtcdServer, make_tls
 from tests.support import ROOT, DaemonProcess, Processes, wait_for
 
 pytestmark = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (apt install etcd-server)")
@@ -310,6 +310,27 @@ def test_etcd_user_and_password(hosts, etcd, monkeypatch):
     monkeypatch.delenv("MALACODA_ETCD_USER")
     with pytest.raises(malacoda.ClusterError, match="refused to list daemons"):
         malacoda.get("TestDaemon")
+
+
+def test_etcd_over_tls_with_client_certificates(tmp_path, processes, monkeypatch):
+    tls = make_tls(tmp_path)
+    server = EtcdServer(tmp_path / "etcd-tls", tls=tls)
+    server.start()
+    try:
+        hosts = Hosts(tmp_path, server.registry, processes, monkeypatch)
+        hosts.extra_env.update(MALACODA_ETCD_CA=str(tls["ca"]), MALACODA_ETCD_CERT=str(tls["client_cert"]),
+                               MALACODA_ETCD_KEY=str(tls["client_key"]))
+        proc = hosts.start(B, wait=False)
+        hosts.be(A)
+        wait_for(lambda: any(m.pid == proc.pid for m in cluster.list_daemons()),
+                 what="the daemon to register over TLS")
+        assert malacoda.get("TestDaemon").pid() == proc.pid
+        monkeypatch.delenv("MALACODA_ETCD_CERT")
+        monkeypatch.delenv("MALACODA_ETCD_KEY")
+        with pytest.raises(malacoda.ClusterError, match=f"etcd at {server.url}"):
+            malacoda.get("TestDaemon")  # no client certificate: refused
+    finally:
+        server.stop()
 
 
 def test_config_file_and_errors(tmp_path, monkeypatch):
