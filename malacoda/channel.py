@@ -92,6 +92,7 @@ class Channel:
         sock = context().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)
+        self._client_key = curve["public"].decode() if curve else "<client key>"
         if curve:
             sock.curve_secretkey = curve["secret"]
             sock.curve_publickey = curve["public"]
@@ -314,8 +315,9 @@ class Channel:
                 self._fail_all(ConnectionLost(f"the daemon at {self.endpoint} went away"))
             elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 self._fail_all(ConnectionLost(
-                    f"the daemon at {self.endpoint} refused the connection "
-                    "(CURVE authentication failed: is this client's key authorized?)"))
+                    f"the daemon at {self.endpoint} refused the connection: CURVE authentication "
+                    f"failed (authorize this client's key on the daemon's host: 'malacodactl keys "
+                    f"authorize {self._client_key}')"))
 
     def _fail_all(self, error: BaseException) -> None:
         with self._mu:

@@ -41,6 +41,7 @@ from . import cluster
 from .dispatch import Dispatcher
 from .errors import AlreadyRunning, ConfigError, ProcessError, StateError
 from .runtime import Entry, NameLock, Paths, Registry, check_name, host_name, private_dir
+from .security import ServerCurve, chain, server_curve
 from .server import Server
 from .storage import PstStorage, from_config
 from .version import __version__
@@ -66,7 +67,8 @@ class RunOptions:
     queue: Optional[int] = None
     max_message: Optional[int] = None
     pst_config: Optional[Dict[str, Any]] = None
-    configure_socket: Optional[Callable[[zmq.Socket], None]] = None
+    insecure: Optional[bool] = None
+    configure_socket: Optional[Callable[[zmq.Socket], object]] = None
     on_ready: List[Callable[[Entry], None]] = field(default_factory=list)
     stop_grace: float = 5.0
 
@@ -85,7 +87,9 @@ class Malacoda:
     Further: ``workers`` (calls run at once, 1 = strictly serial; default 8), ``queue``
     (requests waiting for a worker before callers get "busy"; default 64), ``max_message``
     (bytes: a larger request is refused before it is read and its connection dropped; default
-    64 MiB). Any other keyword goes to ``daemon.DaemonContext`` when ``daemonize`` is true.
+    64 MiB), ``insecure`` (serve a non-loopback ``bind_address`` without CURVE — see
+    :mod:`malacoda.security`; default False: such a daemon serves CURVE or refuses to start).
+    Any other keyword goes to ``daemon.DaemonContext`` when ``daemonize`` is true.
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class Malacoda:
         workers: int = 8,
         queue: int = 64,
         max_message: int = MAX_MESSAGE,
+        insecure: bool = False,
         **daemon_kwargs: Any,
     ) -> None:
         if name is self:  # the original README's ``super().__init__(self)``
@@ -109,10 +114,12 @@ class Malacoda:
         workers = opts.workers or workers
         queue = opts.queue if opts.queue is not None else queue
         max_message = opts.max_message or max_message
+        insecure = opts.insecure if opts.insecure is not None else insecure
         if opts.pst_config is not None:
             pst_config = {**(pst_config or {}), **opts.pst_config}
         paths = Paths.default()
         private_dir(paths.run)
+        curve = server_curve(bind_address, insecure, name, paths)  # before detaching: errors show
 
         self.name = name
         self.running = True
@@ -128,7 +135,7 @@ class Malacoda:
         elif daemon_kwargs:
             raise ConfigError(f"unknown keyword arguments {sorted(daemon_kwargs)} (they are "
                               "daemon.DaemonContext options, used only with daemonize=True)")
-        self._malacoda_serve(bind_address, port or 0, workers, queue, max_message, opts)
+        self._malacoda_serve(bind_address, port or 0, workers, queue, max_message, curve, opts)
 
     # ------------------------------------------------------------------ public API
 
@@ -171,7 +178,8 @@ class Malacoda:
         context.open()
 
     def _malacoda_serve(self, address: str, port: int, workers: int, queue: int,
-                        max_message: int, opts: RunOptions) -> None:
+                        max_message: int, curve: Optional[ServerCurve],
+                        opts: RunOptions) -> None:
         paths, name = self._malacoda_paths, self.name
         registry = Registry(paths)
         lock = NameLock(paths, name)
@@ -185,7 +193,8 @@ class Malacoda:
             dispatcher = Dispatcher(self, self._malacoda_incarnation, __version__,
                                     read_only=READ_ONLY)
             server = Server(dispatcher, address, port, workers, queue, max_message=max_message,
-                            configure=opts.configure_socket)
+                            configure=chain(curve.configure if curve else None,
+                                            opts.configure_socket))
             try:
                 bound = server.start()
             except zmq.ZMQError as exc:
@@ -193,7 +202,8 @@ class Malacoda:
             try:
                 entry = Entry(name=name, pid=os.getpid(), port=bound, address=address,
                               start_time=_own_start_time(), incarnation=self._malacoda_incarnation,
-                              uid=os.geteuid(), version=__version__, host=host_name())
+                              uid=os.geteuid(), version=__version__, host=host_name(),
+                              server_key=curve.public_key if curve else None)
                 registry.write(entry)
                 announced: Optional[cluster.Registration] = None
                 try:

@@ -8,7 +8,12 @@ Callers branch on these types, never on message text::
     │   ├── ConnectionLost        (also a ConnectionError) the daemon went away mid-call
     │   ├── Busy                  the daemon's workers and queue are full
     │   ├── ProtocolError         a frame that does not follow docs/protocol.md
-    │   └── ClusterError          the cluster registry (etcd) is unreachable or refused a request
+    │   ├── ClusterError          the cluster registry (etcd) is unreachable or refused a request
+    │   └── RemoteHostError       another host could not be used (``host`` names it)
+    │       ├── HostUnreachable       unknown host name, connection refused, no route
+    │       ├── HostKeyRejected       its SSH host key is unknown or has changed
+    │       ├── AuthenticationFailed  SSH refused our user and keys
+    │       └── NotInstalled          no Malacoda to run there
     ├── RemoteError               the remote code raised a non built-in exception
     ├── AccessDenied              (also an AttributeError) a private or forbidden name
     ├── LookupFailed              (also a LookupError) no daemon of that name is running
@@ -46,6 +51,30 @@ class Busy(CommunicationError):
 
 class ProtocolError(CommunicationError):
     """A message that does not follow the wire protocol (docs/protocol.md)."""
+
+
+class RemoteHostError(CommunicationError):
+    """Another host could not be reached or used; ``host`` is the name as the user gave it."""
+
+    def __init__(self, message: str, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+
+
+class HostUnreachable(RemoteHostError, ConnectionError):
+    """The host name is unknown, or its SSH port refused or did not answer."""
+
+
+class HostKeyRejected(RemoteHostError):
+    """The host's SSH key is not in ``known_hosts`` (unknown host) or differs from it (changed)."""
+
+
+class AuthenticationFailed(RemoteHostError):
+    """The SSH server accepted none of our credentials (agent, keys, password)."""
+
+
+class NotInstalled(RemoteHostError):
+    """Malacoda (or a Python that can import it) is not installed on the remote host."""
 
 
 class RemoteError(MalacodaError):

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional
 from . import cluster, cluster_watch
 from .errors import AmbiguousName, ClusterError, ConfigError, LookupFailed
 from .runtime import Entry, Registry, check_name, host_name
+from .security import Keys
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,10 @@ def local(spec: Spec, registry: Optional[Registry] = None) -> Target:
     registry = registry or Registry()
     entry, state = registry.read(spec.name)
     if state == "running" and entry is not None and (spec.port is None or spec.port == entry.port):
-        return Target(tcp_endpoint(entry.address, entry.port), spec.name, entry)
+        curve = None
+        if entry.server_key:
+            curve = Keys(registry.paths).client_curve(entry.server_key, str(spec))
+        return Target(tcp_endpoint(entry.address, entry.port), spec.name, entry, curve=curve)
     if spec.port is not None:
         # The original's NAME:PORT: a daemon on this host at that port, registered or not.
         return Target(tcp_endpoint("127.0.0.1", spec.port), spec.name)

@@ -45,7 +45,11 @@ def _size(request: p.Request) -> int:
 
 
 class Server:
-    """Serves ``dispatcher`` on a ROUTER socket bound to ``address:port`` (0: the kernel picks)."""
+    """Serves ``dispatcher`` on a ROUTER socket bound to ``address:port`` (0: the kernel picks).
+
+    ``configure(socket)`` runs before the bind (CURVE, socket options); a callable it returns
+    runs at :meth:`close`, before the socket's context ends (to stop a ZAP authenticator).
+    """
 
     def __init__(
         self,
@@ -56,7 +60,7 @@ class Server:
         queue: int = 64,
         max_message: int = p.MAX_MESSAGE,
         queue_bytes: Optional[int] = None,
-        configure: Optional[Callable[[zmq.Socket], None]] = None,
+        configure: Optional[Callable[[zmq.Socket], object]] = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -70,6 +74,7 @@ class Server:
         self._queued_bytes = 0
         self.max_message = max_message
         self._configure = configure
+        self._cleanup: Optional[Callable[[], object]] = None
         self.port: Optional[int] = None
         self.endpoint = ""
 
@@ -102,7 +107,8 @@ class Server:
         router.setsockopt(zmq.MAXMSGSIZE, self.max_message)
         router.setsockopt(zmq.RCVHWM, 10000)
         if self._configure is not None:
-            self._configure(router)
+            cleanup = self._configure(router)
+            self._cleanup = cleanup if callable(cleanup) else None
         try:
             host = f"[{self.address}]" if ":" in self.address else self.address
             if self.requested_port:
@@ -111,6 +117,7 @@ class Server:
                 router.bind(f"tcp://{host}:0")
         except zmq.ZMQError:
             router.close(0)
+            self._run_cleanup()
             ctx.term()
             self._ctx = None
             raise
@@ -145,9 +152,15 @@ class Server:
             self._router.close(linger=500)
         if self._pull is not None:
             self._pull.close(0)
+        self._run_cleanup()
         if self._ctx is not None:
             self._ctx.term()
         self._ctx = self._router = self._pull = None
+
+    def _run_cleanup(self) -> None:
+        cleanup, self._cleanup = self._cleanup, None
+        if cleanup is not None:
+            cleanup()
 
     # ------------------------------------------------------------------ roles
 

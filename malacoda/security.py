@@ -1,0 +1,296 @@
+"""CURVE keys, the allow-list of client keys, and the ZAP authenticator ("ironhouse").
+
+A daemon bound to a loopback address needs nothing here: only users of this host reach it, and
+other hosts go through SSH. A daemon bound to any other address serves CURVE (encryption plus
+an allow-list of client public keys) or refuses to start, unless it is explicitly ``insecure``.
+
+Everything lives under :attr:`Paths.keys <malacoda.runtime.Paths>` (folder 0700, files 0600),
+in pyzmq's ``zmq.auth`` certificate format::
+
+    keys/server.key            this host's server public key (daemons serve with it)
+    keys/server.key_secret     ... and its secret key
+    keys/client.key            this user's client public key (proxies present it)
+    keys/client.key_secret     ... and its secret key
+    keys/authorized/NAME.key   one file per client public key allowed to call CURVE daemons
+
+The allow-list is read at each CURVE handshake, so ``authorize`` and ``revoke`` take effect for
+new connections without restarting a daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import zmq
+from zmq.utils import z85
+
+from .errors import ConfigError
+from .runtime import Paths, atomic_write, private_dir
+
+log = logging.getLogger(__name__)
+
+ZAP_DOMAIN = "malacoda"
+_KEY_RE = re.compile(r"^[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_BANNER = "#   ZeroMQ CURVE {kind} certificate, written by Malacoda. Keep key_secret files private.\n"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A CURVE key pair, both halves as 40-character z85 text (bytes)."""
+
+    public: bytes
+    secret: bytes
+
+
+def is_loopback(address: str) -> bool:
+    """True when a daemon bound to ``address`` is reachable from this host only."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a wildcard, an interface name or a host name: assume it is public
+
+
+def parse_public_key(text: str) -> bytes:
+    """A z85 public key given as text (40 characters) or as a ``zmq.auth`` ``.key`` file path."""
+    text = text.strip()
+    candidate = Path(text)
+    if not _KEY_RE.match(text) and candidate.is_file():
+        public, _ = _read_key_file(candidate)
+        return public
+    if not _KEY_RE.match(text):
+        raise ConfigError(f"{text!r} is not a CURVE public key (40 z85 characters, as "
+                          "'malacodactl keys show' prints) nor a .key file")
+    try:
+        if len(z85.decode(text.encode())) != 32:
+            raise ValueError
+    except (ValueError, KeyError):
+        raise ConfigError(f"{text!r} is not a valid CURVE public key") from None
+    return text.encode()
+
+
+def key_label(public: bytes) -> str:
+    """A short, file-safe name for a public key (its allow-list file name by default)."""
+    return "key-" + hashlib.sha256(public).hexdigest()[:16]
+
+
+def _read_key_file(path: Path, secret: bool = False) -> tuple[bytes, Optional[bytes]]:
+    try:
+        st = path.stat()
+        if secret and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{path} is readable by other users: run 'chmod 600 {path}'")
+        public, secret_key = None, None
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line.startswith("public-key"):
+                public = line.split("=", 1)[1].strip(" \t'\"").encode()
+            elif line.startswith("secret-key"):
+                secret_key = line.split("=", 1)[1].strip(" \t'\"").encode()
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+    if public is None or (secret and secret_key is None):
+        raise ConfigError(f"{path} is not a CURVE certificate file (no public/secret key)")
+    return public, secret_key
+
+
+def _key_text(kind: str, public: bytes, secret: Optional[bytes]) -> bytes:
+    lines = [_BANNER.format(kind=kind), "metadata\n", "curve\n",
+             f'    public-key = "{public.decode()}"\n']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode()}"\n')
+    return "".join(lines).encode()
+
+
+class Keys:
+    """The key folder of one user on one host (``Paths.keys``)."""
+
+    def __init__(self, paths: Optional[Paths] = None) -> None:
+        self.paths = paths or Paths.default()
+
+    @property
+    def folder(self) -> Path:
+        return self.paths.keys
+
+    @property
+    def authorized_folder(self) -> Path:
+        return self.folder / "authorized"
+
+    # ------------------------------------------------------------------ own key pairs
+
+    def pair(self, role: str) -> Optional[KeyPair]:
+        """The ``server`` or ``client`` key pair, or None when it was never made."""
+        path = self.folder / f"{role}.key_secret"
+        if not path.exists():
+            return None
+        public, secret = _read_key_file(path, secret=True)
+        assert secret is not None
+        return KeyPair(public, secret)
+
+    def init(self) -> Dict[str, KeyPair]:
+        """Make the server and client key pairs that do not exist yet; return both."""
+        private_dir(self.folder)
+        private_dir(self.authorized_folder)
+        pairs: Dict[str, KeyPair] = {}
+        for role in ("server", "client"):
+            pair = self.pair(role)
+            if pair is None:
+                public, secret = zmq.curve_keypair()
+                pair = KeyPair(public, secret)
+                atomic_write(self.folder / f"{role}.key_secret", _key_text(role, public, secret))
+                atomic_write(self.folder / f"{role}.key", _key_text(role, public, None))
+                log.info("created the CURVE %s key pair in %s", role, self.folder)
+            pairs[role] = pair
+        return pairs
+
+    # ------------------------------------------------------------------ the allow-list
+
+    def authorize(self, public: str, label: Optional[str] = None) -> Path:
+        """Allow the client key ``public`` (z85 text or a ``.key`` file) to call CURVE daemons."""
+        key = parse_public_key(public)
+        if label is not None and not _LABEL_RE.match(label):
+            raise ConfigError(f"invalid key name {label!r}: use letters, digits, '_', '.', '@', '-'")
+        for existing_label, existing in self.authorized().items():
+            if existing == key:
+                return self.authorized_folder / f"{existing_label}.key"
+        private_dir(self.folder)
+        path = private_dir(self.authorized_folder) / f"{label or key_label(key)}.key"
+        atomic_write(path, _key_text("authorized client", key, None))
+        return path
+
+    def revoke(self, key_or_label: str) -> Path:
+        """Remove a client key from the allow-list, given as the key itself or its name."""
+        wanted = key_or_label.strip()
+        for label, key in self.authorized().items():
+            if wanted in (label, key.decode()):
+                path = self.authorized_folder / f"{label}.key"
+                path.unlink()
+                return path
+        raise ConfigError(f"{wanted!r} is not an authorized key (see 'malacodactl keys show')")
+
+    def authorized(self) -> Dict[str, bytes]:
+        """``{name: public key}`` of every authorized client key."""
+        folder = self.authorized_folder
+        if not folder.is_dir():
+            return {}
+        keys: Dict[str, bytes] = {}
+        for path in sorted(folder.glob("*.key")):
+            with contextlib.suppress(ConfigError):
+                keys[path.stem] = _read_key_file(path)[0]
+        return keys
+
+    def is_authorized(self, public: bytes) -> bool:
+        return public in self.authorized().values()
+
+    # ------------------------------------------------------------------ both ends of a socket
+
+    def client_curve(self, server_key: str, who: str) -> Dict[str, bytes]:
+        """The ``curve`` settings for a :class:`~malacoda.channel.Channel` to a CURVE daemon."""
+        pair = self.pair("client")
+        if pair is None:
+            raise ConfigError(
+                f"{who} requires CURVE and this user has no client key: run 'malacodactl keys "
+                "init' here, then 'malacodactl keys authorize <client key>' on the daemon's host")
+        return {"secret": pair.secret, "public": pair.public, "server": server_key.encode()}
+
+
+class _AllowList:
+    """The ZAP credentials provider: reads the allow-list at each handshake."""
+
+    def __init__(self, keys: Keys, name: str) -> None:
+        self.keys = keys
+        self.name = name
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = self.keys.is_authorized(key)
+        if not allowed:
+            log.warning("%s: refused a CURVE client with an unauthorized key %s",
+                        self.name, key.decode(errors="replace"))
+        return allowed
+
+
+class ServerCurve:
+    """CURVE for one daemon's ROUTER socket: the host's server key and a ZAP authenticator."""
+
+    def __init__(self, keys: Keys, pair: KeyPair, name: str) -> None:
+        self.keys = keys
+        self.pair = pair
+        self.name = name
+
+    @property
+    def public_key(self) -> str:
+        return self.pair.public.decode()
+
+    def configure(self, sock: zmq.Socket) -> Callable[[], None]:
+        """Make ``sock`` a CURVE server checked by ZAP; returns the function that stops ZAP.
+
+        Call it after any fork, before the socket binds, with the socket's own context.
+        """
+        from zmq.auth.thread import ThreadAuthenticator
+
+        auth = ThreadAuthenticator(sock.context, log=logging.getLogger(__name__ + ".zap"))
+        auth.start()
+        auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=_AllowList(self.keys, self.name))
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        sock.zap_domain = ZAP_DOMAIN.encode()
+        sock.curve_secretkey = self.pair.secret
+        sock.curve_publickey = self.pair.public
+        sock.curve_server = True
+        return auth.stop
+
+
+def server_curve(address: str, insecure: bool, name: str,
+                 paths: Optional[Paths] = None) -> Optional[ServerCurve]:
+    """The CURVE setup a daemon bound to ``address`` needs, or None (loopback or insecure).
+
+    Raises :class:`ConfigError` for a non-loopback address when this host has no server key
+    and ``insecure`` is false.
+    """
+    if is_loopback(address):
+        return None
+    if insecure:
+        log.warning("%s: serving on %s WITHOUT CURVE (insecure = true): anyone who can reach "
+                    "this port can call every public method", name, address)
+        return None
+    keys = Keys(paths)
+    pair = keys.pair("server")
+    if pair is None:
+        raise ConfigError(
+            f"{name}: binding {address} (not a loopback address) requires CURVE, and this host "
+            f"has no server key in {keys.folder}: run 'malacodactl keys init' and "
+            "'malacodactl keys authorize <client key>', or set insecure = true (insecure=True) "
+            "to serve unauthenticated")
+    if not keys.authorized():
+        log.warning("%s: CURVE is on but no client key is authorized yet in %s",
+                    name, keys.authorized_folder)
+    return ServerCurve(keys, pair, name)
+
+
+def chain(*hooks: Optional[Callable[[zmq.Socket], object]]) -> Optional[Callable[[zmq.Socket], object]]:
+    """Several socket hooks as one; the cleanup functions they return run in reverse order."""
+    present = [h for h in hooks if h is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    def configure(sock: zmq.Socket) -> Callable[[], None]:
+        cleanups = [c for c in (h(sock) for h in present) if callable(c)]
+
+        def cleanup() -> None:
+            for c in reversed(cleanups):
+                c()
+
+        return cleanup
+
+    return configure
+
