@@ -61,3 +61,6 @@ def start_daemon(home: Path, processes: Processes) -> Callable[..., DaemonProces
         return proc
 
     return start
+
+
+from tests.sshd import web1  # noqa: E402,F401  (the sshd fixture, for the remote tests)
