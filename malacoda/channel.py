@@ -321,7 +321,8 @@ class Channel:
 
     def _fail_all(self, error: BaseException) -> None:
         with self._mu:
-            self.broken = error
+            if self.broken is None:  # the first cause is the cause (auth failure, then disconnect)
+                self.broken = error
             waiters = list(self._pending.values())
         for w in waiters:
             if not w.done:

@@ -69,8 +69,11 @@ class Hosts:
 
     def start(self, host: str, name: str = "TestDaemon", wait: bool = True,
               bind: str = "0.0.0.0") -> DaemonProcess:
+        # A wildcard bind without CURVE must be explicit (insecure=True): these tests are about
+        # the cluster registry, not about CURVE (tests/integration/test_curve.py).
+        insecure = bind != "127.0.0.1"
         code = (f"from tests.daemons import TestDaemon; "
-                f"TestDaemon(name={name!r}, bind_address={bind!r})")
+                f"TestDaemon(name={name!r}, bind_address={bind!r}, insecure={insecure})")
         proc = self.processes.add(DaemonProcess(code, self.env(host)))
         if wait:
             wait_for(lambda: registered(self.registry, name, host, proc),
