@@ -336,37 +336,6 @@ def test_etcd_over_tls_with_client_certificates(tmp_path, processes, monkeypatch
         server.stop()
 
 
-def test_config_file_and_errors(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    monkeypatch.setenv("MALACODA_HOME", str(home))
-    monkeypatch.delenv("MALACODA_REGISTRY", raising=False)
-    assert cluster.load_config() is None
-    config_file = home / "config.toml"
-    config_file.write_text('registry = "etcd://10.0.0.1:2379,10.0.0.2,[::1]:2380"\n'
-                           "[etcd]\nttl = 5\n")
-    config = cluster.load_config()
-    assert config is not None
-    assert config.endpoints == ("http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://[::1]:2380")
-    assert config.ttl == 5
-    monkeypatch.setenv("MALACODA_REGISTRY", "etcds://e1:2379")
-    config = cluster.load_config()
-    assert config is not None and config.endpoints == ("https://e1:2379",)
-    monkeypatch.setenv("MALACODA_REGISTRY", "http://e1:2379")
-    with pytest.raises(malacoda.ConfigError, match="must look like etcd://"):
-        cluster.load_config()
-    monkeypatch.delenv("MALACODA_REGISTRY")
-    config_file.write_text('registry = "etcd://e1"\n[etcd]\nttl = 5\nuser = "u"\npassword = "p"\n')
-    config_file.chmod(0o644)
-    with pytest.raises(malacoda.ConfigError, match="chmod 600"):
-        cluster.load_config()
-    config_file.chmod(0o600)
-    assert cluster.load_config().user == "u"
-    config_file.write_text('registry = "etcd://e1"\n[etcd]\nttls = 5\n')
-    with pytest.raises(malacoda.ConfigError, match="unknown key.*ttls"):
-        cluster.load_config()
-
-
 def _answers(name: str) -> bool:
     try:
         with malacoda.Proxy(name, timeout=2) as d:
