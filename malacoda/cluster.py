@@ -251,7 +251,6 @@ class Etcd:
                 host=split.hostname or "", port=split.port or 2379, protocol=split.scheme,
                 timeout=config.timeout, api_path="/v3/", session=session))
         self._current = 0
-        self._lock = threading.Lock()
 
     def call(self, what: str, fn: Callable[[Any], T]) -> T:
         """``fn(client)`` on the first endpoint that answers (the last good one first)."""
@@ -268,6 +267,9 @@ class Etcd:
                 continue
             except self._exceptions.Etcd3Exception as exc:
                 raise ClusterError(f"etcd at {client.base_url} refused to {what}: {_reason(exc)}") from None
+            except (ValueError, KeyError):
+                raise ClusterError(f"{client.base_url} does not answer as etcd's v3 JSON API does "
+                                   f"(is it etcd >= 3.4?): cannot {what}") from None
             self._current = index
             return result
         reasons = "; ".join(dict.fromkeys(errors))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List
@@ -167,6 +168,16 @@ def test_etcd_down_at_start_then_up(hosts, etcd):
     wait_for(lambda: registered(etcd.registry, "TestDaemon", B, proc), timeout=TTL + 5,
              what="the registration to catch up")
     assert malacoda.get("TestDaemon").pid() == proc.pid
+
+
+def test_etcd_replaced_by_an_empty_one(hosts, etcd):
+    """Its lease unknown to the new etcd, the daemon is granted a new one and registers again."""
+    proc = hosts.start(B)
+    etcd.stop()
+    shutil.rmtree(etcd.data_dir)
+    etcd.start()
+    wait_for(lambda: registered(etcd.registry, "TestDaemon", B, proc), timeout=TTL + 5,
+             what="the daemon to register in the new etcd")
 
 
 def test_local_lookups_do_not_need_etcd(hosts, etcd):
