@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import traceback
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from . import protocol as p
 from .errors import AccessDenied, ProtocolError
@@ -60,6 +60,7 @@ class Dispatcher:
         self.hidden = hidden
         self.max_items = p.MAX_REQUEST_ITEMS  # container items in one request body
         self._cls = type(target)
+        self._known_methods: Set[str] = set()  # names _is_method said yes to (a cache)
         self.table: Dict[str, Callable[[p.Request], Outcome]] = {
             p.CALL: self.call,
             p.GET: self.get,
@@ -96,10 +97,13 @@ class Dispatcher:
                 or not isinstance(body[1], dict)
                 or not all(type(k) is str for k in body[1])):
             raise ProtocolError("a call body is [args, kwargs] with str keyword names")
-        if not _is_method(self._cls, name):
-            if hasattr(self.target, name):
+        if name not in self._known_methods:
+            if _is_method(self._cls, name):
+                self._known_methods.add(name)  # bounded by the class: only real methods
+            elif hasattr(self.target, name):
                 raise TypeError(f"{name!r} is an attribute, not a method: use get/set")
-            raise AttributeError(f"{self._cls.__name__!r} daemon has no method {name!r}")
+            else:
+                raise AttributeError(f"{self._cls.__name__!r} daemon has no method {name!r}")
         method = getattr(self.target, name)
         return p.OK, method(*body[0], **body[1])
 

@@ -13,8 +13,8 @@ from typing import List, Sequence
 import zmq
 
 COPY_BELOW = 65536
-_SNDMORE = zmq.SNDMORE
-_RCVMORE = zmq.RCVMORE
+_SNDMORE = int(zmq.SNDMORE)  # plain ints: pyzmq's enum members are slow to pass
+_RCVMORE = int(zmq.RCVMORE)
 
 
 def send_frames(sock: zmq.Socket, frames: Sequence[bytes]) -> None:

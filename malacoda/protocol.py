@@ -206,20 +206,46 @@ class Encoder:
             value = self._lift(value, lift)
         elif type(value) is bytes and len(value) >= self._threshold:
             value = self._buffer(value)
-        return msgpack.packb(value, default=self._default, strict_types=True, use_bin_type=True)
+        # A Packer of our own: msgpack.packb builds one with the same arguments, only slower.
+        return msgpack.Packer(default=self._default, strict_types=True,
+                              use_bin_type=True).pack(value)
 
     def _buffer(self, data: bytes) -> msgpack.ExtType:
         self.buffers.append(data)
         return msgpack.ExtType(EXT_BUFFER, msgpack.packb(len(self.buffers) - 1))
 
     def _lift(self, value: Any, depth: int) -> Any:
+        """``value`` with its large ``bytes`` replaced by buffer references; the very same
+        object when there are none (the common case allocates nothing)."""
         t = type(value)
         if t is bytes:
             return self._buffer(value) if len(value) >= self._threshold else value
-        if depth and t in (list, tuple) and len(value) <= 64:
-            return t(self._lift(v, depth - 1) for v in value)
-        if depth and t is dict and len(value) <= 64:
-            return {k: self._lift(v, depth - 1) for k, v in value.items()}
+        if not depth:
+            return value
+        if (t is list or t is tuple) and len(value) <= 64:
+            copy = None
+            for i, v in enumerate(value):
+                tv = type(v)
+                if tv is bytes or tv is list or tv is tuple or tv is dict:
+                    lifted = self._lift(v, depth - 1)
+                    if lifted is not v:
+                        if copy is None:
+                            copy = list(value)
+                        copy[i] = lifted
+            if copy is None:
+                return value
+            return copy if t is list else tuple(copy)
+        if t is dict and len(value) <= 64:
+            changed = None
+            for k, v in value.items():
+                tv = type(v)
+                if tv is bytes or tv is list or tv is tuple or tv is dict:
+                    lifted = self._lift(v, depth - 1)
+                    if lifted is not v:
+                        if changed is None:
+                            changed = dict(value)
+                        changed[k] = lifted
+            return value if changed is None else changed
         return value
 
     def _ext(self, code: int, value: Any) -> msgpack.ExtType:
@@ -385,7 +411,7 @@ def request_frames(
     if name is not None:
         header["n"] = name
     payload, buffers = encode(body, lift=3)
-    return [SIGNATURE, msgpack.packb(header, use_bin_type=True), payload, *buffers]
+    return [SIGNATURE, msgpack.Packer(use_bin_type=True).pack(header), payload, *buffers]
 
 
 @dataclasses.dataclass
@@ -398,6 +424,7 @@ class Request:
     timeout_ms: Optional[int]
     body: bytes
     buffers: List[bytes]
+    cache_key: Optional[bytes] = None  # the daemon's reply-cache key, computed once
 
 
 def parse_request(frames: Sequence[bytes]) -> Request:
@@ -443,7 +470,7 @@ def peek_request_id(frames: Sequence[bytes]) -> bytes:
 def reply_frames(rid: bytes, status: int, incarnation: str, body: Any) -> List[bytes]:
     """The frames of one reply (without the routing id). Raises TypeError if unencodable."""
     payload, buffers = encode(body)
-    header = msgpack.packb({"i": rid, "s": status, "c": incarnation}, use_bin_type=True)
+    header = msgpack.Packer(use_bin_type=True).pack({"i": rid, "s": status, "c": incarnation})
     return [SIGNATURE, header, payload, *buffers]
 
 

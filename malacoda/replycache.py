@@ -29,6 +29,7 @@ from . import protocol as p
 
 MAX_ENTRIES = 1024  # replies remembered
 MAX_BYTES = 64 << 20  # their total size; a larger single reply is sent, never remembered
+SMALL_BODY = 256  # bodies up to this size are part of the key as they are, not hashed
 TTL = 60.0  # seconds a reply is remembered after it was sent
 
 _REMEMBERED = (p.CALL, p.SET)
@@ -37,14 +38,27 @@ Message = List[bytes]
 
 
 def request_key(request: p.Request) -> bytes:
-    """What makes two requests the same request: id, operation, name and body."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(request.op.encode())
-    h.update(b"\0" + (request.name or "").encode("utf-8", "surrogatepass") + b"\0")
-    h.update(request.body)
-    for buffer in request.buffers:
-        h.update(len(buffer).to_bytes(8, "big"))
-    return bytes(request.rid) + h.digest()
+    """What makes two requests the same request: id, operation, name and body.
+
+    Computed once per request (``begin`` and ``finish`` both need it) and kept on it.
+    """
+    key = request.cache_key
+    if key is None:
+        rid = bytes(request.rid)
+        name = (request.name or "").encode("utf-8", "surrogatepass")
+        if len(request.body) <= SMALL_BODY and not request.buffers:
+            # Small: the parts themselves, length-prefixed (cheaper than a hash).
+            key = b"".join((b"\0", len(rid).to_bytes(1, "big"), rid, request.op.encode(), b"\0",
+                            len(name).to_bytes(4, "big"), name, request.body))
+        else:
+            h = hashlib.blake2b(request.op.encode(), digest_size=16)
+            h.update(b"\0" + name + b"\0")
+            h.update(request.body)
+            for buffer in request.buffers:
+                h.update(len(buffer).to_bytes(8, "big"))
+            key = b"\1" + rid + h.digest()
+        request.cache_key = key
+    return key
 
 
 class ReplyCache:
@@ -67,11 +81,12 @@ class ReplyCache:
             return None
         key = request_key(request)
         with self._mu:
-            self._expire(time.monotonic())
             done = self._done.get(key)
             if done is not None:
-                self.hits += 1
-                return [[identity, *done[2]]]
+                if done[0] > time.monotonic():
+                    self.hits += 1
+                    return [[identity, *done[2]]]
+                self._expire(time.monotonic())  # it is out of date, and so are older ones
             waiting = self._running.get(key)
             if waiting is not None:
                 self.hits += 1
@@ -89,11 +104,14 @@ class ReplyCache:
             waiting = self._running.pop(key, None)
             if frames is None or waiting is None:
                 return []
-            size = sum(len(f) for f in frames)
+            size = 0
+            for frame in frames:
+                size += len(frame)
             if size <= self.max_bytes and self.max_entries > 0:
-                self._done[key] = (time.monotonic() + self.ttl, size, frames)
+                now = time.monotonic()
+                self._done[key] = (now + self.ttl, size, frames)
                 self._bytes += size
-                self._expire(time.monotonic())
+                self._expire(now)
         return [[identity, *frames] for identity in waiting]
 
     def abandon(self, request: p.Request) -> None:

@@ -85,6 +85,9 @@ class Server:
         self._leader_busy = False
         self._busy_seq = 0
         self._standby_dozing = False
+        # Replies on their way through the PULL socket (counted by their senders before
+        # _running drops): while any are, the leader polls both sockets.
+        self._late = 0
         self._running = 0
         self._queue: Deque[_Item] = collections.deque()
         self._wake = threading.Event()
@@ -106,6 +109,7 @@ class Server:
         router.setsockopt(zmq.LINGER, 1000)
         router.setsockopt(zmq.MAXMSGSIZE, self.max_message)
         router.setsockopt(zmq.RCVHWM, 10000)
+        router.setsockopt(zmq.RCVTIMEO, int(TICK_IDLE * 1000))  # the leader's idle wake-up
         if self._configure is not None:
             cleanup = self._configure(router)
             self._cleanup = cleanup if callable(cleanup) else None
@@ -238,6 +242,16 @@ class Server:
         poller.register(pull, zmq.POLLIN)
         poll = poller.poll
         while not self._stopping:
+            if not self._running and not self._late:  # read in this order (see _late)
+                # Nothing runs elsewhere, so no reply can come through the PULL socket:
+                # a plain blocking receive (RCVTIMEO) costs fewer system calls than a poll.
+                try:
+                    frames = recv_frames(router)
+                except zmq.Again:
+                    continue
+                if not self._incoming(me, router, frames):
+                    return  # lost the socket while running a call
+                continue
             for source, _ in poll(100):
                 if source is router:
                     try:
@@ -252,14 +266,18 @@ class Server:
             self._leader = None
         self._forward(router, pull)
 
-    @staticmethod
-    def _forward(router: zmq.Socket, pull: zmq.Socket) -> None:
+    def _forward(self, router: zmq.Socket, pull: zmq.Socket) -> None:
+        forwarded = 0
         while True:
             try:
                 frames = recv_frames(pull, zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             send_frames(router, frames)
+            forwarded += 1
+        if forwarded:
+            with self._mu:
+                self._late -= forwarded
 
     # ------------------------------------------------------------------ requests
 
@@ -310,6 +328,8 @@ class Server:
             self._running -= 1
             self._leader_busy = False
             still_leader = self._leader == me
+            if not still_leader and out is not None:
+                self._late += 1  # counted before the leader can see _running drop
             if self._queue and self._running < self.workers:
                 self._cv.notify()
         if still_leader:
@@ -322,11 +342,14 @@ class Server:
 
     def _work(self, item: _Item) -> None:
         identity, request, received = item
+        out = None
         try:
             out = self._execute(identity, request, received)
         finally:
             with self._mu:
                 self._running -= 1
+                if out is not None:
+                    self._late += 1
         if out is not None:
             send_frames(self._push(), out)
 
@@ -348,8 +371,12 @@ class Server:
                 return None
         status, body = self.dispatcher.handle(request)
         frames = self._reply(request.rid, status, body)
-        for message in self.replies.finish(request, frames):  # the same request, re-sent
-            send_frames(self._push(), message)
+        resent = self.replies.finish(request, frames)  # the same request, sent again
+        if resent:
+            with self._mu:
+                self._late += len(resent)
+            for message in resent:
+                send_frames(self._push(), message)
         return [identity, *frames]
 
     def _reply(self, rid: bytes, status: int, body: Any) -> List[bytes]:
