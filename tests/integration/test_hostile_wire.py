@@ -128,8 +128,8 @@ def header(rid: bytes = b"r", op: str = "call", name: Optional[str] = "echo",
 frames_st = st.lists(st.binary(max_size=300), min_size=0, max_size=7)
 signed_frames_st = st.lists(st.binary(max_size=300), min_size=1, max_size=6).map(
     lambda fs: [SIG, *fs])
-leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
-                 st.text(max_size=20), st.binary(max_size=20))
+leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
+                 st.floats(allow_nan=False), st.text(max_size=20), st.binary(max_size=20))
 values = st.recursive(leaf, lambda kids: st.one_of(
     st.lists(kids, max_size=5), st.dictionaries(st.text(max_size=5), kids, max_size=5)),
     max_leaves=20)
@@ -211,7 +211,7 @@ def test_truncated_and_over_long_codec_payloads(wire):
         reply = wire.ask([SIG, header(b"k"), body, *buffers])
         assert reply.status == p.OK
         echoed = reply.value()
-        assert echoed == value or echoed != echoed  # NaN inside
+        assert echoed == value
 
     run()
 
