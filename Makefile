@@ -32,7 +32,7 @@ system-deps:
 	fi
 
 lint: venv
-	$(VENV)/bin/ruff check malacoda tests examples
+	$(VENV)/bin/ruff check malacoda tests examples bench
 	$(VENV)/bin/mypy malacoda
 
 test: system-deps venv lint
@@ -40,6 +40,18 @@ test: system-deps venv lint
 
 test-fast: venv
 	$(PY) -m pytest -q -x -m 'not slow' tests
+
+# Benchmarks: Malacoda beside raw pyzmq REQ/REP, Pyro5 and RPyC in one run (docs/benchmarks.md).
+# Their peers and matplotlib go into the venv only (the `bench` extra), never into the package.
+$(VENV)/.bench: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
+	$(PY) -m bench
+
+bench-quick: $(VENV)/.bench
+	$(PY) -m bench --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

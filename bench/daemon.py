@@ -46,3 +46,10 @@ def serve_bench_echo(ready: Callable[[int], None]) -> None:
     """Serve :class:`BenchEcho`; ``ready(port)`` once it is registered."""
     daemon_module.run_options = RunOptions(on_ready=[lambda entry: ready(entry.port)])
     BenchEcho()
+
+
+class BenchIdle(Malacoda):
+    """A daemon that only waits: the supervisor benchmark runs many of them."""
+
+    def ping(self) -> str:
+        return "pong"

@@ -187,23 +187,28 @@ def measure_pst(pool: Pool, prm: Params) -> Dict[str, Any]:
         w1.ask(op="connect", system="malacoda", port=server.port, warmup=10)
         w1.ask(timeout=120, op="call", method="fill", args=[prm.pst_mib])
         first = w1.ask(timeout=120, op="call", method="save")["value"]  # the first save
-        idle = w0.ask(op="latency", warmup=prm.warmup, calls=prm.calls)
+        # One client calls without pause from 0.5 s before each save to 0.5 s after it; the
+        # calls that start while the save runs are "during", the others "idle".
         during: List[float] = []
+        idle: List[float] = []
         saves: List[float] = []
         for _ in range(prm.pst_saves):
             start = time.monotonic() + 0.2
             w0.send(op="timeline", start=start, window=first * 2 + 1.0)
-            w1.send(op="call", method="save", at=start + 0.3)
+            w1.send(op="call", method="save", at=start + 0.5)
             save = w1.result(300)
             line = w0.result(300)["calls"]
             saves.append(save["value"])
-            during += [dt for t0, dt in line if save["began"] <= t0 <= save["ended"]]
+            for t0, dt in line:
+                (during if save["began"] <= t0 <= save["ended"] else idle).append(dt)
         during.sort()
+        idle.sort()
         state = Path(os.environ["MALACODA_HOME"])
         files = list(state.rglob("BenchEcho.pst"))
         size = files[0].stat().st_size if files else 0
         return {
-            "idle_p50": idle["p50"], "idle_p99": idle["p99"],
+            "idle_p50": percentile(idle, 50), "idle_p99": percentile(idle, 99),
+            "idle_calls": len(idle),
             "save_p50": percentile(during, 50), "save_p99": percentile(during, 99),
             "save_calls": len(during), "save_seconds": sorted(saves), "file_bytes": size,
             "mib": prm.pst_mib,
