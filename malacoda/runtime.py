@@ -23,7 +23,7 @@ import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import psutil
 
@@ -97,20 +97,23 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+def atomic_write(path: Path, data: Union[bytes, Sequence[bytes]], mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never a torn one.
 
-    Temporary file in the same folder, fsync, rename over the target, fsync of the folder. On any
-    error the temporary file is removed and the old file is untouched.
+    ``data`` is bytes or a sequence of bytes written one after the other (a large file need
+    not be joined into one more copy first). Temporary file in the same folder, fsync, rename
+    over the target, fsync of the folder. On any error the temporary file is removed and the
+    old file is untouched.
     """
     folder = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            view = memoryview(chunk)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         os.fsync(fd)
         os.close(fd)
         fd = -1
