@@ -194,9 +194,8 @@ class Proxy:
                 ping = p.request_frames(probe, p.PING, None, None, None)
                 now = channel.request(ping, probe, RESEND_PROBE if left is None
                                       else min(left, RESEND_PROBE)).incarnation
-            except ConnectionLost as again:
-                lost = again
-                continue
+            except ConnectionLost:
+                continue  # dropped again: try again; the first loss is what is reported
             except (CommunicationError, LookupFailed):
                 raise lost from None
             if now != known:
@@ -205,8 +204,8 @@ class Proxy:
                      self._spec, rid.hex())
             try:
                 return channel.request(frames, rid, remaining())
-            except ConnectionLost as again:
-                lost = again
+            except ConnectionLost:
+                continue
         raise lost
 
     def _forget_methods(self) -> None:
