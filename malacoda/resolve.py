@@ -6,13 +6,12 @@ registry, then — when one is configured — in the cluster registry (:mod:`mal
 on that host over SSH (see :mod:`malacoda.remote`). Every backend returns a :class:`Target`.
 
 A cluster entry says how to reach its daemon: bound to loopback, through an SSH tunnel to its
-host (the default); bound to another address, directly over TCP (to the host's name when bound
-to a wildcard address).
+host (the default); bound to another address, directly over TCP — with CURVE when it has a
+server key — to that address, or to the host's name when it bound a wildcard address.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
@@ -20,7 +19,7 @@ from typing import Any, Callable, Dict, Optional
 from . import cluster, cluster_watch
 from .errors import AmbiguousName, ClusterError, ConfigError, LookupFailed
 from .runtime import Entry, Registry, check_name, host_name
-from .security import Keys
+from .security import Keys, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -167,16 +166,22 @@ def in_cluster(spec: Spec, config: cluster.ClusterConfig, **ssh_args: Any) -> Ta
 
 
 def connect_member(member: cluster.Member, config: cluster.ClusterConfig, **ssh_args: Any) -> Target:
-    """Reach the daemon ``member`` describes, the way its entry says, and watch its entry."""
+    """Reach the daemon ``member`` describes, the way its entry says, and watch its entry.
+
+    Bound to loopback: through an SSH tunnel to its host. Bound to another address: directly,
+    with CURVE when the entry carries a server key (this user's client key must be authorized
+    there), else in the clear (a daemon started ``insecure``).
+    """
     if member.host == host_name():
         return local(Spec(member.name))
-    if _is_loopback(member.address) or member.server_key:
-        # Reachable only from its own host (or CURVE, whose client keys arrive with the
-        # security issue): through an SSH tunnel to that host.
+    if is_loopback(member.address):
         target = _remote(Spec(member.name, member.host), **ssh_args)
     else:
         address = member.host if connect_address(member.address) != member.address else member.address
-        target = Target(tcp_endpoint(address, member.port), member.name, host=member.host)
+        curve = None
+        if member.server_key:
+            curve = Keys().client_curve(member.server_key, f"{member.name}:{member.host}")
+        target = Target(tcp_endpoint(address, member.port), member.name, host=member.host, curve=curve)
     view, release = cluster_watch.acquire(config)
     close = target.close
 
@@ -187,12 +192,3 @@ def connect_member(member: cluster.Member, config: cluster.ClusterConfig, **ssh_
     target.current = lambda: view.current(member.key, member.incarnation)
     target.close = close_both
     return target
-
-
-def _is_loopback(address: str) -> bool:
-    if address in ("localhost", "localhost6"):
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False

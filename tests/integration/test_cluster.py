@@ -1,10 +1,11 @@
 """The cluster registry on a real etcd: several "hosts" on one machine, each a MALACODA_HOME and
 a MALACODA_HOSTNAME of its own, registering in the same etcd.
 
-The hosts are named after loopback addresses (127.0.0.2, ...) and the daemons bind the wildcard
-address, so that a cluster entry says "reach me directly at <host>:<port>" and the proxy of
-another "host" connects over plain TCP: the SSH-tunnel path (daemons bound to loopback) is
-:mod:`malacoda.remote`'s and is tested there.
+Most hosts are named after loopback addresses (127.0.0.2, ...) and their daemons bind the
+wildcard address ``insecure``, so that a cluster entry says "reach me directly at <host>:<port>"
+and the proxy of another "host" connects over plain TCP. One test each covers the other two
+ways an entry can say: CURVE directly, and an SSH tunnel (the ``web1`` sshd fixture) to a
+daemon bound to loopback.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
 import malacoda
-from malacoda import cluster, cluster_watch
+from malacoda import cluster, cluster_watch, remote
+from malacoda.security import Keys
 from tests.etcd import ETCD, EtcdServer, make_tls
 from tests.support import ROOT, DaemonProcess, Processes, wait_for
 
@@ -47,8 +49,11 @@ class Hosts:
         self.processes = processes
         self.monkeypatch = monkeypatch
         self.extra_env: Dict[str, str] = {}
+        self.homes: Dict[str, Path] = {}
 
     def home(self, host: str) -> Path:
+        if host in self.homes:
+            return self.homes[host]
         path = self.tmp_path / f"host-{host}"
         path.mkdir(mode=0o700, exist_ok=True)
         return path
@@ -69,10 +74,11 @@ class Hosts:
                 self.monkeypatch.setenv(key, value)
 
     def start(self, host: str, name: str = "TestDaemon", wait: bool = True,
-              bind: str = "0.0.0.0") -> DaemonProcess:
-        # A wildcard bind without CURVE must be explicit (insecure=True): these tests are about
-        # the cluster registry, not about CURVE (tests/integration/test_curve.py).
-        insecure = bind != "127.0.0.1"
+              bind: str = "0.0.0.0", insecure: Optional[bool] = None) -> DaemonProcess:
+        # A wildcard bind without CURVE must be explicit (insecure=True): most tests here are
+        # about the cluster registry, not about CURVE (tests/integration/test_curve.py).
+        if insecure is None:
+            insecure = bind != "127.0.0.1"
         code = (f"from tests.daemons import TestDaemon; "
                 f"TestDaemon(name={name!r}, bind_address={bind!r}, insecure={insecure})")
         proc = self.processes.add(DaemonProcess(code, self.env(host)))
@@ -194,23 +200,38 @@ def test_local_lookups_do_not_need_etcd(hosts, etcd):
     assert proc.wait() == 0
 
 
-def test_loopback_daemon_is_reached_through_ssh(hosts, etcd, monkeypatch):
-    """A daemon bound to loopback is reachable only from its host: the entry routes via SSH."""
-    from malacoda import resolve
-
-    hosts.start(B, bind="127.0.0.1")
+def test_loopback_daemon_is_reached_through_ssh(hosts, etcd, web1, home):
+    """A daemon bound to loopback (the default) is reachable from its own host only: a client
+    on another host finds it in the cluster and reaches it through an SSH tunnel to that host."""
+    hosts.homes["web1"] = home  # the sshd fixture's "remote" host looks there
+    proc = hosts.start("web1", bind="127.0.0.1")
     hosts.be(A)
-    called = []
+    d = malacoda.get("TestDaemon", timeout=10)
+    assert d.pid() == proc.pid
+    assert d.echo("through ssh") == "through ssh"
+    d._close()
+    assert remote.close_all() == ["web1"]  # the connection the lookup and the tunnel used
 
-    def ssh_backend(spec, **ssh_args):
-        called.append(str(spec))
-        raise malacoda.LookupFailed("over ssh")
 
-    # Only the hand-off is observed here: the tunnel itself is malacoda.remote's, tested there.
-    monkeypatch.setattr(resolve, "_remote", ssh_backend)
-    with pytest.raises(malacoda.LookupFailed, match="over ssh"):
-        malacoda.get("TestDaemon")
-    assert called == [f"TestDaemon:{B}"]
+def test_curve_daemon_is_reached_directly(hosts, etcd):
+    """A daemon bound to a public address with CURVE: its entry carries the server key, and an
+    authorized client on another host connects directly."""
+    hosts.be(B)
+    server_keys = Keys().init()
+    hosts.be(A)
+    client = Keys().init()["client"].public.decode()
+    hosts.be(B)
+    Keys().authorize(client)
+    proc = hosts.start(B, insecure=False)
+    [entry] = members(etcd.registry, "TestDaemon")
+    assert entry.server_key == server_keys["server"].public.decode()
+    hosts.be(A)
+    d = malacoda.get("TestDaemon", timeout=10)
+    assert d.pid() == proc.pid
+    hosts.be(C)  # a host whose client key is not authorized on B
+    Keys().init()
+    with pytest.raises(malacoda.ConnectionLost, match="CURVE authentication failed"):
+        malacoda.get("TestDaemon", timeout=10).pid()
 
 
 def test_daemon_moving_hosts_behind_a_live_proxy(hosts, etcd):
