@@ -169,7 +169,8 @@ class Malacoda:
 
         log_dir = private_dir(self._malacoda_paths.log)
         if "stdout" not in daemon_kwargs or "stderr" not in daemon_kwargs:
-            out = open(log_dir / f"{self.name}.log", "a", buffering=1)  # noqa: SIM115
+            fd = os.open(log_dir / f"{self.name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            out = open(fd, "a", buffering=1)  # noqa: SIM115
             daemon_kwargs.setdefault("stdout", out)
             daemon_kwargs.setdefault("stderr", out)
         daemon_kwargs.setdefault("umask", 0o077)

@@ -298,6 +298,11 @@ class NameLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> bool:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.path)
+            if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+                log.warning("replacing %s: it is not ours (uid %d)", self.path, st.st_uid)
+                os.unlink(self.path)  # another user's file never holds our lock
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
+import os
 import re
 import stat
 from dataclasses import dataclass
@@ -184,7 +185,11 @@ class Keys:
             return {}
         keys: Dict[str, bytes] = {}
         for path in sorted(folder.glob("*.key")):
-            with contextlib.suppress(ConfigError):
+            with contextlib.suppress(ConfigError, OSError):
+                st = path.stat()
+                if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                    log.warning("ignoring authorized key %s: not ours or writable by others", path)
+                    continue
                 keys[path.stem] = _read_key_file(path)[0]
         return keys
 
