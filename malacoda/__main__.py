@@ -1,0 +1,5 @@
+"""``python -m malacoda`` is ``malacodactl``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,519 @@
+"""``malacodactl``: the command line. It parses, calls the library and formats; nothing more.
+
+Exit codes (the README's CLI reference lists them per command): 0 success, 1 the operation
+failed (a start that failed, a remote exception), 2 bad input (usage, unit file, literal),
+3 not running, 4 no answer (timeout, busy, lost connection). ``status`` follows LSB instead:
+0 running, 1 stale, 3 not running, 4 unknown or hung.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import click
+
+from . import control, logfile, supervise, units
+from .errors import (
+    AccessDenied,
+    CommunicationError,
+    ConfigError,
+    LookupFailed,
+    MalacodaError,
+    RemoteError,
+)
+from .resolve import Spec, parse
+from .runtime import Paths
+from .version import __version__
+
+OK, FAILED, BAD_INPUT, NOT_RUNNING, NO_ANSWER = 0, 1, 2, 3, 4
+
+
+class Context:
+    """What every command shares: the unit search path, verbosity and the folders."""
+
+    def __init__(self, unit_path: Optional[str], verbose: bool) -> None:
+        self.unit_path = unit_path
+        self.verbose = verbose
+        self.paths = Paths.default()
+
+    @property
+    def search(self) -> List[Path]:
+        return units.search_path(self.unit_path, self.paths)
+
+    def unit(self, name: str) -> units.Unit:
+        return units.load(local_name(name), self.search)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def target(text: str) -> Spec:
+    """Every command's NAME goes through here: ``NAME[:HOST][:PORT]`` → a :class:`Spec`."""
+    return parse(text)
+
+
+def local_name(text: str) -> str:
+    """The NAME of a command that acts on this host's processes and files."""
+    spec = target(text)
+    if spec.host is not None or spec.port is not None:
+        raise ConfigError(f"{text!r}: this command works on units of this host; give NAME only")
+    return spec.name
+
+
+def exit_code(exc: BaseException) -> int:
+    if isinstance(exc, LookupFailed):
+        return NOT_RUNNING
+    if isinstance(exc, (ConfigError, AccessDenied)):
+        return BAD_INPUT
+    if isinstance(exc, CommunicationError):
+        return NO_ANSWER
+    return FAILED
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"malacodactl: {message}", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Library errors become one line on stderr and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MalacodaError as exc:
+            fail(str(exc), exit_code(exc))
+        except OSError as exc:
+            fail(f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", FAILED)
+
+
+def complete_units(ctx: click.Context, param: click.Parameter, incomplete: str) -> List[str]:
+    unit_path = ctx.find_root().params.get("unit_path")
+    names = set(units.names(units.search_path(unit_path))) | set(supervise.known_names())
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
+NAME = click.argument("name", shell_complete=complete_units)
+NAMES = click.argument("names", nargs=-1, shell_complete=complete_units)
+ALL = click.option("--all", "all_", is_flag=True, help="Every unit in the unit search path.")
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+TIMEOUT = click.option("--timeout", type=float, default=None, metavar="S",
+                       help="Give up after S seconds (exit 4).")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--unit-path", envvar="MALACODA_UNIT_PATH", metavar="DIRS",
+              help="Folders searched first for NAME.toml (':'-separated).")
+@click.option("-v", "--verbose", is_flag=True, help="Show remote tracebacks and more detail.")
+@click.version_option(__version__, "--version", prog_name="malacodactl")
+@click.pass_context
+def cli(ctx: click.Context, unit_path: Optional[str], verbose: bool) -> None:
+    """Start, watch, stop and talk to Malacoda daemons."""
+    ctx.obj = Context(unit_path, verbose)
+
+
+# ---------------------------------------------------------------------- start / stop / status
+
+def _selected(c: Context, names: Sequence[str], all_: bool) -> List[units.Unit]:
+    if all_ == bool(names):
+        raise click.UsageError("give unit NAMEs or --all (not both)")
+    if all_:
+        found = units.names(c.search)
+        if not found:
+            raise ConfigError("no unit files in " + ", ".join(str(f) for f in c.search))
+        names = found
+    return [c.unit(name) for name in names]
+
+
+@cli.command()
+@NAMES
+@ALL
+@pass_ctx
+def start(c: Context, names: Tuple[str, ...], all_: bool) -> None:
+    """Start units (and what they require) under a monitor; returns once they serve.
+
+    Exit 0 when all run, 1 when one failed to start (its error is printed), 2 bad unit.
+    """
+    chosen = _selected(c, names, all_)
+    todo = units.ordered({u.name: u for u in chosen}, c.search)
+    code = OK
+    for unit in todo:
+        try:
+            outcome, st = supervise.start(unit, c.paths)
+        except MalacodaError as exc:
+            click.echo(f"malacodactl: {exc}", err=True)
+            code = max(code, exit_code(exc))
+            continue
+        click.echo(f"{unit.name} {outcome} (pid {st.pid}, port {st.port})")
+    sys.exit(code)
+
+
+def _stop_order(c: Context, names: List[str]) -> List[Tuple[str, float]]:
+    loaded: Dict[str, units.Unit] = {}
+    for name in names:
+        try:
+            loaded[name] = c.unit(name)
+        except ConfigError:
+            pass
+    order = [u.name for u in reversed(units.ordered(loaded, c.search)) if u.name in names]
+    order += [n for n in names if n not in order]
+    return [(n, loaded[n].stop_timeout if n in loaded else supervise.DEFAULT_STOP_TIMEOUT)
+            for n in order]
+
+
+@cli.command()
+@NAMES
+@ALL
+@pass_ctx
+def stop(c: Context, names: Tuple[str, ...], all_: bool) -> None:
+    """Stop daemons: ask them (pst saved), then SIGTERM, then SIGKILL after stop_timeout.
+
+    Stopping what is not running succeeds. Exit 0, or 1 when a daemon could not be stopped.
+    """
+    if all_ == bool(names):
+        raise click.UsageError("give unit NAMEs or --all (not both)")
+    chosen = [local_name(n) for n in names] if names else sorted(
+        set(units.names(c.search)) | set(supervise.known_names(c.paths)))
+    for name, timeout in _stop_order(c, chosen):
+        outcome = supervise.stop(name, c.paths, timeout)
+        if names or outcome == "stopped":
+            click.echo(f"{name} {outcome}")
+
+
+@cli.command()
+@NAMES
+@ALL
+@pass_ctx
+def restart(c: Context, names: Tuple[str, ...], all_: bool) -> None:
+    """Stop, then start units. Exit codes as for start."""
+    chosen = _selected(c, names, all_)
+    for name, timeout in _stop_order(c, [u.name for u in chosen]):
+        supervise.stop(name, c.paths, timeout)
+    code = OK
+    for unit in units.ordered({u.name: u for u in chosen}, c.search):
+        try:
+            outcome, st = supervise.start(unit, c.paths)
+        except MalacodaError as exc:
+            click.echo(f"malacodactl: {exc}", err=True)
+            code = max(code, exit_code(exc))
+            continue
+        click.echo(f"{unit.name} {'restarted' if outcome == 'started' else outcome} "
+                   f"(pid {st.pid}, port {st.port})")
+    sys.exit(code)
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _size(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _exit_text(last: Optional[Dict[str, Any]]) -> str:
+    if not last:
+        return "-"
+    return ", ".join(f"{k} {v}" if k == "code" else str(v) for k, v in last.items())
+
+
+@cli.command()
+@NAMES
+@ALL
+@JSON
+@click.option("--ping-timeout", type=float, default=2.0, metavar="S",
+              help="A daemon that does not answer a ping in S seconds is 'hung'.")
+@pass_ctx
+def status(c: Context, names: Tuple[str, ...], all_: bool, as_json: bool,
+           ping_timeout: float) -> None:
+    """Show state, pid, port, uptime, cpu, memory, restarts and last exit of daemons.
+
+    Without NAMEs, every unit and every daemon known on this host. Exit codes follow LSB:
+    0 running, 1 stale, 3 not running (stopped, failed, starting), 4 unknown or hung; with
+    several units, the highest.
+    """
+    if names:
+        chosen = [local_name(n) for n in names]
+        known = set(units.names(c.search)) | set(supervise.known_names(c.paths))
+        for name in chosen:
+            if name not in known:
+                fail(f"unknown unit {name!r}: no unit file, no record, no daemon of that name",
+                     4)
+    else:
+        chosen = sorted(set(units.names(c.search)) | set(supervise.known_names(c.paths)))
+    results = supervise.statuses(chosen, c.paths, ping_timeout)
+    if as_json:
+        click.echo(supervise.to_json(results))
+    else:
+        rows = [("NAME", "STATE", "PID", "PORT", "UPTIME", "CPU%", "RSS", "RESTARTS", "LAST EXIT")]
+        for r in results:
+            rows.append((r.name, r.state, str(r.pid or "-"), str(r.port or "-"),
+                         _duration(r.uptime), "-" if r.cpu is None else f"{r.cpu:.1f}",
+                         _size(r.rss), str(r.restarts), _exit_text(r.last_exit)))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        if c.verbose:
+            for r in results:
+                if r.message:
+                    click.echo(f"{r.name}: {r.message}")
+    sys.exit(max((r.code for r in results), default=NOT_RUNNING))
+
+
+# ---------------------------------------------------------------------- talking to a daemon
+
+def _remote(c: Context, action: Callable[[], Any]) -> Any:
+    """Run ``action``; an exception the daemon raised exits 1 with its type and message."""
+    try:
+        return action()
+    except MalacodaError as exc:
+        if not isinstance(exc, RemoteError):
+            raise
+        detail = exc.remote_traceback
+        message = f"{exc.remote_type}: {exc.remote_message}"
+    except Exception as exc:  # the remote method's own built-in exception, re-raised here
+        detail = getattr(exc, "remote_traceback", "")
+        message = f"{type(exc).__name__}: {exc}"
+    click.echo(f"malacodactl: remote {message}", err=True)
+    if c.verbose and detail:
+        click.echo(detail.rstrip(), err=True)
+    sys.exit(FAILED)
+
+
+def _proxy(name: str, timeout: Optional[float]) -> Any:
+    from .proxy import Proxy
+
+    return Proxy(str(target(name)), timeout=timeout)
+
+
+@cli.command()
+@NAME
+@click.argument("method")
+@click.argument("args", nargs=-1)
+@click.option("--kw", "kwargs", multiple=True, metavar="K=V", help="A keyword argument (repeat).")
+@TIMEOUT
+@JSON
+@pass_ctx
+def call(c: Context, name: str, method: str, args: Tuple[str, ...], kwargs: Tuple[str, ...],
+         timeout: Optional[float], as_json: bool) -> None:
+    """Call METHOD of the daemon NAME with ARGs (Python literals, else strings); print the result.
+
+    Exit 0, 1 the method raised (type and message printed), 2 bad input, 3 not running,
+    4 no answer in time.
+    """
+    values = [control.parse_value(a) for a in args]
+    keywords: Dict[str, Any] = {}
+    for item in kwargs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--kw {item!r}: write it as NAME=VALUE")
+        keywords[key] = control.parse_value(value)
+    with _proxy(name, timeout) as proxy:
+        result = _remote(c, lambda: getattr(proxy, method)(*values, **keywords))
+    click.echo(control.as_text(result, as_json))
+
+
+@cli.command()
+@NAME
+@click.argument("attr")
+@TIMEOUT
+@JSON
+@pass_ctx
+def get(c: Context, name: str, attr: str, timeout: Optional[float], as_json: bool) -> None:
+    """Print the attribute ATTR of the daemon NAME. Exit codes as for call."""
+    from . import protocol as p
+
+    with _proxy(name, timeout) as proxy:
+        result = _remote(c, lambda: proxy._request(p.GET, attr, None, timeout))
+    click.echo(control.as_text(result, as_json))
+
+
+@cli.command(name="set")
+@NAME
+@click.argument("attr")
+@click.argument("value")
+@TIMEOUT
+@pass_ctx
+def set_(c: Context, name: str, attr: str, value: str, timeout: Optional[float]) -> None:
+    """Set the attribute ATTR of the daemon NAME to VALUE (a literal, else a string).
+
+    Exit codes as for call.
+    """
+    parsed = control.parse_value(value)
+    with _proxy(name, timeout) as proxy:
+        _remote(c, lambda: setattr(proxy, attr, parsed))
+
+
+@cli.command()
+@NAME
+@TIMEOUT
+@JSON
+@pass_ctx
+def describe(c: Context, name: str, timeout: Optional[float], as_json: bool) -> None:
+    """List the methods (signatures, docstrings) and attributes of the daemon NAME.
+
+    Exit codes as for call.
+    """
+    import inspect
+
+    with _proxy(name, timeout) as proxy:
+        info = control.describe(proxy)
+        if as_json:
+            click.echo(json.dumps(info, indent=2))
+            return
+        click.echo(f"{info['name']}  ({info['class']}, malacoda {info['version']})")
+        if info.get("doc"):
+            click.echo("    " + info["doc"].replace("\n", "\n    "))
+        click.echo("\nmethods:")
+        for method in info["methods"]:
+            signature = inspect.signature(getattr(proxy, method))
+            doc = info["methods"][method].get("doc") or ""
+            click.echo(f"  {method}{signature}")
+            if doc:
+                click.echo("      " + doc.replace("\n", "\n      "))
+        click.echo("\nattributes:")
+        for attr in info["attributes"]:
+            click.echo(f"  {attr}")
+
+
+@cli.command()
+@NAME
+@click.option("-n", "lines", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Show the last N lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (across rotation).")
+@pass_ctx
+def logs(c: Context, name: str, lines: int, follow: bool) -> None:
+    """Print the daemon's log: its stdout, stderr and logging, timestamped.
+
+    Exit 0, 3 when NAME has no log on this host. With -f, until interrupted (exit 0).
+    """
+    name = local_name(name)
+    path = c.paths.log / f"{name}.log"
+    if not path.exists():
+        raise LookupFailed(f"no log for {name!r} on this host (expected {path})")
+    for line in logfile.tail(path, lines):
+        click.echo(line)
+    if follow:
+        try:
+            for line in logfile.follow(path):
+                click.echo(line)
+        except KeyboardInterrupt:
+            pass
+
+
+# ---------------------------------------------------------------------- systemd, checks, paths
+
+@cli.command()
+@NAME
+@pass_ctx
+def run(c: Context, name: str) -> None:
+    """Run the unit NAME in the foreground (for systemd: Type=notify, SIGTERM stops it).
+
+    Exit 0 after a stop, 1 when the daemon failed, 2 bad unit.
+    """
+    from . import runner, systemd
+
+    unit = c.unit(name)
+    units.check_class(unit)
+    state = {"ready": False}
+
+    def ready(entry: Any) -> None:
+        state["ready"] = True
+        systemd.notify(f"READY=1\nMAINPID={entry.pid}\n"
+                       f"STATUS=serving on {entry.address}:{entry.port}")
+
+    try:
+        runner.run_unit(unit, [ready])
+    except MalacodaError:
+        raise
+    except Exception as exc:
+        if state["ready"] or c.verbose:
+            traceback.print_exc()
+        fail(f"{unit.name} failed: {runner.describe_error(exc)}", FAILED)
+
+
+@cli.command(name="systemd")
+@NAME
+@pass_ctx
+def systemd_unit(c: Context, name: str) -> None:
+    """Print a systemd service (Type=notify) that runs the unit NAME. Exit 0, or 2 bad unit."""
+    from . import systemd
+
+    click.echo(systemd.service_unit(c.unit(name)), nl=False)
+
+
+@cli.command()
+@NAMES
+@pass_ctx
+def check(c: Context, names: Tuple[str, ...]) -> None:
+    """Validate unit files (all, without NAMEs) and import their classes; start nothing.
+
+    Exit 0 when all are valid, 2 otherwise (each problem printed on one line).
+    """
+    chosen = [local_name(n) for n in names] or units.names(c.search)
+    if not chosen:
+        fail("no unit files in " + ", ".join(str(f) for f in c.search), BAD_INPUT)
+    code = OK
+    for name in chosen:
+        try:
+            unit = c.unit(name)
+            units.check_class(unit)
+            units.ordered({unit.name: unit}, c.search)
+        except ConfigError as exc:
+            click.echo(f"malacodactl: {exc}", err=True)
+            code = BAD_INPUT
+            continue
+        click.echo(f"{name}: ok ({unit.file})")
+    sys.exit(code)
+
+
+@cli.command()
+@JSON
+@pass_ctx
+def paths(c: Context, as_json: bool) -> None:
+    """Print the folders Malacoda uses here and the unit search path. Exit 0."""
+    data: Dict[str, Any] = c.paths.as_dict()
+    data["unit_search_path"] = [str(p) for p in c.search]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = ":".join(value)
+        click.echo(f"{key:<17} {value}")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(malacodactl completion bash)". Exit 0."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "malacodactl", "_MALACODACTL_COMPLETE").source())
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """The ``malacodactl`` entry point."""
+    logging.basicConfig(level=logging.WARNING, format="malacodactl: %(levelname)s: %(message)s")
+    cli.main(args=argv, prog_name="malacodactl")

@@ -1,0 +1,118 @@
+"""A unit's log file: timestamped lines, rotation by size, and reading it back (``-n``, ``-f``).
+
+The monitor owns the writing end: every line the daemon prints (stdout, stderr, Python
+logging) is written as ``2026-01-02 03:04:05.678 <line>``, and the monitor's own notes as
+``… [monitor] <note>``. Past ``max_bytes`` the file is renamed ``<name>.log.1`` (older ones
+shift up to ``.N``) and a new one is started. :func:`follow` keeps reading across that rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, List, Optional
+
+
+def timestamp(now: Optional[float] = None) -> str:
+    now = time.time() if now is None else now
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+
+
+class LogFile:
+    """Appends timestamped lines to ``path``, rotating it past ``max_bytes`` (0: never)."""
+
+    def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, backups: int = 5) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._lock = threading.Lock()
+        self._file = self._open()
+
+    def _open(self) -> BinaryIO:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "ab", buffering=0)
+
+    def write(self, line: str) -> None:
+        """Write one line (a trailing newline is added), with the time in front."""
+        data = f"{timestamp()} {line.rstrip(chr(10))}\n".encode("utf-8", "replace")
+        with self._lock:
+            if self.max_bytes and self._file.tell() + len(data) > self.max_bytes \
+                    and self._file.tell() > 0:
+                self._rotate()
+            self._file.write(data)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups > 0:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        self._file = self._open()
+
+    def pump(self, stream: BinaryIO, prefix: str = "") -> None:
+        """Copy ``stream`` line by line into the log until it ends (run it in a thread)."""
+        for raw in iter(stream.readline, b""):
+            self.write(prefix + raw.decode("utf-8", "replace"))
+        stream.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def tail(path: Path, lines: int) -> List[str]:
+    """The last ``lines`` lines of the log, reaching into ``<name>.log.1`` when needed."""
+    result: deque = deque(maxlen=max(lines, 0))
+    for file in (path.with_name(path.name + ".1"), path):
+        with contextlib.suppress(FileNotFoundError):
+            with open(file, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    result.append(line.rstrip("\n"))
+    return list(result)
+
+
+def follow(path: Path, stop: Callable[[], bool] = lambda: False,
+           interval: float = 0.1) -> Iterator[str]:
+    """Lines appended to ``path`` from now on; keeps following when the file is rotated."""
+    f = _open_at_end(path)
+    while not stop():
+        line = f.readline() if f else ""
+        if line:
+            yield line.rstrip("\n")
+            continue
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            time.sleep(interval)
+            continue
+        if f is None:
+            f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+            continue
+        current = os.fstat(f.fileno())
+        if (st.st_ino, st.st_dev) != (current.st_ino, current.st_dev) or st.st_size < f.tell():
+            for rest in f:  # what was written to the old file before it was renamed
+                yield rest.rstrip("\n")
+            f.close()
+            f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+            continue
+        time.sleep(interval)
+    if f:
+        f.close()
+
+
+def _open_at_end(path: Path):  # type: ignore[no-untyped-def]
+    try:
+        f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    f.seek(0, os.SEEK_END)
+    return f

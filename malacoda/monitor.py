@@ -1,0 +1,339 @@
+"""The per-unit monitor: the daemon's parent, its restart policy, its log and its status record.
+
+``malacodactl start NAME`` runs ``python -m malacoda.monitor UNIT_FILE FD``, which forks once
+more (the starter reaps the first child; the monitor is nobody's child to wait for), takes the
+unit's monitor lock (a second monitor for the same unit leaves at once: ``ALREADY``), and then:
+
+1. starts the daemon (``python -m malacoda.runner``) in a session of its own, its stdout and
+   stderr piped into the unit's log file, timestamped and rotated (:mod:`malacoda.logfile`);
+2. waits until the daemon reports ``READY`` over a pipe, its own error, or its death; the first
+   outcome is told to the starter on ``FD`` (``READY {json}`` or ``FAILED text``), so that
+   ``start`` returns only once the daemon serves, or fails with the daemon's own error;
+3. when the daemon exits, records the exit code or signal and applies the restart policy:
+   exponential backoff from ``backoff`` up to ``backoff_max``, reset after ``backoff_reset``
+   seconds up, and after ``start_limit`` restarts in a row the state ``failed``;
+4. on SIGTERM/SIGINT/SIGHUP runs the stop sequence (:func:`stop_sequence`) and exits.
+
+The status record, ``<run>/status/<name>.json``, is rewritten atomically at each change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from .errors import MalacodaError
+from .logfile import LogFile
+from .runtime import NameLock, Paths, Registry, atomic_write, private_dir, process_start_time
+from .units import Unit, load_file
+
+log = logging.getLogger(__name__)
+
+PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass
+class Record:
+    """What the monitor tells ``status``: its own pid and the daemon's state."""
+
+    name: str
+    state: str = "starting"
+    unit: str = ""
+    monitor_pid: Optional[int] = None
+    monitor_start: Optional[float] = None
+    pid: Optional[int] = None
+    port: Optional[int] = None
+    started: Optional[float] = None
+    restarts: int = 0
+    last_exit: Optional[Dict[str, Any]] = None
+    message: str = ""
+    updated: float = field(default_factory=time.time)
+
+    def monitor_alive(self) -> bool:
+        if self.monitor_pid is None or self.monitor_start is None:
+            return False
+        started = process_start_time(self.monitor_pid)
+        return started is not None and abs(started - self.monitor_start) <= 0.05
+
+
+def record_path(paths: Paths, name: str) -> Path:
+    return paths.run / "status" / f"{name}.json"
+
+
+def read_record(paths: Paths, name: str) -> Optional[Record]:
+    """The unit's status record, or None (absent or unreadable)."""
+    try:
+        raw = json.loads(record_path(paths, name).read_bytes())
+        known = set(Record.__dataclass_fields__)
+        return Record(**{k: v for k, v in raw.items() if k in known})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write_record(paths: Paths, record: Record) -> None:
+    record.updated = time.time()
+    folder = private_dir(private_dir(paths.run) / "status")
+    atomic_write(folder / f"{record.name}.json", json.dumps(asdict(record)).encode())
+
+
+def describe_exit(code: int) -> Dict[str, Any]:
+    """A ``Popen.returncode`` as ``{"code": n}`` or ``{"signal": "SIGKILL"}``."""
+    if code < 0:
+        try:
+            return {"signal": signal.Signals(-code).name}
+        except ValueError:
+            return {"signal": str(-code)}
+    return {"code": code}
+
+
+def stop_sequence(name: str, pid: int, timeout: float, exited: Callable[[float], bool]) -> None:
+    """Stop the daemon ``pid``: ask it (pst saved), SIGTERM at half ``timeout``, then SIGKILL.
+
+    ``exited(seconds)`` waits up to ``seconds`` for the process to end and says whether it has.
+    Signals go to the daemon's process group when it leads one (the monitor starts it so).
+    """
+    start = time.monotonic()
+    try:
+        from .proxy import Proxy
+
+        with Proxy(name, timeout=min(2.0, timeout / 2)) as proxy:
+            proxy.stop()
+    except (MalacodaError, OSError) as exc:
+        log.info("%s: asking it to stop failed (%s); sending SIGTERM", name, exc)
+    if exited(max(0.0, start + timeout / 2 - time.monotonic())):
+        return
+    _signal(pid, signal.SIGTERM)
+    _signal(pid, signal.SIGCONT)
+    if exited(max(0.0, start + timeout - time.monotonic())):
+        return
+    log.warning("%s (pid %d) did not stop in %g s: SIGKILL", name, pid, timeout)
+    _signal(pid, signal.SIGKILL)
+    exited(5.0)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Monitor:
+    """Runs one unit's daemon per its restart policy (see the module docstring)."""
+
+    def __init__(self, unit: Unit, paths: Paths, tell: Callable[[str], None], logfile: LogFile,
+                 record: Record) -> None:
+        self.unit = unit
+        self.paths = paths
+        self.tell = tell
+        self.logfile = logfile
+        self.record = record
+        self.stopping = threading.Event()
+
+    def note(self, message: str) -> None:
+        self.logfile.write(f"[monitor] {message}")
+
+    def save(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self.record, key, value)
+        write_record(self.paths, self.record)
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping.set()
+
+    def run(self) -> int:
+        unit, streak, first = self.unit, 0, True
+        while True:
+            self.save(state="starting", pid=None, port=None, started=None)
+            proc, outcome, detail = self.spawn()
+            up_since = time.monotonic()
+            if outcome == "ready" and proc is not None:
+                info = json.loads(detail)
+                self.save(state="running", pid=proc.pid, port=info["port"], started=time.time(),
+                          message="")
+                self.note(f"{unit.name} ready: pid {proc.pid}, port {info['port']}")
+                if first:
+                    self.tell("READY " + detail)
+                    first = False
+                code = self.watch(proc)
+            else:
+                if proc is not None and proc.poll() is None:
+                    self.stop_child(proc)
+                code = proc.wait() if proc is not None else 1
+                if outcome != "stopped":
+                    self.note(f"{unit.name} failed to start: {detail}")
+                if first:
+                    self.save(state="failed", last_exit=describe_exit(code), message=detail)
+                    self.tell("FAILED " + detail)
+                    return 1
+            uptime = time.monotonic() - up_since
+            self.record.last_exit = describe_exit(code)
+            self.note(f"{unit.name} (pid {proc.pid if proc else '-'}) exited: "
+                      + ", ".join(f"{k} {v}" for k, v in self.record.last_exit.items()))
+            failed = outcome != "ready" or code != 0
+            if self.stopping.is_set():
+                self.save(state="stopped", pid=None, port=None, message="stopped")
+                return 0
+            if outcome == "ready" and uptime >= unit.backoff_reset:
+                streak = 0
+            if unit.restart == "no" or (unit.restart == "on-failure" and not failed):
+                self.save(state="failed" if failed else "stopped", pid=None, port=None,
+                          message=f"restart = {unit.restart!r}: not restarted")
+                return 0
+            streak += 1
+            if streak > unit.start_limit:
+                message = f"gave up after {streak - 1} restarts in a row (start_limit)"
+                self.note(message)
+                self.save(state="failed", pid=None, port=None, message=message)
+                return 0
+            delay = min(unit.backoff * 2 ** (streak - 1), unit.backoff_max)
+            message = f"restarting in {delay:g} s (restart {streak} of at most {unit.start_limit})"
+            self.note(message)
+            self.save(state="starting", pid=None, port=None, message=message)
+            if self.stopping.wait(delay):
+                self.save(state="stopped", message="stopped")
+                return 0
+            self.record.restarts += 1
+
+    def spawn(self) -> Tuple[Optional[subprocess.Popen], str, str]:
+        """Start the daemon and wait for its first word: ``(proc, outcome, detail)``."""
+        unit = self.unit
+        Registry(self.paths).clean_stale(unit.name)
+        ready_r, ready_w = os.pipe()
+        out_r, out_w = os.pipe()
+        env = dict(os.environ, **unit.env, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "malacoda.runner", str(unit.file), str(ready_w)],
+                pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
+                cwd=str(unit.workdir), env=env, start_new_session=True,
+            )
+        except OSError as exc:
+            for fd in (ready_r, ready_w, out_r, out_w):
+                os.close(fd)
+            return None, "error", f"cannot start it in {unit.workdir}: {exc}"
+        os.close(ready_w)
+        os.close(out_w)
+        pump = threading.Thread(target=self.logfile.pump, args=(os.fdopen(out_r, "rb"),),
+                                name="malacoda-log", daemon=True)
+        pump.start()
+        self.save(pid=proc.pid)
+        outcome, detail = self._first_word(proc, ready_r)
+        os.close(ready_r)
+        if outcome != "ready":
+            pump.join(1.0)  # let the traceback reach the log before it is pointed to
+        return proc, outcome, detail
+
+    def _first_word(self, proc: subprocess.Popen, fd: int) -> Tuple[str, str]:
+        deadline = time.monotonic() + self.unit.start_timeout
+        data = b""
+        while b"\n" not in data:
+            if self.stopping.is_set():
+                return "stopped", "stopped while starting"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout", f"not ready within start_timeout = {self.unit.start_timeout:g} s"
+            readable, _, _ = select.select([fd], [], [], min(remaining, 0.2))
+            if readable:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                data += chunk
+        word, _, detail = data.decode("utf-8", "replace").strip().partition(" ")
+        if word == "READY":
+            return "ready", detail
+        if word == "ERROR":
+            return "error", detail
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "error", "closed its readiness pipe without a word"
+        how = ", ".join(f"{k} {v}" for k, v in describe_exit(code).items())
+        return "error", f"exited ({how}) before it was ready; see 'malacodactl logs {self.unit.name}'"
+
+    def watch(self, proc: subprocess.Popen) -> int:
+        """Wait for the daemon to exit; on a stop request, stop it. Returns its exit code."""
+        while True:
+            try:
+                return proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.stopping.is_set():
+                return self.stop_child(proc)
+
+    def stop_child(self, proc: subprocess.Popen) -> int:
+        self.note(f"stopping {self.unit.name} (pid {proc.pid})")
+
+        def exited(seconds: float) -> bool:
+            try:
+                proc.wait(timeout=seconds)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+
+        stop_sequence(self.unit.name, proc.pid, self.unit.stop_timeout, exited)
+        return proc.wait()
+
+
+def main(unit_file: str, fd: int) -> int:
+    """Entry of ``python -m malacoda.monitor``: detach, lock, supervise (module docstring)."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    os.umask(0o077)
+    channel = os.fdopen(fd, "w")
+
+    def tell(message: str) -> None:
+        if not channel.closed:
+            try:
+                channel.write(message + "\n")
+                channel.close()
+            except OSError:
+                pass
+
+    try:
+        unit = load_file(Path(unit_file))
+        paths = Paths.default()
+        lock = NameLock(paths, unit.name, "monitor")
+        if not lock.acquire():
+            tell(f"ALREADY {lock.holder() or ''}")
+            return 0
+        logfile = LogFile(private_dir(paths.log) / f"{unit.name}.log", unit.log_max_bytes,
+                          unit.log_backups)
+        previous = read_record(paths, unit.name)
+        record = Record(name=unit.name, unit=str(unit.file), monitor_pid=os.getpid(),
+                        monitor_start=process_start_time(os.getpid()),
+                        last_exit=previous.last_exit if previous else None)
+        write_record(paths, record)
+        monitor = Monitor(unit, paths, tell, logfile, record)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, monitor.on_signal)
+        monitor.note(f"monitor started (pid {os.getpid()}) for {unit.file}")
+        try:
+            return monitor.run()
+        finally:
+            monitor.note("monitor exits")
+    except BaseException as exc:  # noqa: B902 - the starter must hear about it
+        import traceback
+
+        traceback.print_exc()
+        tell(f"FAILED monitor error: {type(exc).__name__}: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], int(sys.argv[2])))

@@ -1,0 +1,286 @@
+"""Starting, stopping and inspecting supervised units: what ``malacodactl`` calls.
+
+:func:`start` launches the unit's monitor (:mod:`malacoda.monitor`) and returns once the daemon
+serves, or raises :class:`~malacoda.errors.ProcessError` carrying the daemon's own error.
+:func:`stop` asks the monitor to run the stop sequence (or runs it itself on an unsupervised
+daemon). :func:`status` combines the monitor's record, the registry and a ping into one state:
+
+==========  =====================================================  ==========
+state       meaning                                                LSB code
+==========  =====================================================  ==========
+running     registered, alive, answers a ping                      0
+hung        registered and alive, but the ping timed out           4
+starting    the monitor is starting or restarting it (backoff)     3
+stale       records of a daemon or monitor that died (kill -9)     1
+failed      the monitor gave up (start failed, start_limit hit)    3
+stopped     not running                                            3
+==========  =====================================================  ==========
+
+Start and stop are idempotent, and two starts racing leave one daemon: the monitor lock decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import psutil
+
+from .errors import ProcessError
+from .monitor import PACKAGE_PARENT, Record, read_record, stop_sequence, write_record
+from .runtime import Paths, Registry, private_dir
+from .units import Unit
+
+LSB = {"running": 0, "stale": 1, "starting": 3, "failed": 3, "stopped": 3, "hung": 4}
+DEFAULT_STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class UnitStatus:
+    """One unit's state as ``status`` shows it (``--json`` prints these fields)."""
+
+    name: str
+    state: str
+    pid: Optional[int] = None
+    port: Optional[int] = None
+    uptime: Optional[float] = None
+    cpu: Optional[float] = None
+    rss: Optional[int] = None
+    restarts: int = 0
+    last_exit: Optional[Dict[str, Any]] = None
+    monitor_pid: Optional[int] = None
+    message: str = ""
+
+    @property
+    def code(self) -> int:
+        """The LSB ``status`` exit code of this state."""
+        return LSB.get(self.state, 4)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def ping(name: str, timeout: float) -> bool:
+    """True when the daemon ``name`` answers a ping within ``timeout`` seconds."""
+    from .control import ping as ping_daemon
+
+    return ping_daemon(name, timeout)
+
+
+def status(name: str, paths: Optional[Paths] = None, ping_timeout: float = 2.0) -> UnitStatus:
+    """The state of ``name`` on this host (see the module docstring)."""
+    paths = paths or Paths.default()
+    record = read_record(paths, name)
+    monitor_alive = record is not None and record.monitor_alive()
+    entry, registered = Registry(paths).read(name)
+    result = UnitStatus(name=name, state="stopped")
+    if record is not None:
+        result.restarts = record.restarts
+        result.last_exit = record.last_exit
+        result.message = record.message
+        result.pid = record.pid
+        result.port = record.port
+        if monitor_alive:
+            result.monitor_pid = record.monitor_pid
+    if registered == "running" and entry is not None:
+        result.pid, result.port = entry.pid, entry.port
+        result.state = "running" if ping(name, ping_timeout) else "hung"
+        if not monitor_alive:
+            result.message = result.message or "not supervised (no monitor)"
+    elif monitor_alive:
+        result.state = "starting"
+    elif registered == "stale" or (record is not None and record.state in ("running", "starting")):
+        result.state = "stale"
+        if entry is not None:
+            result.pid, result.port = entry.pid, entry.port
+    elif record is not None and record.state == "failed":
+        result.state = "failed"
+    if result.state not in ("running", "hung", "stale"):
+        result.pid = result.port = None
+    if result.state in ("running", "hung") and result.pid is not None:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(result.pid)
+            result.uptime = round(time.time() - proc.create_time(), 1)
+            result.rss = proc.memory_info().rss
+    return result
+
+
+def statuses(names: List[str], paths: Optional[Paths] = None,
+             ping_timeout: float = 2.0) -> List[UnitStatus]:
+    """:func:`status` of each name, with cpu % measured over one short common interval."""
+    results = [status(name, paths, ping_timeout) for name in names]
+    procs: Dict[int, psutil.Process] = {}
+    for result in results:
+        if result.pid is not None and result.state in ("running", "hung"):
+            with contextlib.suppress(psutil.Error):
+                procs[result.pid] = psutil.Process(result.pid)
+                procs[result.pid].cpu_percent(None)
+    if procs:
+        time.sleep(0.1)
+        for result in results:
+            if result.pid in procs:
+                with contextlib.suppress(psutil.Error):
+                    result.cpu = round(procs[result.pid].cpu_percent(None), 1)
+    return results
+
+
+def known_names(paths: Optional[Paths] = None) -> List[str]:
+    """Names with a status record or a registry entry on this host."""
+    paths = paths or Paths.default()
+    names = set(Registry(paths).names())
+    folder = paths.run / "status"
+    if folder.is_dir():
+        names.update(p.stem for p in folder.glob("*.json"))
+    return sorted(names)
+
+
+def clean_stale(name: str, paths: Optional[Paths] = None) -> bool:
+    """Forget a dead daemon's registry entry and a dead monitor's record; True if any."""
+    paths = paths or Paths.default()
+    cleaned = Registry(paths).clean_stale(name)
+    record = read_record(paths, name)
+    if record is not None and record.state in ("running", "starting") and not record.monitor_alive():
+        record.state, record.pid, record.port = "stopped", None, None
+        record.message = "cleaned up after a monitor that died"
+        write_record(paths, record)
+        cleaned = True
+    return cleaned
+
+
+def start(unit: Unit, paths: Optional[Paths] = None) -> Tuple[str, UnitStatus]:
+    """Start ``unit`` under a monitor; ``("started" | "already running", status)``.
+
+    Returns once the daemon is ready; raises :class:`ProcessError` with the daemon's own error
+    when it cannot start. Requirements (``requires``) are the caller's to start first.
+    """
+    paths = paths or Paths.default()
+    current = status(unit.name, paths)
+    if current.state in ("running", "hung"):
+        return "already running", current
+    if current.state == "starting":
+        return "already running", _wait_started(unit, paths)
+    clean_stale(unit.name, paths)
+    log_dir = private_dir(paths.log)
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+    try:
+        log_fd = os.open(log_dir / f"{unit.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as log_file:
+            starter = subprocess.Popen(
+                [sys.executable, "-m", "malacoda.monitor", str(unit.file), str(write_fd)],
+                pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                env=env, start_new_session=True,
+            )
+    finally:
+        os.close(write_fd)
+    try:
+        starter.wait(timeout=30)
+        word, detail = _read_word(read_fd, unit.start_timeout + 10)
+    finally:
+        os.close(read_fd)
+    if word == "READY":
+        return "started", status(unit.name, paths)
+    if word == "ALREADY":
+        return "already running", _wait_started(unit, paths)
+    if word == "FAILED":
+        raise ProcessError(f"{unit.name} did not start: {detail}")
+    raise ProcessError(f"{unit.name} did not start: the monitor {detail or 'said nothing'}; "
+                       f"see 'malacodactl logs {unit.name}'")
+
+
+def _read_word(fd: int, timeout: float) -> Tuple[str, str]:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "", f"did not answer within {timeout:g} s"
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    word, _, detail = data.decode("utf-8", "replace").strip().partition(" ")
+    return word, detail
+
+
+def _wait_started(unit: Unit, paths: Paths) -> UnitStatus:
+    """Wait for a start someone else began; its outcome is ours."""
+    began = time.time()
+    deadline = time.monotonic() + unit.start_timeout + 10
+    while True:
+        current = status(unit.name, paths)
+        if current.state in ("running", "hung"):
+            return current
+        record = read_record(paths, unit.name)
+        # An outcome recorded before we began is the previous run's, not this start's.
+        final = record is not None and record.updated >= began - 0.01 \
+            and current.state in ("failed", "stopped", "stale")
+        if final or time.monotonic() > deadline:
+            raise ProcessError(f"{unit.name} did not start: {current.state}"
+                               + (f" ({current.message})" if current.message else ""))
+        time.sleep(0.05)
+
+
+def stop(name: str, paths: Optional[Paths] = None,
+         stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> str:
+    """Stop ``name``: ``"stopped"``, or ``"not running"`` when there was nothing to stop."""
+    paths = paths or Paths.default()
+    did = False
+    record = read_record(paths, name)
+    if record is not None and record.monitor_alive() and record.monitor_pid is not None:
+        did = True
+        pid, started = record.monitor_pid, record.monitor_start
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 15)
+        if not _wait_gone(pid, started, stop_timeout + 5):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+            _wait_gone(pid, started, 5)
+    entry, registered = Registry(paths).read(name)
+    if registered == "running" and entry is not None:  # a daemon without a monitor
+        did = True
+        pid, started = entry.pid, entry.start_time
+        stop_sequence(name, pid, stop_timeout, lambda s: _wait_gone(pid, started, s))
+        if not _wait_gone(pid, started, 1):
+            raise ProcessError(f"{name} (pid {pid}) is still alive after SIGKILL")
+    clean_stale(name, paths)
+    record = read_record(paths, name)
+    if did and record is not None and record.state != "stopped":
+        record.state, record.pid, record.port, record.message = "stopped", None, None, "stopped"
+        write_record(paths, record)
+    if record is not None and record.state == "failed":
+        record.state, record.message = "stopped", "reset by stop"
+        write_record(paths, record)
+    return "stopped" if did else "not running"
+
+
+def _wait_gone(pid: int, started: Optional[float], timeout: float) -> bool:
+    from .runtime import process_start_time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        now = process_start_time(pid)
+        if now is None or (started is not None and abs(now - started) > 0.05):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def record_of(name: str, paths: Optional[Paths] = None) -> Optional[Record]:
+    """The monitor's raw record for ``name`` (None when it never ran)."""
+    return read_record(paths or Paths.default(), name)
+
+
+def to_json(results: List[UnitStatus]) -> str:
+    return json.dumps([r.as_dict() for r in results], indent=2)

@@ -1,0 +1,262 @@
+"""TOML unit files: where they are found, what they may say, and clear errors when they are wrong.
+
+A unit file ``<folder>/<Name>.toml`` names a daemon class and how to run it; the unit's name is
+the file's stem. Two keys are enough::
+
+    class = "message_daemon:MessageDaemon"
+    path = ["../examples"]          # import path entries, relative to the unit file
+
+Every key, its type and its default is in :data:`SCHEMA` (the README's unit-file reference is
+generated from the same table). Unit files are looked up along :func:`search_path`. A unit names
+code to import, so a unit file or folder that other users can write is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .errors import ConfigError
+from .runtime import Paths, check_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python < 3.11
+    import tomli as tomllib
+
+SYSTEM_UNITS = Path("/etc/malacoda/units")
+RESTART_POLICIES = ("on-failure", "always", "no")
+
+#: key → (accepted types, default, meaning). The one place unit defaults live.
+SCHEMA: Dict[str, Tuple[Tuple[type, ...], Any, str]] = {
+    "class": ((str,), None, "the daemon class as 'module:Class' (required)"),
+    "path": ((list,), [], "folders put first on the import path, relative to the unit file"),
+    "args": ((dict,), {}, "keyword arguments for the class's constructor"),
+    "bind": ((str,), None, "address to bind (the class's default: 127.0.0.1)"),
+    "port": ((int,), None, "a fixed port (the class's default: one the kernel picks)"),
+    "workers": ((int,), None, "calls that may run at once (the class's default: 8)"),
+    "queue": ((int,), None, "requests that may wait for a worker (the class's default: 64)"),
+    "pst": ((dict,), None, "pst_config over the class's own (class_name, frequency, file_path…)"),
+    "restart": ((str,), "on-failure", "restart policy: 'on-failure', 'always' or 'no'"),
+    "backoff": ((int, float), 1.0, "seconds before the first restart; doubled at each failure"),
+    "backoff_max": ((int, float), 60.0, "the cap of the restart delay, in seconds"),
+    "backoff_reset": ((int, float), 60.0, "seconds up after which the delay and count reset"),
+    "start_limit": ((int,), 5, "restarts in a row (without a stable period) before 'failed'"),
+    "start_timeout": ((int, float), 30.0, "seconds a start may take before it counts as failed"),
+    "stop_timeout": ((int, float), 10.0, "seconds from the stop request to SIGKILL (SIGTERM at half)"),
+    "env": ((dict,), {}, "environment variables for the daemon (string values)"),
+    "workdir": ((str,), None, "working directory, relative to the unit file (default: its folder)"),
+    "requires": ((list,), [], "units started before this one (and stopped after it)"),
+    "log_max_bytes": ((int,), 10 * 1024 * 1024, "the log file is rotated past this size (0: never)"),
+    "log_backups": ((int,), 5, "rotated log files kept (<name>.log.1 … .N)"),
+    "log_level": ((str,), "INFO", "level of the daemon's Python logging"),
+}
+
+
+@dataclass
+class Unit:
+    """A validated unit file."""
+
+    name: str
+    file: Path
+    cls: str
+    path: List[Path] = field(default_factory=list)
+    args: Dict[str, Any] = field(default_factory=dict)
+    bind: Optional[str] = None
+    port: Optional[int] = None
+    workers: Optional[int] = None
+    queue: Optional[int] = None
+    pst: Optional[Dict[str, Any]] = None
+    restart: str = "on-failure"
+    backoff: float = 1.0
+    backoff_max: float = 60.0
+    backoff_reset: float = 60.0
+    start_limit: int = 5
+    start_timeout: float = 30.0
+    stop_timeout: float = 10.0
+    env: Dict[str, str] = field(default_factory=dict)
+    workdir: Path = Path(".")
+    requires: List[str] = field(default_factory=list)
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 5
+    log_level: str = "INFO"
+
+
+def search_path(unit_path: Optional[str] = None, paths: Optional[Paths] = None) -> List[Path]:
+    """Folders searched for unit files, first match wins.
+
+    ``unit_path`` (``--unit-path``, else ``MALACODA_UNIT_PATH``; ``os.pathsep``-separated), then
+    ``./conf``, the user's (or ``MALACODA_HOME``'s) units folder, ``/etc/malacoda/units``.
+    """
+    paths = paths or Paths.default()
+    given = unit_path if unit_path is not None else os.environ.get("MALACODA_UNIT_PATH", "")
+    folders = [Path(p).expanduser() for p in given.split(os.pathsep) if p]
+    folders += [Path("conf"), paths.units, SYSTEM_UNITS]
+    seen: List[Path] = []
+    for folder in folders:
+        folder = folder.absolute()
+        if folder not in seen:
+            seen.append(folder)
+    return seen
+
+
+def find(name: str, search: Sequence[Path]) -> Path:
+    """The unit file for ``name`` along ``search``, or a :class:`ConfigError` naming the folders."""
+    check_name(name)
+    for folder in search:
+        candidate = folder / f"{name}.toml"
+        if candidate.is_file():
+            return candidate
+    where = ", ".join(str(f) for f in search)
+    raise ConfigError(f"unknown unit {name!r}: no {name}.toml in {where}")
+
+
+def names(search: Sequence[Path]) -> List[str]:
+    """Every unit name along ``search`` (the first folder holding a name wins)."""
+    found: Dict[str, Path] = {}
+    for folder in search:
+        if folder.is_dir():
+            for file in sorted(folder.glob("*.toml")):
+                found.setdefault(file.stem, file)
+    return sorted(found)
+
+
+def load(name: str, search: Sequence[Path]) -> Unit:
+    """Find and validate the unit ``name``."""
+    return load_file(find(name, search))
+
+
+def _check_not_writable_by_others(path: Path) -> None:
+    st = path.stat()
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path} is writable by other users and a unit names code to run: "
+                          f"run 'chmod go-w {path}'")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(f"{path} belongs to uid {st.st_uid}, not to you or root: refusing it")
+
+
+def load_file(file: Path) -> Unit:
+    """Parse and validate one unit file; every error names the file and the problem."""
+    file = Path(file).absolute()
+    name = file.stem
+    try:
+        check_name(name)
+    except ConfigError:
+        raise ConfigError(f"{file}: {name!r} cannot name a unit: use letters, digits, '_', '.', '-'")
+    _check_not_writable_by_others(file.parent)
+    _check_not_writable_by_others(file)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: TOML syntax error: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read it: {exc}") from None
+    values: Dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in SCHEMA:
+            raise ConfigError(f"{file}: unknown key {key!r} (known keys: {', '.join(SCHEMA)})")
+        types = SCHEMA[key][0]
+        if isinstance(value, bool) or not isinstance(value, types):
+            wanted = " or ".join(_toml_type(t) for t in types)
+            raise ConfigError(f"{file}: {key!r} must be {wanted}, not {_toml_type(type(value))} "
+                              f"{value!r}")
+        values[key] = value
+    if "class" not in values:
+        raise ConfigError(f"{file}: the key 'class' is required, e.g. class = \"module:Class\"")
+    return _build(file, name, values)
+
+
+def _toml_type(t: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", list: "an array",
+            dict: "a table", bool: "a boolean"}.get(t, t.__name__)
+
+
+def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{file}: {message}")
+
+    module, _, cls = v["class"].partition(":")
+    if not module or not cls:
+        raise fail(f"'class' must be 'module:Class', not {v['class']!r}")
+    for key in ("path", "requires"):
+        if not all(isinstance(x, str) for x in v.get(key, [])):
+            raise fail(f"{key!r} must be an array of strings")
+    for key in ("env",):
+        if not all(isinstance(x, str) for x in v.get(key, {}).values()):
+            raise fail(f"every value of {key!r} must be a string")
+    if v.get("restart", "on-failure") not in RESTART_POLICIES:
+        raise fail(f"'restart' must be one of {', '.join(RESTART_POLICIES)}, not {v['restart']!r}")
+    for key in ("backoff", "backoff_max", "backoff_reset", "start_timeout", "stop_timeout"):
+        if key in v and v[key] <= 0:
+            raise fail(f"{key!r} must be positive, not {v[key]!r}")
+    for key in ("start_limit", "log_max_bytes", "log_backups"):
+        if key in v and v[key] < 0:
+            raise fail(f"{key!r} must not be negative, not {v[key]!r}")
+    if "port" in v and not 0 <= v["port"] < 65536:
+        raise fail(f"'port' {v['port']} is out of range")
+    if "daemonize" in v.get("args", {}):
+        raise fail("'args' must not set daemonize: the monitor runs the daemon")
+    for other in v.get("requires", []):
+        try:
+            check_name(other)
+        except ConfigError as exc:
+            raise fail(f"'requires': {exc}") from None
+    if v.get("log_level", "INFO").upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise fail(f"'log_level' {v['log_level']!r} is not a logging level")
+    base = file.parent
+    defaults = {k: d for k, (_, d, _) in SCHEMA.items()}
+    merged = {**defaults, **v}
+    return Unit(
+        name=name, file=file, cls=v["class"],
+        path=[(base / p).resolve() for p in merged["path"]],
+        args=dict(merged["args"]), bind=merged["bind"], port=merged["port"],
+        workers=merged["workers"], queue=merged["queue"], pst=merged["pst"],
+        restart=merged["restart"], backoff=float(merged["backoff"]),
+        backoff_max=float(merged["backoff_max"]), backoff_reset=float(merged["backoff_reset"]),
+        start_limit=merged["start_limit"], start_timeout=float(merged["start_timeout"]),
+        stop_timeout=float(merged["stop_timeout"]), env=dict(merged["env"]),
+        workdir=(base / (merged["workdir"] or ".")).resolve(), requires=list(merged["requires"]),
+        log_max_bytes=merged["log_max_bytes"], log_backups=merged["log_backups"],
+        log_level=merged["log_level"].upper(),
+    )
+
+
+def check_class(unit: Unit) -> type:
+    """Import the unit's class (in this process); a :class:`ConfigError` names what failed."""
+    from .daemon import load_class
+
+    try:
+        return load_class(unit.cls, unit.path)
+    except ConfigError as exc:
+        raise ConfigError(f"{unit.file}: {exc}") from None
+    except Exception as exc:  # the user's module may raise anything while importing
+        raise ConfigError(f"{unit.file}: cannot import {unit.cls!r}: "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
+def ordered(units: Dict[str, Unit], search: Sequence[Path]) -> List[Unit]:
+    """``units`` and everything they require, requirements first; a cycle is a ConfigError."""
+    result: List[Unit] = []
+    done: Dict[str, Unit] = {}
+    visiting: List[str] = []
+
+    def visit(unit: Unit) -> None:
+        if unit.name in done:
+            return
+        if unit.name in visiting:
+            cycle = " -> ".join([*visiting[visiting.index(unit.name):], unit.name])
+            raise ConfigError(f"{unit.file}: 'requires' forms a cycle: {cycle}")
+        visiting.append(unit.name)
+        for other in unit.requires:
+            visit(units[other] if other in units else load(other, search))
+        visiting.pop()
+        done[unit.name] = unit
+        result.append(unit)
+
+    for unit in units.values():
+        visit(unit)
+    return result
