@@ -82,7 +82,12 @@ def tail(path: Path, lines: int) -> List[str]:
 
 def follow(path: Path, stop: Callable[[], bool] = lambda: False,
            interval: float = 0.1) -> Iterator[str]:
-    """Lines appended to ``path`` from now on; keeps following when the file is rotated."""
+    """Lines appended to ``path`` from now on; keeps following when the file is rotated.
+
+    After a rotation the lines left in the renamed file are read first, then each newer
+    generation (``.2`` → ``.1`` → the live file) in turn, so no line is skipped unless more
+    than ``backups`` rotations happen between two polls.
+    """
     f = _open_at_end(path)
     while not stop():
         line = f.readline() if f else ""
@@ -102,11 +107,32 @@ def follow(path: Path, stop: Callable[[], bool] = lambda: False,
             for rest in f:  # what was written to the old file before it was renamed
                 yield rest.rstrip("\n")
             f.close()
-            f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+            f = _next_generation(path, (current.st_ino, current.st_dev))
             continue
         time.sleep(interval)
     if f:
         f.close()
+
+
+def _next_generation(path: Path, done: tuple):  # type: ignore[no-untyped-def]
+    """The file written after the one whose (inode, device) is ``done``, opened at its start."""
+    generations: List[Path] = sorted(path.parent.glob(path.name + ".*"),
+                                     key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+    generations = [p for p in generations if p.suffix[1:].isdigit()] + [path]
+    ids: List[Optional[tuple]] = []
+    for candidate in generations:
+        try:
+            st = os.stat(candidate)
+            ids.append((st.st_ino, st.st_dev))
+        except FileNotFoundError:
+            ids.append(None)
+    start = ids.index(done) + 1 if done in ids else 0
+    for candidate in generations[start:]:
+        try:
+            return open(candidate, encoding="utf-8", errors="replace")  # noqa: SIM115
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def _open_at_end(path: Path):  # type: ignore[no-untyped-def]

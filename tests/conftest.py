@@ -63,4 +63,6 @@ def start_daemon(home: Path, processes: Processes) -> Callable[..., DaemonProces
     return start
 
 
+# The fixture users get (malacoda.testing) is the one our own tests use.
+from malacoda.testing import malacoda_home, malacoda_unit  # noqa: E402, F401
 from tests.sshd import web1  # noqa: E402,F401  (the sshd fixture, for the remote tests)

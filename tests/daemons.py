@@ -128,3 +128,28 @@ class HostileDaemon(TestDaemon):
         with self.lock:
             counts = list(self.seen.values())
         return [len(counts), sum(1 for c in counts if c > 1), sum(counts)]
+
+
+class Talker(TestDaemon):
+    """Prints on request: fills the log for the log tests."""
+
+    def say(self, text, times=1, pause=0.0):
+        for i in range(times):
+            print(f"{text} {i}", flush=True)
+            time.sleep(pause)
+        return times
+
+
+class FailInit(TestDaemon):
+    """Its constructor raises before the daemon serves."""
+
+    def __init__(self, **kwargs):
+        raise ValueError("bad setting: 42")
+
+
+class CrashAfterReady(TestDaemon):
+    """Serves, then its main loop fails: a crash loop under the monitor."""
+
+    def _run(self):
+        self._wait(0.05)
+        raise RuntimeError("crashed on purpose")

@@ -1,0 +1,459 @@
+"""malacodactl end to end: the CLI run as a user runs it, real monitors, real daemons."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import psutil
+import pytest
+
+from malacoda.testing import write_unit
+from tests.support import ROOT, pid_alive, wait_for
+
+FAST = {"backoff": 0.1, "backoff_max": 0.5, "stop_timeout": 4, "start_timeout": 20}
+
+
+class Ctl:
+    """Runs ``python -m malacoda`` with a private MALACODA_HOME and unit folder."""
+
+    def __init__(self, home: Path, conf: Path) -> None:
+        self.home = home
+        self.conf = conf
+        self.env = dict(os.environ, MALACODA_HOME=str(home), PYTHONUNBUFFERED="1")
+        self.env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+        self.env.pop("MALACODA_UNIT_PATH", None)
+        self.env.pop("NOTIFY_SOCKET", None)
+
+    def argv(self, *args: str) -> List[str]:
+        return [sys.executable, "-m", "malacoda", "--unit-path", str(self.conf), *args]
+
+    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), env=self.env, cwd=str(self.home), timeout=timeout,
+                              capture_output=True, text=True)
+
+    def ok(self, *args: str) -> str:
+        result = self(*args)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+    def popen(self, *args: str, **kw: Any) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), env={**self.env, **kw.pop("env", {})},
+                                cwd=str(self.home), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, **kw)
+
+    def unit(self, name: str, cls: str = "tests.daemons:TestDaemon", **keys: Any) -> Path:
+        return write_unit(self.conf, name, cls=cls, path=[str(ROOT)], **{**FAST, **keys})
+
+    def status(self, name: str, *extra: str) -> Dict[str, Any]:
+        result = self("status", name, "--json", *extra)
+        [row] = json.loads(result.stdout)
+        row["exit"] = result.returncode
+        return row
+
+    def processes(self) -> List[psutil.Process]:
+        """Our monitors and daemons: the processes whose MALACODA_HOME is this one."""
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("MALACODA_HOME") == str(self.home) and proc.pid != os.getpid():
+                    found.append(proc)
+            except (psutil.Error, OSError):
+                continue
+        return found
+
+    def daemons(self, name: str) -> List[psutil.Process]:
+        out = []
+        for proc in self.processes():
+            try:
+                cmd = proc.cmdline()
+            except psutil.Error:
+                continue
+            if "malacoda.runner" in cmd and str(self.conf / f"{name}.toml") in cmd:
+                out.append(proc)
+        return out
+
+    def cleanup(self) -> None:
+        for proc in self.processes():
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture
+def ctl(home: Path, tmp_path: Path):
+    conf = tmp_path / "conf"
+    conf.mkdir(mode=0o700)
+    runner = Ctl(home, conf)
+    yield runner
+    runner.cleanup()
+
+
+def test_message_daemon_from_conf(ctl: Ctl) -> None:
+    """The README's scenario on conf/MessageDaemon.toml: start, call, get, set, status, stop."""
+    shutil.copy(ROOT / "conf" / "MessageDaemon.toml", ctl.conf)
+    (ctl.conf / "MessageDaemon.toml").write_text(
+        (ctl.conf / "MessageDaemon.toml").read_text().replace("../examples", str(ROOT / "examples")))
+    out = ctl.ok("start", "MessageDaemon")
+    assert out.startswith("MessageDaemon started (pid ")
+    assert ctl.ok("call", "MessageDaemon", "insert_message", "hi") == "Message received!\n"
+    assert ctl.ok("get", "MessageDaemon", "pst_counter") == "1\n"
+    assert ctl.ok("set", "MessageDaemon", "pst_counter", "5") == ""
+    assert ctl.ok("get", "MessageDaemon", "pst_counter", "--json") == "5\n"
+    table = ctl.ok("status", "--all")
+    assert table.split("\n")[0].split() == ["NAME", "STATE", "PID", "PORT", "UPTIME", "CPU%", "RSS",
+                                           "RESTARTS", "LAST", "EXIT"]
+    assert table.split("\n")[1].split()[:2] == ["MessageDaemon", "running"]
+    row = ctl.status("MessageDaemon")
+    assert row["exit"] == 0 and row["state"] == "running" and row["pid"] > 0 and row["port"] > 0
+    assert row["restarts"] == 0 and row["rss"] > 0 and row["uptime"] >= 0
+    again = ctl.ok("start", "MessageDaemon")
+    assert again.startswith(f"MessageDaemon already running (pid {row['pid']}")
+    described = ctl.ok("describe", "MessageDaemon")
+    assert "insert_message(msg, *, timeout=None)" in described
+    assert "Queue a message for the main loop" in described and "pst_counter" in described
+    assert ctl.ok("stop", "MessageDaemon") == "MessageDaemon stopped\n"
+    assert not pid_alive(row["pid"])
+    assert ctl.ok("stop", "MessageDaemon") == "MessageDaemon not running\n"
+    stopped = ctl.status("MessageDaemon")
+    assert stopped["state"] == "stopped" and stopped["exit"] == 3 and stopped["pid"] is None
+    assert stopped["last_exit"] == {"code": 0}
+    ctl.ok("start", "MessageDaemon")
+    assert ctl.ok("get", "MessageDaemon", "pst_counter") == "5\n"  # saved on stop, loaded on start
+    ctl.ok("restart", "MessageDaemon")
+    assert ctl.ok("get", "MessageDaemon", "pst_counter") == "5\n"
+    assert ctl.status("MessageDaemon")["pid"] != row["pid"]
+
+
+def test_call_values_and_remote_errors(ctl: Ctl) -> None:
+    ctl.unit("Echo")
+    ctl.ok("start", "Echo")
+    assert ctl.ok("call", "Echo", "echo", "hi") == "hi\n"
+    assert ctl.ok("call", "Echo", "echo", "hello world") == "hello world\n"
+    assert ctl.ok("call", "Echo", "echo", "'5'") == "5\n"
+    assert ctl.ok("call", "Echo", "echo", "[1, (2, 3)]") == "[1, (2, 3)]\n"
+    assert ctl.ok("call", "Echo", "add", "2", "--kw", "b=40") == "42\n"
+    assert json.loads(ctl.ok("call", "Echo", "echo", "{'a': (1, {2})}", "--json")) == {"a": [1, [2]]}
+    assert ctl.ok("call", "Echo", "echo", "b'\\x00'", "--json") == '{"base64": "AA=="}\n'
+    one_line_error(ctl("call", "Echo", "fail_value"), 1, "ValueError: bad value")
+    one_line_error(ctl("call", "Echo", "fail_custom"), 1, "tests.daemons.CustomError: custom failure")
+    verbose = ctl("--verbose", "call", "Echo", "fail_value")
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "fail_value" in verbose.stderr
+    one_line_error(ctl("call", "Echo", "echo", "[1, 2"), 2, "bad literal '[1, 2'")
+    one_line_error(ctl("set", "Echo", "constant", "{'a'"), 2, "bad literal")
+    one_line_error(ctl("call", "Echo", "add", "--kw", "nonsense"), 2, "NAME=VALUE")
+    one_line_error(ctl("call", "Echo", "slow", "3", "--timeout", "0.3"), 4)
+    one_line_error(ctl("call", "Echo", "_secret"), 2, "private")
+    one_line_error(ctl("get", "Echo", "no_such_attribute"), 1, "AttributeError")
+    one_line_error(ctl("call", "Nobody", "echo", "x"), 3, "no daemon named 'Nobody'")
+    one_line_error(ctl("get", "Echo:99999", "constant"), 2, "out of range")
+    ctl.ok("stop", "Echo")
+    one_line_error(ctl("get", "Echo", "constant"), 3, "'Echo'")
+
+
+def test_status_all_hung_and_unknown(ctl: Ctl) -> None:
+    ctl.unit("Up")
+    ctl.unit("Down")
+    ctl.ok("start", "Up")
+    result = ctl("status", "--all", "--json")
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert result.returncode == 3  # one of them is not running
+    assert rows["Up"]["state"] == "running" and rows["Down"]["state"] == "stopped"
+    assert set(rows["Up"]) >= {"name", "state", "pid", "port", "uptime", "cpu", "rss", "restarts",
+                               "last_exit"}
+    one_line_error(ctl("status", "Nothing"), 4, "unknown unit 'Nothing'")
+    pid = rows["Up"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        hung = ctl.status("Up", "--ping-timeout", "0.5")
+        assert hung["state"] == "hung" and hung["exit"] == 4
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert ctl.status("Up")["state"] == "running"
+    assert ctl.ok("stop", "--all") == "Up stopped\n"
+
+
+def test_kill_9_of_the_daemon_brings_a_new_one(ctl: Ctl) -> None:
+    ctl.unit("Phoenix")
+    ctl.ok("start", "Phoenix")
+    first = ctl.status("Phoenix")
+    os.kill(first["pid"], signal.SIGKILL)
+
+    def restarted() -> Optional[Dict[str, Any]]:
+        row = ctl.status("Phoenix")
+        return row if row["state"] == "running" and row["pid"] != first["pid"] else None
+
+    row = wait_for(restarted, timeout=30, what="the monitor to restart Phoenix")
+    assert row["restarts"] == 1 and row["last_exit"] == {"signal": "SIGKILL"}
+    assert ctl.ok("call", "Phoenix", "echo", "alive") == "alive\n"
+    assert "exited: signal SIGKILL" in ctl.ok("logs", "Phoenix", "-n", "100")
+
+
+def test_crash_loop_ends_failed(ctl: Ctl) -> None:
+    ctl.unit("Crashy", cls="tests.daemons:CrashAfterReady", backoff=0.05, start_limit=2)
+    ctl.ok("start", "Crashy")  # it was ready: start succeeded; the crashes come later
+    row = wait_for(lambda: (lambda r: r if r["state"] == "failed" else None)(ctl.status("Crashy")),
+                   timeout=40, what="Crashy to be failed")
+    assert row["exit"] == 3 and row["restarts"] == 2 and row["last_exit"] == {"code": 1}
+    assert row["pid"] is None
+    log = ctl.ok("logs", "Crashy", "-n", "200")
+    assert "RuntimeError: crashed on purpose" in log and "gave up after 2 restarts" in log
+    assert ctl.daemons("Crashy") == []
+    assert ctl.ok("stop", "Crashy") == "Crashy not running\n"
+    assert ctl.status("Crashy")["state"] == "stopped"
+
+
+def test_stale_after_kill_9_of_monitor_and_daemon(ctl: Ctl) -> None:
+    ctl.unit("Stale")
+    ctl.ok("start", "Stale")
+    row = ctl.status("Stale")
+    monitor = row["monitor_pid"]
+    assert monitor and monitor != row["pid"]
+    os.kill(monitor, signal.SIGKILL)
+    os.kill(row["pid"], signal.SIGKILL)
+    wait_for(lambda: not pid_alive(row["pid"]) and not pid_alive(monitor), what="both to die")
+    stale = ctl.status("Stale")
+    assert stale["state"] == "stale" and stale["exit"] == 1
+    assert (ctl.home / "run" / "registry" / "Stale.json").exists()
+    ctl.ok("start", "Stale")
+    fresh = ctl.status("Stale")
+    assert fresh["state"] == "running" and fresh["pid"] not in (row["pid"], None)
+    ctl.ok("stop", "Stale")
+
+
+def test_stop_of_a_daemon_whose_monitor_died(ctl: Ctl) -> None:
+    ctl.unit("Orphan")
+    ctl.ok("start", "Orphan")
+    row = ctl.status("Orphan")
+    os.kill(row["monitor_pid"], signal.SIGKILL)
+    wait_for(lambda: not pid_alive(row["monitor_pid"]), what="the monitor to die")
+    assert ctl.status("Orphan")["state"] == "running"
+    assert ctl.ok("stop", "Orphan") == "Orphan stopped\n"
+    assert not pid_alive(row["pid"])
+    assert ctl.status("Orphan")["state"] == "stopped"
+
+
+def test_start_fails_with_the_daemons_own_error(ctl: Ctl) -> None:
+    ctl.unit("NoModule", cls="no_such_module:Thing")
+    one_line_error(ctl("start", "NoModule"), 1, "NoModule did not start",
+                   "ModuleNotFoundError: No module named 'no_such_module'")
+    failed = ctl.status("NoModule")
+    assert failed["state"] == "failed" and failed["exit"] == 3
+    ctl.unit("BadInit", cls="tests.daemons:FailInit")
+    one_line_error(ctl("start", "BadInit"), 1, "ValueError: bad setting: 42")
+    assert "Traceback" in ctl.ok("logs", "BadInit")  # the whole story is in the log
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ctl.unit("Clash", port=taken.getsockname()[1])
+        one_line_error(ctl("start", "Clash"), 1, "Clash did not start", "Address already in use")
+    assert ctl.daemons("NoModule") == ctl.daemons("BadInit") == ctl.daemons("Clash") == []
+
+
+def test_two_starts_racing_leave_one_daemon(ctl: Ctl) -> None:
+    ctl.unit("Once")
+    racers = [ctl.popen("start", "Once") for _ in range(3)]
+    outputs = [r.communicate(timeout=60) for r in racers]
+    assert [r.returncode for r in racers] == [0, 0, 0], outputs
+    pid = ctl.status("Once")["pid"]
+    assert all(f"(pid {pid}," in out for out, _ in outputs), outputs
+    assert sum("Once started" in out for out, _ in outputs) == 1, outputs
+    assert [p.pid for p in ctl.daemons("Once")] == [pid]
+    ctl.ok("stop", "Once")
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ('class = "tests.daemons:TestDaemon"\nport = = 1\nbind = "x"\n', ["TOML syntax error", "line 2"]),
+    ('class = "tests.daemons:TestDaemon"\ncolour = "red"\n', ["unknown key 'colour'"]),
+    ('class = "tests.daemons:TestDaemon"\nport = "80"\n', ["'port' must be an integer", "'80'"]),
+    ('class = "tests.daemons:TestDaemon"\nrestart = "sometimes"\n', ["'restart' must be one of"]),
+    ('path = ["."]\n', ["'class' is required"]),
+])
+def test_bad_unit_files(ctl: Ctl, text: str, fragments: List[str]) -> None:
+    (ctl.conf / "Bad.toml").write_text(text)
+    (ctl.conf / "Bad.toml").chmod(0o600)
+    for command in (["check", "Bad"], ["start", "Bad"]):
+        one_line_error(ctl(*command), 2, str(ctl.conf / "Bad.toml"), *fragments)
+
+
+def test_check_unknown_unit_unimportable_class_and_unsafe_files(ctl: Ctl) -> None:
+    one_line_error(ctl("start", "Ghost"), 2, "unknown unit 'Ghost'", str(ctl.conf))
+    one_line_error(ctl("check", "Ghost"), 2, "unknown unit 'Ghost'")
+    ctl.unit("Good")
+    assert ctl.ok("check", "Good").startswith("Good: ok")
+    ctl.unit("Missing", cls="tests.daemons:NoSuchClass")
+    one_line_error(ctl("check", "Missing"), 2, "Missing.toml", "no class 'NoSuchClass'")
+    result = ctl("check")  # all of them: one line per bad unit, exit 2
+    assert result.returncode == 2 and "Good: ok" in result.stdout and "NoSuchClass" in result.stderr
+    (ctl.conf / "Missing.toml").unlink()
+    (ctl.conf / "Good.toml").chmod(0o620)
+    one_line_error(ctl("start", "Good"), 2, "Good.toml is writable by other users", "chmod go-w")
+    (ctl.conf / "Good.toml").chmod(0o600)
+    ctl.conf.chmod(0o777)
+    try:
+        one_line_error(ctl("check", "Good"), 2, f"{ctl.conf} is writable by other users")
+    finally:
+        ctl.conf.chmod(0o700)
+    assert ctl.daemons("Good") == []
+
+
+def test_logs_tail_and_follow_across_rotation(ctl: Ctl) -> None:
+    ctl.unit("Talk", cls="tests.daemons:Talker", log_max_bytes=4000, log_backups=3)
+    ctl.ok("start", "Talk")
+    ctl.ok("call", "Talk", "say", "first", "3")
+    wait_for(lambda: "first 2" in ctl.ok("logs", "Talk"), what="the output in the log")
+    last = ctl.ok("logs", "Talk", "-n", "2").splitlines()
+    assert len(last) == 2 and last[-1].endswith(" first 2")
+    assert last[-1][:4].isdigit() and last[-1][10] == " "  # "YYYY-MM-DD HH:MM:SS.mmm first 2"
+    follower = ctl.popen("logs", "Talk", "-f", "-n", "0")
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout], daemon=True)
+    reader.start()
+
+    def next_line() -> str:
+        try:
+            return lines.get(timeout=30)
+        except queue.Empty:
+            raise AssertionError("logs -f printed nothing for 30 s") from None
+
+    try:
+        def following() -> bool:  # it follows from the end: say something until it shows
+            ctl.ok("call", "Talk", "say", "marker", "1")
+            try:
+                while True:
+                    if lines.get(timeout=1).rstrip().endswith("marker 0"):
+                        return True
+            except queue.Empty:
+                return False
+
+        wait_for(following, timeout=30, what="logs -f to follow")
+        ctl.ok("call", "Talk", "say", "bulk-line-with-some-padding-to-fill-the-file", "250",
+               "--kw", "pause=0.005")
+        seen = set()
+        while len(seen) < 250:
+            line = next_line()
+            if "bulk-line" in line:
+                seen.add(int(line.split()[-1]))
+        assert seen == set(range(250))
+        assert (ctl.home / "log" / "Talk.log.1").exists()  # it was rotated meanwhile
+        assert (ctl.home / "log" / "Talk.log.3").exists()
+        assert not (ctl.home / "log" / "Talk.log.4").exists()
+    finally:
+        follower.kill()
+        follower.communicate(timeout=10)
+    one_line_error(ctl("logs", "Never"), 3, "no log for 'Never'")
+    ctl.ok("stop", "Talk")
+
+
+def test_requires_start_first_and_stop_last(ctl: Ctl) -> None:
+    ctl.unit("Base")
+    ctl.unit("Top", requires=["Base"])
+    out = ctl.ok("start", "Top").splitlines()
+    assert [line.split()[0] for line in out] == ["Base", "Top"]
+    out = ctl.ok("stop", "--all").splitlines()
+    assert [line.split()[0] for line in out] == ["Top", "Base"]
+    ctl.unit("Loop1", requires=["Loop2"])
+    ctl.unit("Loop2", requires=["Loop1"])
+    one_line_error(ctl("start", "Loop1"), 2, "cycle", "Loop1 -> Loop2 -> Loop1")
+
+
+def _notify_socket(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    return sock
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_run_in_the_foreground_notifies_systemd(ctl: Ctl, tmp_path: Path, abstract: bool) -> None:
+    ctl.unit("Fore")
+    if abstract:
+        name = f"malacoda-test-{os.getpid()}-{tmp_path.name}"
+        sock, address = _notify_socket("\0" + name), "@" + name
+    else:
+        address = str(tmp_path / "notify.sock")
+        sock = _notify_socket(address)
+    proc = ctl.popen("run", "Fore", env={"NOTIFY_SOCKET": address}, start_new_session=True)
+    try:
+        message = sock.recv(4096).decode()
+        assert "READY=1" in message and f"MAINPID={proc.pid}" in message
+        assert ctl.ok("call", "Fore", "pid") == f"{proc.pid}\n"  # no fork: the daemon is this pid
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "Fore ready on 127.0.0.1" in err
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_run_reports_the_daemons_error(ctl: Ctl) -> None:
+    ctl.unit("ForeBad", cls="tests.daemons:FailInit")
+    one_line_error(ctl("run", "ForeBad"), 1, "ForeBad failed: ValueError: bad setting: 42")
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_unit_passes_systemd_analyze_verify(ctl: Ctl, tmp_path: Path) -> None:
+    ctl.unit("Svc", env={"GREETING": "hello world"}, restart="always")
+    text = ctl.ok("systemd", "Svc")
+    assert "Type=notify" in text and "Restart=always" in text and " run Svc" in text
+    service = tmp_path / "malacoda-Svc.service"
+    service.write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", str(service)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "malacoda-Svc.service" not in result.stderr, result.stderr
+
+
+def test_version_paths_and_completion(ctl: Ctl) -> None:
+    from malacoda import __version__
+
+    assert ctl.ok("--version") == f"malacodactl, version {__version__}\n"
+    paths = json.loads(ctl.ok("paths", "--json"))
+    assert paths["run"] == str(ctl.home / "run") and paths["log"] == str(ctl.home / "log")
+    assert paths["unit_search_path"][0] == str(ctl.conf)
+    assert paths["unit_search_path"][1:] == [str(ctl.home / "conf"), str(ctl.home / "units"),
+                                             "/etc/malacoda/units"]
+    assert "_MALACODACTL_COMPLETE" in ctl.ok("completion", "bash")
+    ctl.unit("Completable")
+    env = dict(ctl.env, _MALACODACTL_COMPLETE="bash_complete", COMP_WORDS="malacodactl start Comp",
+               MALACODA_UNIT_PATH=str(ctl.conf),
+               COMP_CWORD="2")
+    result = subprocess.run(ctl.argv(), env=env, capture_output=True, text=True, timeout=60)
+    assert "Completable" in result.stdout
+    shim = subprocess.run([sys.executable, str(ROOT / "bin" / "malacodactl"), "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert shim.stdout == f"malacodactl, version {__version__}\n"
+
+
+def test_the_testing_fixture_runs_a_unit_under_the_monitor(malacoda_unit) -> None:
+    d = malacoda_unit(str(ROOT / "conf" / "MessageDaemon.toml"))
+    assert d.insert_message("from a fixture") == "Message received!"
+    assert d.pst_counter == 1
+    e = malacoda_unit(name="Echo2", cls="tests.daemons:TestDaemon", path=[str(ROOT)], **FAST)
+    assert e.add(1, 2) == 3
+    from malacoda.supervise import status
+
+    assert status("Echo2").monitor_pid is not None  # a real monitor is its parent
+    assert psutil.Process(status("Echo2").pid).ppid() == status("Echo2").monitor_pid
