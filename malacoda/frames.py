@@ -17,19 +17,22 @@ _SNDMORE = int(zmq.SNDMORE)  # plain ints: pyzmq's enum members are slow to pass
 _RCVMORE = int(zmq.RCVMORE)
 
 
+# The compiled socket methods, without the Python layer pyzmq wraps around send/getsockopt.
+_send = getattr(zmq.backend.Socket, "send", zmq.Socket.send)
+_recv = getattr(zmq.backend.Socket, "recv", zmq.Socket.recv)
+_get = getattr(zmq.backend.Socket, "get", zmq.Socket.getsockopt)
+
+
 def send_frames(sock: zmq.Socket, frames: Sequence[bytes]) -> None:
     """Send ``frames`` as one message (blocking as the socket's send does)."""
-    send = sock.send
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        send(frame, 0 if i == last else _SNDMORE, copy=len(frame) < COPY_BELOW)
+        _send(sock, frame, 0 if i == last else _SNDMORE, len(frame) < COPY_BELOW)
 
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> List[bytes]:
     """Receive one whole message; ``flags=zmq.NOBLOCK`` raises ``zmq.Again`` if none waits."""
-    recv = sock.recv
-    frames = [recv(flags)]
-    more = sock.getsockopt
-    while more(_RCVMORE):
-        frames.append(recv())
+    frames = [_recv(sock, flags)]
+    while _get(sock, _RCVMORE):
+        frames.append(_recv(sock))
     return frames

@@ -378,8 +378,16 @@ class Decoder:
         raise ValueError(f"unknown extension type {code}")
 
 
+# Shared by every thread: Packer.pack runs without releasing the GIL and, for these values
+# (no ``default`` callback), without calling back into Python, so calls cannot interleave.
+_plain = msgpack.Packer(use_bin_type=True)
+_SCALARS = frozenset({str, float, bool, type(None)})
+
+
 def encode(value: Any, lift: int = 2) -> Tuple[bytes, List[bytes]]:
     """``value`` → ``(body, buffers)``; large ``bytes`` up to ``lift`` levels deep are buffers."""
+    if type(value) in _SCALARS:  # the most common result: no buffers, no extension types
+        return _plain.pack(value), []
     enc = Encoder()
     return enc.pack(value, lift), enc.buffers
 
@@ -411,7 +419,7 @@ def request_frames(
     if name is not None:
         header["n"] = name
     payload, buffers = encode(body, lift=3)
-    return [SIGNATURE, msgpack.Packer(use_bin_type=True).pack(header), payload, *buffers]
+    return [SIGNATURE, _plain.pack(header), payload, *buffers]
 
 
 @dataclasses.dataclass
@@ -470,7 +478,7 @@ def peek_request_id(frames: Sequence[bytes]) -> bytes:
 def reply_frames(rid: bytes, status: int, incarnation: str, body: Any) -> List[bytes]:
     """The frames of one reply (without the routing id). Raises TypeError if unencodable."""
     payload, buffers = encode(body)
-    header = msgpack.Packer(use_bin_type=True).pack({"i": rid, "s": status, "c": incarnation})
+    header = _plain.pack({"i": rid, "s": status, "c": incarnation})
     return [SIGNATURE, header, payload, *buffers]
 
 

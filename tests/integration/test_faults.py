@@ -176,6 +176,14 @@ def test_damaged_sqlite_state_refuses_the_start(start_daemon, home):
 
 
 @pytest.mark.slow
+def _all_threads_stopped(pid: int) -> bool:
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 def test_stopped_daemon_times_out_then_recovers(start_daemon):
     """SIGSTOP: calls with a timeout time out, a ping goes unanswered, a call without a timeout
     fails after two missed heartbeats instead of hanging; after SIGCONT it serves again."""
@@ -183,6 +191,9 @@ def test_stopped_daemon_times_out_then_recovers(start_daemon):
     d = malacoda.get("TestDaemon")
     assert d.echo(1) == 1
     os.kill(proc.pid, signal.SIGSTOP)
+    # kill() returns before every thread has stopped: on a loaded machine the daemon could
+    # still answer the next call. Wait until all its threads are in the stopped state.
+    wait_for(lambda: _all_threads_stopped(proc.pid), what="the daemon's threads to stop")
     try:
         with pytest.raises(malacoda.CallTimeout):
             d.echo(2, timeout=0.5)
