@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import collections
 import os
+import struct
 import threading
 import time
 from typing import Deque, Dict, List, Optional
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as p
 from .errors import CallTimeout, ConnectionLost, ProtocolError
@@ -347,10 +347,12 @@ class Channel:
     def _read_monitor(self) -> None:
         while True:
             try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                event = recv_frames(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            kind = event["event"]
+            # libzmq's monitor message: a 16-bit event id and a 32-bit value, native order.
+            # (Parsed here: zmq.utils.monitor would import asyncio into every client.)
+            kind = struct.unpack("=Hi", event[0][:6])[0] if len(event[0]) >= 6 else 0
             if kind == zmq.EVENT_DISCONNECTED:
                 self._fail_all(ConnectionLost(f"the daemon at {self.endpoint} went away"))
             elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
