@@ -16,8 +16,20 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The README's scenario with malacodactl, in a temporary MALACODA_HOME removed at the end.
+CTL := $(abspath $(VENV))/bin/malacodactl
 demo: venv
-	$(PY) examples/demo.py
+	@set -e; export MALACODA_HOME="$$(mktemp -d)"; \
+	trap '$(CTL) stop --all >/dev/null 2>&1 || true; rm -rf "$$MALACODA_HOME"' EXIT; \
+	chmod go-w conf conf/*.toml; \
+	run() { echo "\$$ malacodactl $$*"; $(CTL) "$$@"; }; \
+	echo "MALACODA_HOME=$$MALACODA_HOME (removed at the end)"; \
+	run start MessageDaemon; \
+	run call MessageDaemon insert_message 'hello world'; \
+	run get MessageDaemon pst_counter; \
+	run status --all || [ $$? -eq 3 ]; \
+	run logs MessageDaemon; \
+	run stop MessageDaemon
 
 # System packages the integration tests use: an OpenSSH server (remote tests), etcd (cluster
 # registry) and systemd-analyze (unit verification). Installed only when missing.

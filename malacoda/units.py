@@ -6,8 +6,8 @@ the file's stem. Two keys are enough::
     class = "message_daemon:MessageDaemon"
     path = ["../examples"]          # import path entries, relative to the unit file
 
-Every key, its type and its default is in :data:`SCHEMA` (the README's unit-file reference is
-generated from the same table). Unit files are looked up along :func:`search_path`. A unit names
+Every key, its type and its default is in :data:`SCHEMA` (a test checks that the README's
+unit-file reference lists each of them). Unit files are looked up along :func:`search_path`. A unit names
 code to import, so a unit file or folder that other users can write is refused.
 """
 

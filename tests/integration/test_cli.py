@@ -457,3 +457,15 @@ def test_the_testing_fixture_runs_a_unit_under_the_monitor(malacoda_unit) -> Non
 
     assert status("Echo2").monitor_pid is not None  # a real monitor is its parent
     assert psutil.Process(status("Echo2").pid).ppid() == status("Echo2").monitor_pid
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_the_shipped_systemd_template_verifies(tmp_path: Path) -> None:
+    text = (ROOT / "conf" / "malacoda@.service").read_text()
+    assert "Type=notify" in text and "ExecStart=/usr/local/bin/malacodactl run %i" in text
+    # verify checks that the program exists: point it at this interpreter for the check.
+    service = tmp_path / "malacoda@MessageDaemon.service"
+    service.write_text(text.replace("/usr/local/bin/malacodactl", f"{sys.executable} -m malacoda"))
+    result = subprocess.run(["systemd-analyze", "verify", str(service)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "malacoda@" not in result.stderr, result.stderr
