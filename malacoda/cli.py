@@ -130,6 +130,30 @@ def _selected(c: Context, names: Sequence[str], all_: bool) -> List[units.Unit]:
     return [c.unit(name) for name in names]
 
 
+def _start_units(c: Context, chosen: List[units.Unit], verb: str) -> None:
+    """Start ``chosen`` and their requirements, requirements first; a unit whose requirement
+    did not start is not started. Exits with the worst code."""
+    code, failed = OK, set()
+    for unit in units.ordered({u.name: u for u in chosen}, c.search):
+        missing = [name for name in unit.requires if name in failed]
+        if missing:
+            click.echo(f"malacodactl: {unit.name} not started: it requires "
+                       f"{', '.join(missing)}, which did not start", err=True)
+            failed.add(unit.name)
+            code = max(code, FAILED)
+            continue
+        try:
+            outcome, st = supervise.start(unit, c.paths)
+        except MalacodaError as exc:
+            click.echo(f"malacodactl: {exc}", err=True)
+            failed.add(unit.name)
+            code = max(code, exit_code(exc))
+            continue
+        click.echo(f"{unit.name} {verb if outcome == 'started' else outcome} "
+                   f"(pid {st.pid}, port {st.port})")
+    sys.exit(code)
+
+
 @cli.command()
 @NAMES
 @ALL
@@ -139,18 +163,7 @@ def start(c: Context, names: Tuple[str, ...], all_: bool) -> None:
 
     Exit 0 when all run, 1 when one failed to start (its error is printed), 2 bad unit.
     """
-    chosen = _selected(c, names, all_)
-    todo = units.ordered({u.name: u for u in chosen}, c.search)
-    code = OK
-    for unit in todo:
-        try:
-            outcome, st = supervise.start(unit, c.paths)
-        except MalacodaError as exc:
-            click.echo(f"malacodactl: {exc}", err=True)
-            code = max(code, exit_code(exc))
-            continue
-        click.echo(f"{unit.name} {outcome} (pid {st.pid}, port {st.port})")
-    sys.exit(code)
+    _start_units(c, _selected(c, names, all_), "started")
 
 
 def _stop_order(c: Context, names: List[str]) -> List[Tuple[str, float]]:
@@ -160,7 +173,10 @@ def _stop_order(c: Context, names: List[str]) -> List[Tuple[str, float]]:
             loaded[name] = c.unit(name)
         except ConfigError:
             pass
-    order = [u.name for u in reversed(units.ordered(loaded, c.search)) if u.name in names]
+    try:
+        order = [u.name for u in reversed(units.ordered(loaded, c.search)) if u.name in names]
+    except ConfigError:  # a broken 'requires' must not keep anything from stopping
+        order = []
     order += [n for n in names if n not in order]
     return [(n, loaded[n].stop_timeout if n in loaded else supervise.DEFAULT_STOP_TIMEOUT)
             for n in order]
@@ -194,17 +210,7 @@ def restart(c: Context, names: Tuple[str, ...], all_: bool) -> None:
     chosen = _selected(c, names, all_)
     for name, timeout in _stop_order(c, [u.name for u in chosen]):
         supervise.stop(name, c.paths, timeout)
-    code = OK
-    for unit in units.ordered({u.name: u for u in chosen}, c.search):
-        try:
-            outcome, st = supervise.start(unit, c.paths)
-        except MalacodaError as exc:
-            click.echo(f"malacodactl: {exc}", err=True)
-            code = max(code, exit_code(exc))
-            continue
-        click.echo(f"{unit.name} {'restarted' if outcome == 'started' else outcome} "
-                   f"(pid {st.pid}, port {st.port})")
-    sys.exit(code)
+    _start_units(c, chosen, "restarted")
 
 
 def _duration(seconds: Optional[float]) -> str:

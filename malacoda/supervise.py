@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -241,10 +242,10 @@ def stop(name: str, paths: Optional[Paths] = None,
         did = True
         pid, started = record.monitor_pid, record.monitor_start
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 15)
+            os.kill(pid, signal.SIGTERM)
         if not _wait_gone(pid, started, stop_timeout + 5):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
             _wait_gone(pid, started, 5)
     entry, registered = Registry(paths).read(name)
     if registered == "running" and entry is not None:  # a daemon without a monitor

@@ -371,6 +371,14 @@ def test_requires_start_first_and_stop_last(ctl: Ctl) -> None:
     assert [line.split()[0] for line in out] == ["Base", "Top"]
     out = ctl.ok("stop", "--all").splitlines()
     assert [line.split()[0] for line in out] == ["Top", "Base"]
+    ctl.unit("BadBase", cls="tests.daemons:FailInit")
+    ctl.unit("Above", requires=["BadBase"])
+    result = ctl("start", "Above")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "malacodactl: BadBase did not start: ValueError: bad setting: 42",
+        "malacodactl: Above not started: it requires BadBase, which did not start"]
+    assert ctl.daemons("Above") == []
     ctl.unit("Loop1", requires=["Loop2"])
     ctl.unit("Loop2", requires=["Loop1"])
     one_line_error(ctl("start", "Loop1"), 2, "cycle", "Loop1 -> Loop2 -> Loop1")
