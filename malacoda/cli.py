@@ -248,15 +248,27 @@ def _exit_text(last: Optional[Dict[str, Any]]) -> str:
 @JSON
 @click.option("--ping-timeout", type=float, default=2.0, metavar="S",
               help="A daemon that does not answer a ping in S seconds is 'hung'.")
+@click.option("--cluster", is_flag=True,
+              help="Every daemon in the cluster registry (etcd), with its host.")
 @pass_ctx
 def status(c: Context, names: Tuple[str, ...], all_: bool, as_json: bool,
-           ping_timeout: float) -> None:
+           ping_timeout: float, cluster: bool) -> None:
     """Show state, pid, port, uptime, cpu, memory, restarts and last exit of daemons.
 
-    Without NAMEs, every unit and every daemon known on this host. Exit codes follow LSB:
-    0 running, 1 stale, 3 not running (stopped, failed, starting), 4 unknown or hung; with
-    several units, the highest.
+    Without NAMEs, every unit and every daemon known on this host; with --all --cluster, every
+    daemon registered in the cluster, with its host (cpu, memory and restarts of other hosts'
+    daemons are shown on those hosts only). Exit codes follow LSB: 0 running, 1 stale,
+    3 not running (stopped, failed, starting), 4 unknown or hung; with several units, the highest.
     """
+    if cluster:
+        if names:
+            raise click.UsageError("--cluster lists every daemon of the cluster: give --all, no NAMEs")
+        rows = supervise.cluster_statuses(c.paths, ping_timeout)
+        if as_json:
+            click.echo(supervise.cluster_to_json(rows))
+        else:
+            _status_table([(r, host) for host, r in rows], c.verbose)
+        sys.exit(max((r.code for _, r in rows), default=NOT_RUNNING))
     if names:
         chosen = [local_name(n) for n in names]
         known = set(units.names(c.search)) | set(supervise.known_names(c.paths))
@@ -270,19 +282,27 @@ def status(c: Context, names: Tuple[str, ...], all_: bool, as_json: bool,
     if as_json:
         click.echo(supervise.to_json(results))
     else:
-        rows = [("NAME", "STATE", "PID", "PORT", "UPTIME", "CPU%", "RSS", "RESTARTS", "LAST EXIT")]
-        for r in results:
-            rows.append((r.name, r.state, str(r.pid or "-"), str(r.port or "-"),
-                         _duration(r.uptime), "-" if r.cpu is None else f"{r.cpu:.1f}",
-                         _size(r.rss), str(r.restarts), _exit_text(r.last_exit)))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-        if c.verbose:
-            for r in results:
-                if r.message:
-                    click.echo(f"{r.name}: {r.message}")
+        _status_table([(r, None) for r in results], c.verbose)
     sys.exit(max((r.code for r in results), default=NOT_RUNNING))
+
+
+def _status_table(results: List[Tuple[supervise.UnitStatus, Optional[str]]], verbose: bool) -> None:
+    """The status table; a HOST column when the rows carry hosts (``--cluster``)."""
+    hosts = any(host is not None for _, host in results)
+    rows = [("NAME", *(("HOST",) if hosts else ()), "STATE", "PID", "PORT", "UPTIME", "CPU%", "RSS",
+             "RESTARTS", "LAST EXIT")]
+    for r, host in results:
+        rows.append((r.name, *((host or "-",) if hosts else ()), r.state, str(r.pid or "-"),
+                     str(r.port or "-"), _duration(r.uptime), "-" if r.cpu is None else f"{r.cpu:.1f}",
+                     _size(r.rss), "-" if r.restarts is None else str(r.restarts),
+                     _exit_text(r.last_exit)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    if verbose:
+        for r, host in results:
+            if r.message:
+                click.echo(f"{r.name}{':' + host if host else ''}: {r.message}")
 
 
 # ---------------------------------------------------------------------- talking to a daemon

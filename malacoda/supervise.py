@@ -36,7 +36,7 @@ import psutil
 
 from .errors import ProcessError
 from .monitor import PACKAGE_PARENT, Record, read_record, stop_sequence, write_record
-from .runtime import Paths, Registry, private_dir
+from .runtime import Paths, Registry, host_name, private_dir
 from .units import Unit
 
 LSB = {"running": 0, "stale": 1, "starting": 3, "failed": 3, "stopped": 3, "hung": 4}
@@ -54,7 +54,7 @@ class UnitStatus:
     uptime: Optional[float] = None
     cpu: Optional[float] = None
     rss: Optional[int] = None
-    restarts: int = 0
+    restarts: Optional[int] = 0  # None: not known here (another host's daemon)
     last_exit: Optional[Dict[str, Any]] = None
     monitor_pid: Optional[int] = None
     message: str = ""
@@ -285,3 +285,34 @@ def record_of(name: str, paths: Optional[Paths] = None) -> Optional[Record]:
 
 def to_json(results: List[UnitStatus]) -> str:
     return json.dumps([r.as_dict() for r in results], indent=2)
+
+
+def cluster_statuses(paths: Optional[Paths] = None,
+                     ping_timeout: float = 2.0) -> List[Tuple[str, UnitStatus]]:
+    """``(host, status)`` of every daemon in the cluster registry, sorted by name and host.
+
+    This host's daemons get their full status, as ``status`` shows it. Another host's are shown
+    as they registered: ``running`` (their lease is alive) with pid, port and uptime; cpu, memory,
+    restarts and last exit are known on that host only and left empty (None).
+    """
+    from . import cluster
+
+    here = host_name()
+    members = cluster.list_daemons()
+    mine = statuses(sorted({m.name for m in members if m.host == here}), paths, ping_timeout)
+    local = {s.name: s for s in mine}
+    now = time.time()
+    rows: List[Tuple[str, UnitStatus]] = []
+    for m in members:
+        if m.host == here:
+            rows.append((m.host, local[m.name]))
+            continue
+        rows.append((m.host, UnitStatus(
+            name=m.name, state="running", pid=m.pid, port=m.port, restarts=None,
+            uptime=max(0.0, now - m.start_time),
+            message=f"registered from {m.host} by user {m.user}, malacoda {m.version}")))
+    return rows
+
+
+def cluster_to_json(rows: List[Tuple[str, UnitStatus]]) -> str:
+    return json.dumps([{"name": s.name, "host": host, **s.as_dict()} for host, s in rows], indent=2)

@@ -11,9 +11,12 @@ daemon bound to loopback.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -305,6 +308,49 @@ def test_etcd_restarted_under_a_watching_proxy(hosts, etcd):
     wait_for(gone(etcd.registry, "TestDaemon", B), timeout=TTL + 5, what="B's lease to expire")
     on_c = hosts.start(C)
     wait_for(_follows(d, on_c.pid), what="the proxy to follow the daemon to C")
+
+
+def ctl(hosts: Hosts, host: str, *args: str) -> subprocess.CompletedProcess:
+    """``malacodactl ARGS`` run as a user of ``host``."""
+    return subprocess.run([sys.executable, "-m", "malacoda", *args], env=hosts.env(host),
+                          cwd=str(hosts.home(host)), capture_output=True, text=True, timeout=60)
+
+
+def test_malacodactl_status_all_cluster(hosts, etcd):
+    on_a = hosts.start(A, name="Alpha")
+    on_b = hosts.start(B, name="Beta")
+    also_on_c = hosts.start(C, name="Beta")
+    result = ctl(hosts, A, "status", "--all", "--cluster", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["name"], r["host"], r["pid"], r["state"]) for r in rows] == [
+        ("Alpha", A, on_a.pid, "running"), ("Beta", B, on_b.pid, "running"),
+        ("Beta", C, also_on_c.pid, "running")]
+    local, remote = rows[0], rows[1]
+    assert local["rss"] > 0 and local["restarts"] == 0  # this host's: its full status
+    assert remote["rss"] is None and remote["restarts"] is None and remote["uptime"] >= 0
+    assert set(local) >= {"name", "host", "state", "pid", "port", "uptime", "cpu", "rss", "restarts",
+                          "last_exit"}
+    table = ctl(hosts, A, "status", "--all", "--cluster").stdout.splitlines()
+    assert table[0].split()[:3] == ["NAME", "HOST", "STATE"]
+    assert [line.split()[:4] for line in table[1:]] == [
+        ["Alpha", A, "running", str(on_a.pid)], ["Beta", B, "running", str(on_b.pid)],
+        ["Beta", C, "running", str(also_on_c.pid)]]
+    etcd.stop()
+    result = ctl(hosts, A, "status", "--all", "--cluster")
+    assert result.returncode == 4
+    assert result.stderr.strip() == (f"malacodactl: etcd at {etcd.url} is unreachable "
+                                     "(connection refused): cannot list daemons")
+
+
+def test_malacodactl_status_cluster_needs_a_registry(hosts):
+    env_host = "127.0.0.9"
+    hosts.registry = ""
+    result = ctl(hosts, env_host, "status", "--all", "--cluster")
+    assert result.returncode == 2
+    assert result.stderr.startswith("malacodactl: no cluster registry is configured: set "
+                                    "MALACODA_REGISTRY=etcd://HOST:PORT")
+    assert len(result.stderr.splitlines()) == 1
 
 
 def enable_auth(etcd: EtcdServer) -> None:
