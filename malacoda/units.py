@@ -40,6 +40,8 @@ SCHEMA: Dict[str, Tuple[Tuple[type, ...], Any, str]] = {
     "port": ((int,), None, "a fixed port (the class's default: one the kernel picks)"),
     "workers": ((int,), None, "calls that may run at once (the class's default: 8)"),
     "queue": ((int,), None, "requests that may wait for a worker (the class's default: 64)"),
+    "max_message": ((int,), None, "bytes: a larger request is refused (the class's default: 64 MiB)"),
+    "insecure": ((bool,), None, "serve a non-loopback 'bind' without CURVE (the class's: false)"),
     "pst": ((dict,), None, "pst_config over the class's own (class_name, frequency, file_path…)"),
     "restart": ((str,), "on-failure", "restart policy: 'on-failure', 'always' or 'no'"),
     "backoff": ((int, float), 1.0, "seconds before the first restart; doubled at each failure"),
@@ -70,6 +72,8 @@ class Unit:
     port: Optional[int] = None
     workers: Optional[int] = None
     queue: Optional[int] = None
+    max_message: Optional[int] = None
+    insecure: Optional[bool] = None
     pst: Optional[Dict[str, Any]] = None
     restart: str = "on-failure"
     backoff: float = 1.0
@@ -160,7 +164,7 @@ def load_file(file: Path) -> Unit:
         if key not in SCHEMA:
             raise ConfigError(f"{file}: unknown key {key!r} (known keys: {', '.join(SCHEMA)})")
         types = SCHEMA[key][0]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             wanted = " or ".join(_toml_type(t) for t in types)
             raise ConfigError(f"{file}: {key!r} must be {wanted}, not {_toml_type(type(value))} "
                               f"{value!r}")
@@ -214,7 +218,8 @@ def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
         name=name, file=file, cls=v["class"],
         path=[(base / p).resolve() for p in merged["path"]],
         args=dict(merged["args"]), bind=merged["bind"], port=merged["port"],
-        workers=merged["workers"], queue=merged["queue"], pst=merged["pst"],
+        workers=merged["workers"], queue=merged["queue"], max_message=merged["max_message"],
+        insecure=merged["insecure"], pst=merged["pst"],
         restart=merged["restart"], backoff=float(merged["backoff"]),
         backoff_max=float(merged["backoff_max"]), backoff_reset=float(merged["backoff_reset"]),
         start_limit=merged["start_limit"], start_timeout=float(merged["start_timeout"]),

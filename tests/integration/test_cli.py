@@ -266,7 +266,13 @@ def test_start_fails_with_the_daemons_own_error(ctl: Ctl) -> None:
         taken.listen()
         ctl.unit("Clash", port=taken.getsockname()[1])
         one_line_error(ctl("start", "Clash"), 1, "Clash did not start", "Address already in use")
+    ctl.unit("Open", bind="0.0.0.0")  # no CURVE keys here: the daemon refuses, and says why
+    one_line_error(ctl("start", "Open"), 1, "Open did not start", "requires CURVE", "insecure = true")
     assert ctl.daemons("NoModule") == ctl.daemons("BadInit") == ctl.daemons("Clash") == []
+    ctl.unit("Open", bind="0.0.0.0", insecure=True)
+    ctl.ok("start", "Open")
+    assert "WITHOUT CURVE" in ctl.ok("logs", "Open")
+    ctl.ok("stop", "Open")
 
 
 def test_two_starts_racing_leave_one_daemon(ctl: Ctl) -> None:

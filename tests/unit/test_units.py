@@ -37,6 +37,7 @@ def test_two_keys_are_enough_and_defaults_fill_the_rest(tmp_path: Path) -> None:
     ({"cls": "m:C", "workers": True}, "'workers' must be an integer"),
     ({"cls": "m:C", "args": {"daemonize": True}}, "daemonize"),
     ({"cls": "m:C", "log_level": "LOUD"}, "not a logging level"),
+    ({"cls": "m:C", "insecure": "yes"}, "'insecure' must be a boolean"),
 ])
 def test_bad_values_name_the_file_and_key(tmp_path: Path, keys: dict, message: str) -> None:
     path = write_unit(tmp_path, "Bad", **keys)
