@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -262,37 +262,42 @@ def hang(proc: DaemonProcess) -> None:
     wait_for(stopped, what=f"pid {proc.pid} to stop")
 
 
-def _follows(proxy: malacoda.Proxy, pid: int) -> Callable[[], bool]:
-    def check() -> bool:
+def proxy_on_a_to_b(hosts: Hosts) -> Tuple[malacoda.Proxy, DaemonProcess]:
+    """A daemon on B and a working proxy to it from A."""
+    on_b = hosts.start(B)
+    hosts.be(A)
+    d = malacoda.get("TestDaemon")
+    assert d.pid(timeout=5) == on_b.pid
+    return d, on_b
+
+
+def hang_and_move(hosts: Hosts, etcd: EtcdServer, d: malacoda.Proxy, on_b: DaemonProcess) -> None:
+    """B hangs (no FIN, no lease refresh), the daemon comes back on C: ``d`` must follow."""
+    hang(on_b)
+    with pytest.raises((malacoda.CallTimeout, malacoda.LookupFailed)):  # the latter once it expired
+        d.pid(timeout=0.3)
+    wait_for(gone(etcd.registry, "TestDaemon", B), timeout=TTL + 5, what="B's lease to expire")
+    on_c = hosts.start(C)
+
+    def follows() -> bool:
         try:
-            return proxy.pid(timeout=0.5) == pid
+            return d.pid(timeout=0.5) == on_c.pid
         except malacoda.CallTimeout:
             return False
 
-    return check
+    wait_for(follows, what="the proxy to follow the daemon to C")
 
 
 @pytest.mark.slow
 def test_proxy_leaves_a_hung_host(hosts, etcd):
     """A host that hangs keeps its TCP connections open: only its expired lease tells."""
-    on_b = hosts.start(B)
-    hosts.be(A)
-    d = malacoda.get("TestDaemon")
-    assert d.pid(timeout=5) == on_b.pid
-    hang(on_b)  # no FIN, no lease refresh
-    with pytest.raises(malacoda.CallTimeout):
-        d.pid(timeout=0.3)
-    wait_for(gone(etcd.registry, "TestDaemon", B), timeout=TTL + 3, what="B's lease to expire")
-    on_c = hosts.start(C)
-    wait_for(_follows(d, on_c.pid), what="the proxy to follow the daemon to C")
+    d, on_b = proxy_on_a_to_b(hosts)
+    hang_and_move(hosts, etcd, d, on_b)
 
 
 @pytest.mark.slow
 def test_etcd_restarted_under_a_watching_proxy(hosts, etcd):
-    on_b = hosts.start(B)
-    hosts.be(A)
-    d = malacoda.get("TestDaemon")
-    assert d.pid(timeout=5) == on_b.pid
+    d, on_b = proxy_on_a_to_b(hosts)
     view = cluster_watch.view_of(cluster.load_config())
     assert view is not None
     wait_for(view.synced.is_set, what="the watch to list the registry")
@@ -303,11 +308,8 @@ def test_etcd_restarted_under_a_watching_proxy(hosts, etcd):
     wait_for(lambda: view.lists > lists and view.synced.is_set(), timeout=10,
              what="the watch to list again after the restart")
     wait_for(lambda: registered(etcd.registry, "TestDaemon", B, on_b), what="B to stay registered")
-    # Now B hangs and the daemon comes back on C: only a watch that survived the restart sees it.
-    hang(on_b)
-    wait_for(gone(etcd.registry, "TestDaemon", B), timeout=TTL + 5, what="B's lease to expire")
-    on_c = hosts.start(C)
-    wait_for(_follows(d, on_c.pid), what="the proxy to follow the daemon to C")
+    # Only a watch that survived the restart sees B's entry go.
+    hang_and_move(hosts, etcd, d, on_b)
 
 
 def ctl(hosts: Hosts, host: str, *args: str) -> subprocess.CompletedProcess:
