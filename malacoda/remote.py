@@ -30,7 +30,7 @@ import re
 import shlex
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import ConfigError, LookupFailed, NotInstalled, RemoteHostError
 from .resolve import Spec, Target, connect_address, tcp_endpoint
@@ -70,14 +70,17 @@ class RemoteHost:
         argv = " ".join(shlex.quote(a) for a in [python, "-m", module, *args])
         return f"export {exports}; exec {argv}" if exports else f"exec {argv}"
 
-    def run_module(self, module: str, args: List[str],
-                   timeout: float = LOOKUP_TIMEOUT) -> Tuple[int, bytes, bytes]:
-        """Run ``python -m module args`` with the first remote Python that has Malacoda."""
+    def run_module(self, module: str, args: List[str], timeout: Optional[float] = LOOKUP_TIMEOUT,
+                   on_output: Optional[Callable[[bytes], None]] = None) -> Tuple[int, bytes, bytes]:
+        """Run ``python -m module args`` with the first remote Python that has Malacoda.
+
+        ``on_output`` receives stdout as it arrives (see :meth:`Connection.run`).
+        """
         conn = self.connection
         candidates = [conn.python] if conn.python in self.pythons else self.pythons
         for python in candidates:
             assert python is not None
-            status, out, err = conn.run(self.command(python, module, args), timeout)
+            status, out, err = conn.run(self.command(python, module, args), timeout, on_output)
             if _missing(status, err):
                 continue
             conn.python = python
@@ -86,6 +89,11 @@ class RemoteHost:
         raise NotInstalled(
             f"{self.host}: Malacoda is not installed there (tried {tried}): install it on that "
             f"host, or name a Python that has it with {PYTHON_ENV} (remote_python=)", self.host)
+
+    def malacodactl(self, args: List[str], timeout: Optional[float] = LOOKUP_TIMEOUT,
+                    on_output: Optional[Callable[[bytes], None]] = None) -> Tuple[int, bytes, bytes]:
+        """Run ``malacodactl args`` there (as ``python -m malacoda``); its status, stdout, stderr."""
+        return self.run_module("malacoda", args, timeout, on_output)
 
     def lookup(self, name: str) -> Tuple[Optional[Entry], str]:
         """``(entry, state)`` for ``name`` from the remote host's registry."""

@@ -54,7 +54,7 @@ class KeyPair:
 
 def is_loopback(address: str) -> bool:
     """True when a daemon bound to ``address`` is reachable from this host only."""
-    if address == "localhost":
+    if address in ("localhost", "localhost6"):
         return True
     try:
         return ipaddress.ip_address(address.strip("[]")).is_loopback

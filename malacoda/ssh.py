@@ -28,7 +28,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import paramiko
 
@@ -185,8 +185,13 @@ class Connection:
         log.debug("connected to %s", where)
         return transport
 
-    def run(self, command: str, timeout: float = 60.0) -> Tuple[int, bytes, bytes]:
-        """Run ``command`` (a shell command line) there; ``(exit status, stdout, stderr)``."""
+    def run(self, command: str, timeout: Optional[float] = 60.0,
+            on_output: Optional[Callable[[bytes], None]] = None) -> Tuple[int, bytes, bytes]:
+        """Run ``command`` (a shell command line) there; ``(exit status, stdout, stderr)``.
+
+        With ``on_output``, stdout is handed to it chunk by chunk as it arrives (and not
+        returned); ``timeout`` then bounds each wait for more output (None: no bound).
+        """
         for attempt in (1, 2):
             transport = self.transport()
             try:
@@ -200,9 +205,7 @@ class Connection:
             try:
                 chan.settimeout(timeout)
                 chan.exec_command(command)
-                out = chan.makefile("rb").read()
-                err = chan.makefile_stderr("rb").read()
-                return chan.recv_exit_status(), out, err
+                return _collect(chan, timeout, on_output)
             except socket.timeout:
                 raise RemoteHostError(f"{self.config.alias}: no answer to {command!r} within "
                                       f"{timeout} s", self.config.alias) from None
@@ -213,6 +216,25 @@ class Connection:
                 with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
                     chan.close()
         raise AssertionError("unreachable")
+
+
+def _collect(chan: paramiko.Channel, timeout: Optional[float],
+             on_output: Optional[Callable[[bytes], None]]) -> Tuple[int, bytes, bytes]:
+    err = bytearray()
+    reader = threading.Thread(target=lambda: err.extend(chan.makefile_stderr("rb").read()),
+                              daemon=True)
+    reader.start()
+    out = bytearray()
+    while True:
+        chunk = chan.recv(1 << 16)
+        if not chunk:
+            break
+        if on_output is not None:
+            on_output(chunk)
+        else:
+            out += chunk
+    reader.join(timeout)
+    return chan.recv_exit_status(), bytes(out), bytes(err)
 
 
 def _translate(exc: BaseException, c: HostConfig, where: str) -> BaseException:
