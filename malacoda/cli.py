@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from . import control, logfile, supervise, units
+from . import cli_hosts, control, logfile, supervise, units
 from .errors import (
     AccessDenied,
     CommunicationError,
@@ -27,7 +27,7 @@ from .errors import (
     RemoteError,
 )
 from .resolve import Spec, parse
-from .runtime import Paths
+from .runtime import Paths, host_name
 from .version import __version__
 
 OK, FAILED, BAD_INPUT, NOT_RUNNING, NO_ANSWER = 0, 1, 2, 3, 4
@@ -189,16 +189,20 @@ def _stop_order(c: Context, names: List[str]) -> List[Tuple[str, float]]:
 def stop(c: Context, names: Tuple[str, ...], all_: bool) -> None:
     """Stop daemons: ask them (pst saved), then SIGTERM, then SIGKILL after stop_timeout.
 
-    Stopping what is not running succeeds. Exit 0, or 1 when a daemon could not be stopped.
+    NAME:HOST stops NAME on HOST (over SSH). Stopping what is not running succeeds. Exit 0, or
+    1 when a daemon could not be stopped.
     """
     if all_ == bool(names):
         raise click.UsageError("give unit NAMEs or --all (not both)")
-    chosen = [local_name(n) for n in names] if names else sorted(
+    local, remote = cli_hosts.split_names(names)
+    chosen = local if names else sorted(
         set(units.names(c.search)) | set(supervise.known_names(c.paths)))
     for name, timeout in _stop_order(c, chosen):
         outcome = supervise.stop(name, c.paths, timeout)
         if names or outcome == "stopped":
             click.echo(f"{name} {outcome}")
+    sys.exit(max([cli_hosts.stop_there(host, there) for host, there in remote.items()],
+                 default=OK))
 
 
 @cli.command()
@@ -246,44 +250,57 @@ def _exit_text(last: Optional[Dict[str, Any]]) -> str:
 @NAMES
 @ALL
 @JSON
+@click.option("--host", "hosts", multiple=True, metavar="HOST",
+              help="Show HOST's daemons (over SSH) instead of this host's; repeatable.")
 @click.option("--ping-timeout", type=float, default=2.0, metavar="S",
               help="A daemon that does not answer a ping in S seconds is 'hung'.")
 @click.option("--cluster", is_flag=True,
               help="Every daemon in the cluster registry (etcd), with its host.")
 @pass_ctx
-def status(c: Context, names: Tuple[str, ...], all_: bool, as_json: bool,
-           ping_timeout: float, cluster: bool) -> None:
+def status(c: Context, names: Tuple[str, ...], all_: bool, hosts: Tuple[str, ...],
+           as_json: bool, ping_timeout: float, cluster: bool) -> None:
     """Show state, pid, port, uptime, cpu, memory, restarts and last exit of daemons.
 
-    Without NAMEs, every unit and every daemon known on this host; with --all --cluster, every
-    daemon registered in the cluster, with its host (cpu, memory and restarts of other hosts'
-    daemons are shown on those hosts only). Exit codes follow LSB: 0 running, 1 stale,
-    3 not running (stopped, failed, starting), 4 unknown or hung; with several units, the highest.
+    Without NAMEs, every unit and every daemon known on this host. NAME:HOST, or --host HOST
+    (repeatable; with NAMEs, those NAMEs there), shows other hosts over SSH in the same table
+    (or JSON list), with a host column; with --all --cluster, every daemon registered in the
+    cluster, with its host (cpu, memory and restarts of other hosts' daemons are shown on those
+    hosts only). Exit codes follow LSB: 0 running, 1 stale, 3 not running (stopped, failed,
+    starting), 4 unknown or hung; with several units, the highest.
     """
     if cluster:
-        if names:
-            raise click.UsageError("--cluster lists every daemon of the cluster: give --all, no NAMEs")
+        if names or hosts:
+            raise click.UsageError("--cluster lists every daemon of the cluster: give --all, no "
+                                   "NAMEs nor --host")
         rows = supervise.cluster_statuses(c.paths, ping_timeout)
         if as_json:
             click.echo(supervise.cluster_to_json(rows))
         else:
             _status_table([(r, host) for host, r in rows], c.verbose)
         sys.exit(max((r.code for _, r in rows), default=NOT_RUNNING))
-    if names:
-        chosen = [local_name(n) for n in names]
-        known = set(units.names(c.search)) | set(supervise.known_names(c.paths))
-        for name in chosen:
-            if name not in known:
-                fail(f"unknown unit {name!r}: no unit file, no record, no daemon of that name",
-                     4)
-    else:
-        chosen = sorted(set(units.names(c.search)) | set(supervise.known_names(c.paths)))
-    results = supervise.statuses(chosen, c.paths, ping_timeout)
+    local, remote = cli_hosts.split_names(names, hosts)
+    results: List[Tuple[str, supervise.UnitStatus]] = []
+    code = OK
+    if local or not (names or hosts):
+        if local:
+            known = set(units.names(c.search)) | set(supervise.known_names(c.paths))
+            for name in local:
+                if name not in known:
+                    fail(f"unknown unit {name!r}: no unit file, no record, no daemon of that "
+                         "name", 4)
+        chosen = local or sorted(set(units.names(c.search)) | set(supervise.known_names(c.paths)))
+        results += [(host_name(), r) for r in supervise.statuses(chosen, c.paths, ping_timeout)]
+        code = max((r.code for _, r in results), default=NOT_RUNNING)
+    for host, there in remote.items():
+        found, status_code = cli_hosts.remote_statuses(host, there, ping_timeout)
+        results += [(host, r) for r in found]
+        code = max(code, status_code)
     if as_json:
-        click.echo(supervise.to_json(results))
+        click.echo(supervise.cluster_to_json(results) if remote else
+                   supervise.to_json([r for _, r in results]))
     else:
-        _status_table([(r, None) for r in results], c.verbose)
-    sys.exit(max((r.code for r in results), default=NOT_RUNNING))
+        _status_table([(r, host if remote else None) for host, r in results], c.verbose)
+    sys.exit(code if results or code else NOT_RUNNING)
 
 
 def _status_table(results: List[Tuple[supervise.UnitStatus, Optional[str]]], verbose: bool) -> None:
@@ -426,13 +443,17 @@ def describe(c: Context, name: str, timeout: Optional[float], as_json: bool) -> 
 @click.option("-n", "lines", type=click.IntRange(min=0), default=20, show_default=True,
               help="Show the last N lines.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (across rotation).")
+@click.option("--host", metavar="HOST", help="The log on HOST (over SSH); or name NAME:HOST.")
 @pass_ctx
-def logs(c: Context, name: str, lines: int, follow: bool) -> None:
+def logs(c: Context, name: str, lines: int, follow: bool, host: Optional[str]) -> None:
     """Print the daemon's log: its stdout, stderr and logging, timestamped.
 
-    Exit 0, 3 when NAME has no log on this host. With -f, until interrupted (exit 0).
+    Exit 0, 3 when NAME has no log on this host (or HOST). With -f, until interrupted (exit 0).
     """
-    name = local_name(name)
+    local, remote = cli_hosts.split_names((name,), (host,) if host else ())
+    for where, [there] in remote.items():
+        sys.exit(cli_hosts.logs_there(where, there, lines, follow))
+    name = local[0]
     path = c.paths.log / f"{name}.log"
     if not path.exists():
         raise LookupFailed(f"no log for {name!r} on this host (expected {path})")
@@ -537,6 +558,9 @@ def completion(shell: str) -> None:
     cls = get_completion_class(shell)
     assert cls is not None
     click.echo(cls(cli, {}, "malacodactl", "_MALACODACTL_COMPLETE").source())
+
+
+cli.add_command(cli_hosts.keys)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

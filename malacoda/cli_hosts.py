@@ -1,0 +1,147 @@
+"""The parts of ``malacodactl`` that reach other hosts, and ``malacodactl keys``.
+
+``stop``, ``status`` and ``logs`` act on a host's processes and files, so for ``NAME:HOST`` (or
+``--host HOST``) they run ``malacodactl`` on that host over SSH (:class:`~.remote.RemoteHost`)
+and show its answer here: status rows from several hosts are merged into one table or one JSON
+list, and error lines are prefixed with the host. ``call``, ``get``, ``set`` and ``describe``
+need nothing from here: their proxy reaches ``NAME:HOST`` by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import fields
+from typing import Dict, List, Optional, Tuple
+
+import click
+
+from . import supervise
+from .errors import ConfigError
+from .resolve import parse
+from .security import Keys
+
+
+def split_names(names: Tuple[str, ...],
+                hosts: Tuple[str, ...] = ()) -> Tuple[List[str], Dict[str, List[str]]]:
+    """``(local NAMEs, {host: [NAME, ...]})`` from ``NAME`` / ``NAME:HOST`` arguments.
+
+    With ``--host`` options, a bare NAME means that NAME on each of those hosts.
+    """
+    local: List[str] = []
+    remote: Dict[str, List[str]] = {host: [] for host in hosts}
+    for text in names:
+        spec = parse(text)
+        if spec.port is not None:
+            raise ConfigError(f"{text!r}: give NAME or NAME:HOST here, not a port")
+        if spec.host is not None:
+            remote.setdefault(spec.host, []).append(spec.name)
+        elif hosts:
+            for host in hosts:
+                remote[host].append(spec.name)
+        else:
+            local.append(spec.name)
+    return local, remote
+
+
+def run_there(host: str, args: List[str], stream: bool = False) -> Tuple[int, bytes]:
+    """Run ``malacodactl args`` on ``host``; print its stderr here (prefixed with the host).
+
+    Returns its exit status and stdout (empty when ``stream``: stdout was printed as it came).
+    """
+    from .remote import RemoteHost
+
+    out = sys.stdout.buffer
+
+    def echo(chunk: bytes) -> None:
+        out.write(chunk)
+        out.flush()
+
+    status, stdout, stderr = RemoteHost(host).malacodactl(
+        args, timeout=None if stream else 120.0, on_output=echo if stream else None)
+    for line in stderr.decode(errors="replace").splitlines():
+        if line.strip():
+            message = line[len("malacodactl: "):] if line.startswith("malacodactl: ") else line
+            click.echo(f"malacodactl: {host}: {message}", err=True)
+    return status, stdout
+
+
+def remote_statuses(host: str, names: List[str],
+                    ping_timeout: float) -> Tuple[List[supervise.UnitStatus], int]:
+    """The status rows of ``names`` (all, when empty) on ``host``, and its exit status."""
+    status, out = run_there(host, ["status", "--json", "--ping-timeout", str(ping_timeout), *names])
+    try:
+        rows = json.loads(out.decode() or "null")
+    except ValueError:
+        rows = None
+    if not isinstance(rows, list):
+        return [], status if status else 4
+    known = {f.name for f in fields(supervise.UnitStatus)}
+    return [supervise.UnitStatus(**{k: v for k, v in row.items() if k in known}) for row in rows
+            if isinstance(row, dict)], status
+
+
+def stop_there(host: str, names: List[str]) -> int:
+    """``malacodactl stop NAMEs`` on ``host``; its output is shown here."""
+    status, out = run_there(host, ["stop", *names])
+    click.echo(out.decode(errors="replace"), nl=False)
+    return status
+
+
+def logs_there(host: str, name: str, lines: int, follow: bool) -> int:
+    """``malacodactl logs NAME -n LINES [-f]`` on ``host``, printed here as it comes."""
+    args = ["logs", name, "-n", str(lines)] + (["-f"] if follow else [])
+    try:
+        status, _ = run_there(host, args, stream=True)
+    except KeyboardInterrupt:
+        return 0
+    return status
+
+
+# ---------------------------------------------------------------------- keys
+
+
+@click.group()
+def keys() -> None:
+    """CURVE keys for direct TCP: this host's server key, your client key, the allow-list."""
+
+
+@keys.command(name="init")
+def keys_init() -> None:
+    """Make the server and client key pairs that do not exist yet (files 0600); print them."""
+    store = Keys()
+    pairs = store.init()
+    click.echo(f"server key  {pairs['server'].public.decode()}")
+    click.echo(f"client key  {pairs['client'].public.decode()}")
+    click.echo(f"folder      {store.folder}")
+
+
+@keys.command(name="show")
+def keys_show() -> None:
+    """Print the public keys of this host (server), of you (client) and the authorized ones."""
+    store = Keys()
+    for role in ("server", "client"):
+        pair = store.pair(role)
+        click.echo(f"{role} key  {pair.public.decode() if pair else '- (malacodactl keys init)'}")
+    authorized = store.authorized()
+    click.echo(f"authorized  {len(authorized)}")
+    for label, key in authorized.items():
+        click.echo(f"  {label}  {key.decode()}")
+
+
+@keys.command(name="authorize")
+@click.argument("public_key")
+@click.option("--name", "label", metavar="NAME", help="A name for the key (default: its digest).")
+def keys_authorize(public_key: str, label: Optional[str]) -> None:
+    """Allow the client PUBLIC_KEY (40 z85 characters, or a .key file) to call CURVE daemons."""
+    path = Keys().authorize(public_key, label)
+    click.echo(f"authorized {path.stem} ({path})")
+
+
+@keys.command(name="revoke")
+@click.argument("key_or_name")
+def keys_revoke(key_or_name: str) -> None:
+    """Remove a client key (the key itself, or its name) from the allow-list."""
+    path = Keys().revoke(key_or_name)
+    click.echo(f"revoked {path.stem}")
+
