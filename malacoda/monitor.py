@@ -180,6 +180,7 @@ class Monitor:
                     self.tell("FAILED " + detail)
                     return 1
             uptime = time.monotonic() - up_since
+            Registry(self.paths).clean_stale(unit.name)  # a killed daemon leaves its entry
             self.record.last_exit = describe_exit(code)
             self.note(f"{unit.name} (pid {proc.pid if proc else '-'}) exited: "
                       + ", ".join(f"{k} {v}" for k, v in self.record.last_exit.items()))

@@ -153,3 +153,20 @@ class CrashAfterReady(TestDaemon):
     def _run(self):
         self._wait(0.05)
         raise RuntimeError("crashed on purpose")
+
+
+class Stubborn(TestDaemon):
+    """Ignores stop() and SIGTERM, and has a child in its process group: only SIGKILL works."""
+
+    def _run(self):
+        import signal
+        import subprocess
+        import sys
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]).pid
+        while True:
+            time.sleep(0.05)
+
+    def child_pid(self):
+        return self.child

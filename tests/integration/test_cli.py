@@ -483,3 +483,57 @@ def test_the_shipped_systemd_template_verifies(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", str(service)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and "malacoda@" not in result.stderr, result.stderr
+
+
+def test_stop_escalates_to_sigkill_of_the_process_group(ctl: Ctl) -> None:
+    ctl.unit("Mule", cls="tests.daemons:Stubborn", stop_timeout=1.5)
+    ctl.ok("start", "Mule")
+    pid = ctl.status("Mule")["pid"]
+    child = int(wait_for(lambda: ctl("get", "Mule", "child").stdout.strip().isdigit()
+                         and ctl.ok("get", "Mule", "child"), what="the child to start"))
+    assert ctl.ok("stop", "Mule") == "Mule stopped\n"
+    assert not pid_alive(pid)
+    wait_for(lambda: not pid_alive(child), what="the daemon's child to be killed with its group")
+    assert ctl.status("Mule")["last_exit"] == {"signal": "SIGKILL"}
+    assert "did not stop in 1.5 s: SIGKILL" in ctl.ok("logs", "Mule", "-n", "50")
+
+
+def _running_again(ctl: Ctl, name: str, old_pid: int) -> Dict[str, Any]:
+    def check() -> Optional[Dict[str, Any]]:
+        row = ctl.status(name)
+        return row if row["state"] == "running" and row["pid"] != old_pid else None
+
+    return wait_for(check, timeout=30, what=f"{name} to run again")
+
+
+def test_restart_policies(ctl: Ctl) -> None:
+    # on-failure (the default): a clean exit (the daemon's own stop()) is not restarted.
+    ctl.unit("Polite")
+    ctl.ok("start", "Polite")
+    ctl.ok("call", "Polite", "stop")
+    row = wait_for(lambda: (lambda r: r if r["state"] == "stopped" else None)(ctl.status("Polite")),
+                   what="Polite to stay stopped")
+    assert row["last_exit"] == {"code": 0} and row["restarts"] == 0
+    # always: a clean exit is restarted too.
+    ctl.unit("Eternal", restart="always")
+    ctl.ok("start", "Eternal")
+    first = ctl.status("Eternal")["pid"]
+    ctl.ok("call", "Eternal", "stop")
+    assert _running_again(ctl, "Eternal", first)["last_exit"] == {"code": 0}
+    # no: a failure is recorded, not restarted.
+    ctl.unit("Once", restart="no")
+    ctl.ok("start", "Once")
+    os.kill(ctl.status("Once")["pid"], signal.SIGKILL)
+    row = wait_for(lambda: (lambda r: r if r["state"] == "failed" else None)(ctl.status("Once")),
+                   what="Once to be failed")
+    assert row["last_exit"] == {"signal": "SIGKILL"} and row["restarts"] == 0
+    # a stable period resets the count: start_limit = 1 survives any number of spaced failures.
+    ctl.unit("Steady", start_limit=1, backoff_reset=0.5)
+    ctl.ok("start", "Steady")
+    row = ctl.status("Steady")
+    for _ in range(2):
+        wait_for(lambda: (ctl.status("Steady")["uptime"] or 0) >= 2.0, what="a stable period")
+        os.kill(row["pid"], signal.SIGKILL)
+        row = _running_again(ctl, "Steady", row["pid"])
+    assert row["restarts"] == 2
+    ctl.ok("stop", "--all")
