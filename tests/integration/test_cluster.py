@@ -338,6 +338,12 @@ def test_malacodactl_status_all_cluster(hosts, etcd):
     assert [line.split()[:4] for line in table[1:]] == [
         ["Alpha", A, "running", str(on_a.pid)], ["Beta", B, "running", str(on_b.pid)],
         ["Beta", C, "running", str(also_on_c.pid)]]
+    # Every command that talks to a daemon finds it in the cluster, NAME:HOST picking a host.
+    assert ctl(hosts, A, "call", f"Beta:{C}", "pid").stdout.strip() == str(also_on_c.pid)
+    result = ctl(hosts, A, "call", "Beta", "pid")
+    assert result.returncode == 3
+    assert result.stderr == (f"malacodactl: 'Beta' runs on several hosts: {B}, {C}; name one, "
+                             f"as in 'Beta:{B}'\n")
     etcd.stop()
     result = ctl(hosts, A, "status", "--all", "--cluster")
     assert result.returncode == 4
