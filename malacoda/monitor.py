@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import psutil
+
 from .errors import MalacodaError
 from .logfile import LogFile
 from .runtime import NameLock, Paths, Registry, atomic_write, private_dir, process_start_time
@@ -63,7 +65,12 @@ class Record:
         if self.monitor_pid is None or self.monitor_start is None:
             return False
         started = process_start_time(self.monitor_pid)
-        return started is not None and abs(started - self.monitor_start) <= 0.05
+        if started is None or abs(started - self.monitor_start) > 0.05:
+            return False
+        try:  # never signal a process that is not a monitor, whatever a record says
+            return "malacoda.monitor" in psutil.Process(self.monitor_pid).cmdline()
+        except psutil.Error:
+            return False
 
 
 def record_path(paths: Paths, name: str) -> Path:

@@ -537,3 +537,20 @@ def test_restart_policies(ctl: Ctl) -> None:
         row = _running_again(ctl, "Steady", row["pid"])
     assert row["restarts"] == 2
     ctl.ok("stop", "--all")
+
+
+def test_a_status_record_naming_another_process_is_never_signalled(ctl: Ctl, processes) -> None:
+    from malacoda.monitor import Record, write_record
+    from malacoda.runtime import Paths, process_start_time
+    from tests.support import DaemonProcess
+
+    bystander = processes.add(DaemonProcess("import time; time.sleep(60)", ctl.env))
+    started = wait_for(lambda: process_start_time(bystander.pid), what="the bystander")
+    paths = Paths(ctl.home / "run", ctl.home / "log", ctl.home / "lib", ctl.home / "units",
+                  ctl.home / "keys")
+    write_record(paths, Record(name="Planted", state="running", monitor_pid=bystander.pid,
+                               monitor_start=started, pid=bystander.pid))
+    assert ctl.status("Planted")["state"] == "stale"
+    assert ctl.ok("stop", "Planted") == "Planted not running\n"
+    assert bystander.alive()
+    assert ctl.status("Planted")["state"] == "stopped"
