@@ -40,6 +40,7 @@ class Params:
     mib_calls: int
     shared_window: float
     pst_mib: int
+    placements: bool
     pst_saves: int
     daemons: int
     cli_runs: int
@@ -47,10 +48,12 @@ class Params:
     @classmethod
     def for_mode(cls, quick: bool) -> Params:
         if quick:
-            return cls(repeats=1, warmup=100, calls=1000, window=1.0, mib_warmup=2, mib_calls=8,
-                       shared_window=1.0, pst_mib=100, pst_saves=1, daemons=10, cli_runs=3)
+            return cls(repeats=1, warmup=100, calls=600, window=0.7, mib_warmup=2, mib_calls=6,
+                       shared_window=0.7, pst_mib=100, pst_saves=1, daemons=8, cli_runs=3,
+                       placements=False)
         return cls(repeats=3, warmup=200, calls=2000, window=2.0, mib_warmup=3, mib_calls=20,
-                   shared_window=2.0, pst_mib=100, pst_saves=3, daemons=50, cli_runs=7)
+                   shared_window=2.0, pst_mib=100, pst_saves=3, daemons=50, cli_runs=7,
+                   placements=True)
 
 
 def child_env() -> Dict[str, str]:
@@ -63,11 +66,13 @@ def child_env() -> Dict[str, str]:
 class Server:
     """One system's echo server in a process (and session) of its own."""
 
-    def __init__(self, system: str, timeout: float = 30.0) -> None:
+    def __init__(self, system: str, timeout: float = 30.0, cpus: Optional[Any] = None) -> None:
         self.system = system
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.systems", system], cwd=str(ROOT), env=child_env(),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            preexec_fn=pin)  # before any thread exists: every thread inherits the CPUs
         line = _readline(self.proc, timeout)
         if not line.startswith("READY "):
             err = self.stop()
@@ -136,45 +141,101 @@ class Pool:
             w.stop()
 
 
-def measure_system(system: str, pool: Pool, prm: Params) -> Dict[str, Any]:
-    """One repeat of every call phase against a fresh server of ``system``."""
-    server = Server(system)
-    out: Dict[str, Any] = {}
+PLACEMENTS = {"same": ({0}, {0}), "split": ({0}, {1})}  # (server CPUs, client CPUs)
+
+
+def _throughput(pool: Pool, system: str, port: int, n: int, prm: Params) -> float:
     connected = [False] * len(pool.workers)
     try:
-        w0 = pool.workers[0]
-        pool.connect(1, system, server.port, connected)
-        lat = w0.ask(op="latency", warmup=prm.warmup, calls=prm.calls)
-        out["p50"], out["p99"] = lat["p50"], lat["p99"]
-        for n in (1, 4, 16):
-            pool.connect(n, system, server.port, connected)
-            start = time.monotonic() + 0.3
-            for w in pool.workers[:n]:
-                w.send(op="window", start=start, window=prm.window)
-            total = sum(w.result(prm.window + 120)["count"] for w in pool.workers[:n])
-            out[f"tput{n}"] = total / prm.window
-        mib = w0.ask(op="bytes", size=1 << 20, warmup=prm.mib_warmup, calls=prm.mib_calls)
-        out["mib_ms"] = mib["p50"] / 1000.0
-        pool.disconnect(connected)
-        if system != FLOOR:  # a REQ socket cannot be shared by threads at all
-            last = len(pool.workers) - 1
-            wl = pool.workers[last]
-            wl.ask(op="connect", system=system, port=server.port, warmup=50)
-            try:
-                shared = wl.ask(timeout=prm.shared_window * 2 + 60, op="shared", threads=16,
-                                window=prm.shared_window)
-                out["shared_single"], out["shared"] = shared["single"], shared["shared"]
-                out["shared_errors"] = shared["errors"]
-                wl.ask(timeout=30, op="disconnect")
-            except RuntimeError as exc:
-                out["shared_single"], out["shared"], out["shared_errors"] = None, None, [str(exc)]
-            if out.get("shared_errors"):
-                pool.replace(last)  # its threads may still be stuck in the broken client
+        pool.connect(n, system, port, connected)
+        start = time.monotonic() + 0.3
+        for w in pool.workers[:n]:
+            w.send(op="window", start=start, window=prm.window)
+        return sum(w.result(prm.window + 120)["count"] for w in pool.workers[:n]) / prm.window
     finally:
-        server.stop()
-        for i, on in enumerate(connected):
-            if on:
+        pool.disconnect(connected)
+
+
+def _shared(pool: Pool, system: str, port: int, prm: Params, out: Dict[str, Any]) -> None:
+    last = len(pool.workers) - 1
+    wl = pool.workers[last]
+    wl.ask(op="connect", system=system, port=port, warmup=50)
+    try:
+        shared = wl.ask(timeout=prm.shared_window * 2 + 60, op="shared", threads=16,
+                        window=prm.shared_window)
+        out["shared_single"], out["shared"] = shared["single"], shared["shared"]
+        out["shared_errors"] = shared["errors"]
+        wl.ask(timeout=30, op="disconnect")
+    except RuntimeError as exc:
+        out["shared_single"], out["shared"], out["shared_errors"] = None, None, [str(exc)]
+    if out.get("shared_errors"):
+        pool.replace(last)  # its threads may still be stuck in the broken client
+
+
+def measure_repeat(order: List[str], pool: Pool, prm: Params,
+                   failures: List[str], log: Any) -> Dict[str, Dict[str, Any]]:
+    """One repeat: every phase, and within a phase every system back to back (so that the
+    ratios compare measurements taken seconds apart on a machine whose load drifts)."""
+    out: Dict[str, Dict[str, Any]] = {s: {} for s in order}
+    w0 = pool.workers[0]
+
+    def guarded(what: str, system: str, fn: Any) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            failures.append(f"{system} {what}: {exc}")
+            log(f"  FAILED {system} {what}: {exc}")
+            for i in range(len(pool.workers)):  # a client may be stuck in a broken connection
                 pool.replace(i)
+
+    if prm.placements:
+        for placement, (server_cpus, client_cpus) in PLACEMENTS.items():
+            log(f"latency with CPU placement '{placement}'")
+            for system in order:
+                def pinned(system: str = system, placement: str = placement,
+                           server_cpus: Any = server_cpus, client_cpus: Any = client_cpus) -> None:
+                    server = Server(system, cpus=server_cpus)
+                    try:
+                        w0.ask(op="pin", cpus=sorted(client_cpus))
+                        w0.ask(op="connect", system=system, port=server.port, warmup=50)
+                        lat = w0.ask(op="latency", warmup=prm.warmup, calls=prm.calls)
+                        out[system][f"p50_{placement}"] = lat["p50"]
+                        out[system][f"p99_{placement}"] = lat["p99"]
+                        w0.ask(op="disconnect")
+                    finally:
+                        w0.ask(op="pin", cpus=None)
+                        server.stop()
+                guarded(f"latency ({placement})", system, pinned)
+    servers: Dict[str, Server] = {}
+    try:
+        for system in order:
+            servers[system] = Server(system)
+        log("latency")
+        for system in order:
+            def latency(system: str = system) -> None:
+                w0.ask(op="connect", system=system, port=servers[system].port, warmup=50)
+                lat = w0.ask(op="latency", warmup=prm.warmup, calls=prm.calls)
+                out[system]["p50"], out[system]["p99"] = lat["p50"], lat["p99"]
+                mib = w0.ask(op="bytes", size=1 << 20, warmup=prm.mib_warmup, calls=prm.mib_calls)
+                out[system]["mib_ms"] = mib["p50"] / 1000.0
+                w0.ask(op="disconnect")
+            guarded("latency", system, latency)
+        for n in (1, 4, 16):
+            log(f"throughput, {n} client process(es)")
+            for system in order:
+                def tput(system: str = system, n: int = n) -> None:
+                    out[system][f"tput{n}"] = _throughput(pool, system, servers[system].port, n,
+                                                          prm)
+                guarded(f"throughput {n}", system, tput)
+        log("one client shared by 16 threads")
+        for system in order:
+            if system != FLOOR:  # a REQ socket cannot be shared by threads at all
+                guarded("shared", system,
+                        lambda system=system: _shared(pool, system, servers[system].port, prm,
+                                                      out[system]))
+    finally:
+        for server in servers.values():
+            server.stop()
     return out
 
 
@@ -282,14 +343,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if "calls" not in skip:
             for rep in range(prm.repeats):
                 order = systems[rep % len(systems):] + systems[:rep % len(systems)]
-                for system in order:
+
+                def log(text: str, rep: int = rep) -> None:
                     print(f"[{time.monotonic() - began:6.1f} s] repeat {rep + 1}/{prm.repeats}: "
-                          f"{system}", flush=True)
-                    try:
-                        results[system].append(measure_system(system, pool, prm))
-                    except Exception as exc:
-                        failures.append(f"{system} repeat {rep + 1}: {exc}")
-                        print(f"  FAILED: {exc}", flush=True)
+                          f"{text}", flush=True)
+
+                for system, row in measure_repeat(order, pool, prm, failures, log).items():
+                    results[system].append(row)
         if "pst" not in skip:
             print(f"[{time.monotonic() - began:6.1f} s] pst save of {prm.pst_mib} MiB", flush=True)
             try:

@@ -21,6 +21,9 @@ def percentile(sorted_values: List[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+ALL_CPUS = os.sched_getaffinity(0)
+
+
 class Mismatch(AssertionError):
     pass
 
@@ -117,6 +120,15 @@ def worker_main(conn: Connection) -> None:
                     client.close()
                 conn.send({"ok": True})
                 return
+            if op == "pin":  # every thread of this process, zmq's I/O threads included
+                cpus = cmd["cpus"] or sorted(ALL_CPUS)
+                for task in os.listdir("/proc/self/task"):
+                    try:
+                        os.sched_setaffinity(int(task), cpus)
+                    except OSError:
+                        pass
+                conn.send({"ok": True})
+                continue
             if op == "connect":
                 if client is not None:
                     client.close()
