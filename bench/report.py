@@ -76,9 +76,10 @@ def targets(data: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
                  None if gain is None else gain >= 2.0))
     pst = data.get("pst")
     if pst:
-        r = pst["save_p99"] / pst["idle_p99"] if pst["idle_p99"] else None
-        rows.append((f"call p99 during a {pst['mib']} MiB pst save / idle p99", _fmt_ratio(r),
-                     "≤ 3.00×", None if r is None else r <= 3.0))
+        r = statistics.median(pst["ratios"]) if pst.get("ratios") else None
+        rows.append((f"call p99 during a {pst['mib']} MiB pst save / idle p99 (median over "
+                     f"{len(pst.get('ratios') or [])} saves)", _fmt_ratio(r), "≤ 3.00×",
+                     None if r is None else r <= 3.0))
     return rows
 
 
@@ -150,7 +151,11 @@ def markdown(data: Dict[str, Any]) -> str:
             f"The state: {pst['mib'] - 4} byte strings of 1 MiB and a dict of 40,000 small "
             f"tuples (~4 MiB); the state file is {pst['file_bytes'] / 1e6:.1f} MB; saves took "
             f"{secs} s (serialise, checksum, write, fsync, rename, fsync of the folder), each "
-            "while one client called `echo` without pause.", "",
+            "while one client called `echo` without pause. The p99 during each save against the "
+            "p99 of the same client's calls around it: "
+            + ", ".join(f"{x:.2f}×" for x in pst.get("ratios", [])) + " (the target uses their "
+            "median: one save that meets a burst of load elsewhere on the machine says little "
+            "about the save).", "",
         ]
     sup = data.get("supervisor")
     if sup:

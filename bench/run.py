@@ -52,7 +52,7 @@ class Params:
                        shared_window=0.7, pst_mib=100, pst_saves=1, daemons=8, cli_runs=3,
                        placements=False)
         return cls(repeats=3, warmup=200, calls=2000, window=2.0, mib_warmup=3, mib_calls=20,
-                   shared_window=2.0, pst_mib=100, pst_saves=3, daemons=50, cli_runs=7,
+                   shared_window=2.0, pst_mib=100, pst_saves=5, daemons=50, cli_runs=7,
                    placements=True)
 
 
@@ -253,6 +253,7 @@ def measure_pst(pool: Pool, prm: Params) -> Dict[str, Any]:
         during: List[float] = []
         idle: List[float] = []
         saves: List[float] = []
+        ratios: List[float] = []  # per save: p99 during / p99 of the same client around it
         for _ in range(prm.pst_saves):
             start = time.monotonic() + 0.2
             w0.send(op="timeline", start=start, window=first * 2 + 1.0)
@@ -260,8 +261,12 @@ def measure_pst(pool: Pool, prm: Params) -> Dict[str, Any]:
             save = w1.result(300)
             line = w0.result(300)["calls"]
             saves.append(save["value"])
+            mine_during, mine_idle = [], []
             for t0, dt in line:
-                (during if save["began"] <= t0 <= save["ended"] else idle).append(dt)
+                (mine_during if save["began"] <= t0 <= save["ended"] else mine_idle).append(dt)
+            during += mine_during
+            idle += mine_idle
+            ratios.append(percentile(sorted(mine_during), 99) / percentile(sorted(mine_idle), 99))
         during.sort()
         idle.sort()
         state = Path(os.environ["MALACODA_HOME"])
@@ -272,7 +277,7 @@ def measure_pst(pool: Pool, prm: Params) -> Dict[str, Any]:
             "idle_calls": len(idle),
             "save_p50": percentile(during, 50), "save_p99": percentile(during, 99),
             "save_calls": len(during), "save_seconds": sorted(saves), "file_bytes": size,
-            "mib": prm.pst_mib,
+            "mib": prm.pst_mib, "ratios": ratios,
         }
     finally:
         for w in (w0, w1):

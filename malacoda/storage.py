@@ -29,7 +29,7 @@ import sqlite3
 import stat
 import struct
 from pathlib import Path
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 import dill
 
@@ -103,6 +103,7 @@ class PstStorage:
         self.paths = paths
         self.frequency = _frequency(frequency)
         self._last_digest: Optional[bytes] = None
+        self._digest_of: Optional[Tuple[bytes, bytes]] = None
 
     def load(self) -> Optional[Dict[str, Any]]:
         """The saved state, None when nothing was saved yet; :class:`StateError` if unreadable."""
@@ -121,7 +122,11 @@ class PstStorage:
         digest = hashlib.sha256(payload).digest()
         if digest == self._last_digest:
             return False
-        self.write(payload)
+        self._digest_of = (payload, digest)  # spares write() hashing 100 MB a second time
+        try:
+            self.write(payload)
+        finally:
+            self._digest_of = None
         self._last_digest = digest
         return True
 
@@ -182,7 +187,10 @@ class PstFileStorage(PstStorage):
             private_dir(folder)
         else:
             folder.mkdir(parents=True, exist_ok=True)
-        header = self.MAGIC + struct.pack(">Q", len(payload)) + hashlib.sha256(payload).digest()
+        known = getattr(self, "_digest_of", None)
+        digest = known[1] if known is not None and known[0] is payload \
+            else hashlib.sha256(payload).digest()
+        header = self.MAGIC + struct.pack(">Q", len(payload)) + digest
         try:
             atomic_write(self.path, [header, payload])
         except OSError as exc:
