@@ -5,23 +5,34 @@ that go into :class:`~malacoda.daemon.RunOptions`), sets up logging to stderr an
 the class, which serves until it is stopped. It is used twice: by the monitor's child process
 (``python -m malacoda.runner UNIT_FILE FD``, which reports readiness or its error on ``FD``) and
 by ``malacodactl run`` (systemd mode, readiness sent to ``$NOTIFY_SOCKET``).
+
+Under a monitor, the daemon watches its parent. If the monitor dies (``kill -9``, the OOM
+killer), nothing would restart the daemon and nobody reads its log pipe: so the daemon stops as
+on SIGTERM (its pst state saved), then starts its unit again under a new monitor and exits. A
+daemon is never left unsupervised for more than about :data:`ORPHAN_CHECK` seconds plus its
+stop and start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from . import daemon as daemon_module
-from .runtime import Entry
+from .runtime import Entry, Paths
 from .units import Unit, load_file
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+ORPHAN_CHECK = 0.5  # seconds between checks that the monitor (our parent) still lives
 
 
 def run_unit(unit: Unit, on_ready: List[Callable[[Entry], None]]) -> None:
@@ -49,14 +60,46 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _watch_monitor(monitor: int, orphaned: threading.Event) -> None:
+    """Stop this daemon (as SIGTERM does) once its monitor, our parent, is gone."""
+    while os.getppid() == monitor:
+        time.sleep(ORPHAN_CHECK)
+    orphaned.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _hand_over(unit_file: str, monitor: int) -> None:
+    """After the monitor died and this daemon stopped: start the unit under a new monitor."""
+    from .supervise import start  # here only: supervise sits above the runner
+
+    unit = load_file(Path(unit_file))
+    note = (f"[runner] the monitor (pid {monitor}) of {unit.name} died: the daemon (pid "
+            f"{os.getpid()}) stopped and starts again under a new monitor\n")
+    try:
+        fd = os.open(Paths.default().log / f"{unit.name}.log",
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, note.encode())
+        os.close(fd)
+    except OSError:
+        pass
+    start(unit)
+
+
 def child_main(unit_file: str, fd: int) -> int:
     """The monitor's child: run the unit; ``READY {json}`` or ``ERROR text`` goes to ``fd``."""
     channel = os.fdopen(fd, "w")
+    monitor = os.getppid()
+    orphaned = threading.Event()
+    watcher: Optional[threading.Thread] = None
 
     def ready(entry: Entry) -> None:
+        nonlocal watcher
         channel.write("READY " + json.dumps({"pid": entry.pid, "port": entry.port,
                                              "address": entry.address}) + "\n")
         channel.close()
+        watcher = threading.Thread(target=_watch_monitor, args=(monitor, orphaned),
+                                   name="malacoda-orphan", daemon=True)
+        watcher.start()
 
     try:
         run_unit(load_file(Path(unit_file)), [ready])
@@ -66,6 +109,9 @@ def child_main(unit_file: str, fd: int) -> int:
             channel.write("ERROR " + describe_error(exc) + "\n")
             channel.close()
         return 1
+    if orphaned.is_set():
+        with contextlib.suppress(Exception):
+            _hand_over(unit_file, monitor)
     return 0
 
 

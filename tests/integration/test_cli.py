@@ -240,18 +240,6 @@ def test_stale_after_kill_9_of_monitor_and_daemon(ctl: Ctl) -> None:
     ctl.ok("stop", "Stale")
 
 
-def test_stop_of_a_daemon_whose_monitor_died(ctl: Ctl) -> None:
-    ctl.unit("Orphan")
-    ctl.ok("start", "Orphan")
-    row = ctl.status("Orphan")
-    os.kill(row["monitor_pid"], signal.SIGKILL)
-    wait_for(lambda: not pid_alive(row["monitor_pid"]), what="the monitor to die")
-    assert ctl.status("Orphan")["state"] == "running"
-    assert ctl.ok("stop", "Orphan") == "Orphan stopped\n"
-    assert not pid_alive(row["pid"])
-    assert ctl.status("Orphan")["state"] == "stopped"
-
-
 def test_start_fails_with_the_daemons_own_error(ctl: Ctl) -> None:
     ctl.unit("NoModule", cls="no_such_module:Thing")
     one_line_error(ctl("start", "NoModule"), 1, "NoModule did not start",

@@ -1,0 +1,85 @@
+"""Supervisor faults: the monitor killed, the daemon killed behind a live proxy.
+
+(SIGSTOP → ``hung``, a port in use and two ``start``s at once are in test_cli.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+import malacoda
+from tests.integration.test_cli import Ctl
+from tests.support import pid_alive, wait_for
+
+
+@pytest.fixture
+def ctl(home, tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir(mode=0o700)
+    runner = Ctl(home, conf)
+    yield runner
+    runner.cleanup()
+
+
+def running_again(ctl: Ctl, name: str, old_pid: int, old_monitor: int):
+    def check():
+        row = ctl.status(name)
+        if (row["state"] == "running" and row["pid"] not in (None, old_pid)
+                and row["monitor_pid"] not in (None, old_monitor)):
+            return row
+        return None
+
+    return check
+
+
+@pytest.mark.slow
+def test_killed_monitor_hands_its_daemon_over_to_a_new_one(ctl: Ctl) -> None:
+    """kill -9 of the monitor: the daemon notices, stops as on SIGTERM (pst saved) and starts
+    again under a new monitor — never left running without one."""
+    ctl.unit("Orphaned", cls="tests.daemons:HostileDaemon")
+    ctl.ok("start", "Orphaned")
+    ctl.ok("set", "Orphaned", "pst_counter", "7")
+    row = ctl.status("Orphaned")
+    os.kill(row["monitor_pid"], signal.SIGKILL)
+    new = wait_for(running_again(ctl, "Orphaned", row["pid"], row["monitor_pid"]), timeout=30,
+                   what="a new monitor and daemon")
+    assert not pid_alive(row["pid"])
+    assert ctl.ok("get", "Orphaned", "pst_counter") == "7\n"  # saved by the orphan on its way out
+    assert "[runner] the monitor" in ctl.ok("logs", "Orphaned", "-n", "200")
+    assert ctl.ok("stop", "Orphaned") == "Orphaned stopped\n"
+    assert not pid_alive(new["pid"]) and not pid_alive(new["monitor_pid"])
+    assert ctl.status("Orphaned")["state"] == "stopped"
+
+
+@pytest.mark.slow
+def test_daemon_restarted_on_a_new_port_behind_a_live_proxy(ctl: Ctl) -> None:
+    """The monitor restarts a killed daemon (new pid, new port): a proxy made before follows it;
+    the call in flight during the kill fails as lost and is not run again by the new daemon."""
+    ctl.unit("Moving", cls="tests.daemons:HostileDaemon")
+    ctl.ok("start", "Moving")
+    d = malacoda.get("Moving")
+    before = ctl.status("Moving")
+    result = {}
+
+    def in_flight():
+        try:
+            result["value"] = d.tally(30)
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    caller = threading.Thread(target=in_flight)
+    caller.start()
+    wait_for(lambda: malacoda.get("Moving").tallies == 1, what="the call to start")
+    os.kill(before["pid"], signal.SIGKILL)
+    after = wait_for(running_again(ctl, "Moving", before["pid"], -1), timeout=30,
+                     what="the monitor to restart Moving")
+    caller.join(30)
+    assert isinstance(result.get("error"), malacoda.ConnectionLost), result
+    assert after["port"] != before["port"]
+    assert d.pid() == after["pid"]
+    assert d.tallies == 0  # the new daemon never ran the lost call
+    ctl.ok("stop", "Moving")
