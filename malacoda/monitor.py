@@ -103,6 +103,27 @@ def describe_exit(code: int) -> Dict[str, Any]:
     return {"code": code}
 
 
+def read_word(fd: int, timeout: float,
+              interrupted: Callable[[], bool] = lambda: False) -> Tuple[Optional[str], str]:
+    """One line ``WORD detail`` from the pipe ``fd`` (how the daemon tells the monitor, and the
+    monitor the starter, how a start went): ``(word, detail)``, ``("", "")`` when the pipe closed
+    without a word, ``(None, "")`` after ``timeout`` seconds or once ``interrupted()``."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or interrupted():
+            return None, ""
+        readable, _, _ = select.select([fd], [], [], min(remaining, 0.2))
+        if readable:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    word, _, detail = data.decode("utf-8", "replace").strip().partition(" ")
+    return word, detail
+
+
 def stop_sequence(name: str, pid: int, timeout: float, exited: Callable[[float], bool]) -> None:
     """Stop the daemon ``pid``: ask it (pst saved), SIGTERM at half ``timeout``, then SIGKILL.
 
@@ -247,21 +268,11 @@ class Monitor:
         return proc, outcome, detail
 
     def _first_word(self, proc: subprocess.Popen, fd: int) -> Tuple[str, str]:
-        deadline = time.monotonic() + self.unit.start_timeout
-        data = b""
-        while b"\n" not in data:
-            if self.stopping.is_set():
-                return "stopped", "stopped while starting"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return "timeout", f"not ready within start_timeout = {self.unit.start_timeout:g} s"
-            readable, _, _ = select.select([fd], [], [], min(remaining, 0.2))
-            if readable:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                data += chunk
-        word, _, detail = data.decode("utf-8", "replace").strip().partition(" ")
+        word, detail = read_word(fd, self.unit.start_timeout, self.stopping.is_set)
+        if self.stopping.is_set():
+            return "stopped", "stopped while starting"
+        if word is None:
+            return "timeout", f"not ready within start_timeout = {self.unit.start_timeout:g} s"
         if word == "READY":
             return "ready", detail
         if word == "ERROR":

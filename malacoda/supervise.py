@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import psutil
 
 from .errors import ProcessError
-from .monitor import PACKAGE_PARENT, Record, read_record, stop_sequence, write_record
+from .monitor import PACKAGE_PARENT, Record, read_record, read_word, stop_sequence, write_record
 from .runtime import Paths, Registry, host_name, private_dir
 from .units import Unit
 
@@ -184,7 +183,7 @@ def start(unit: Unit, paths: Optional[Paths] = None) -> Tuple[str, UnitStatus]:
         os.close(write_fd)
     try:
         starter.wait(timeout=30)
-        word, detail = _read_word(read_fd, unit.start_timeout + 10)
+        word, detail = read_word(read_fd, unit.start_timeout + 10)
     finally:
         os.close(read_fd)
     if word == "READY":
@@ -193,25 +192,9 @@ def start(unit: Unit, paths: Optional[Paths] = None) -> Tuple[str, UnitStatus]:
         return "already running", _wait_started(unit, paths)
     if word == "FAILED":
         raise ProcessError(f"{unit.name} did not start: {detail}")
-    raise ProcessError(f"{unit.name} did not start: the monitor {detail or 'said nothing'}; "
+    said = "did not answer in time" if word is None else "exited without a word"
+    raise ProcessError(f"{unit.name} did not start: its monitor {said}; "
                        f"see 'malacodactl logs {unit.name}'")
-
-
-def _read_word(fd: int, timeout: float) -> Tuple[str, str]:
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return "", f"did not answer within {timeout:g} s"
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if readable:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            data += chunk
-    word, _, detail = data.decode("utf-8", "replace").strip().partition(" ")
-    return word, detail
 
 
 def _wait_started(unit: Unit, paths: Paths) -> UnitStatus:

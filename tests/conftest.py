@@ -8,16 +8,16 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+# The fixtures users get (malacoda.testing) are the ones our own tests use.
+from malacoda.testing import malacoda_home, malacoda_unit  # noqa: F401
 from tests.support import ROOT, DaemonProcess, Processes, wait_for
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A temporary MALACODA_HOME for this test (and the processes it starts)."""
-    path = tmp_path / "home"
-    path.mkdir(mode=0o700)
-    monkeypatch.setenv("MALACODA_HOME", str(path))
-    return path
+def home(malacoda_home: Path) -> Path:  # noqa: F811 - the fixture, by name
+    """A temporary MALACODA_HOME for this test (and the processes it starts): the same one
+    :mod:`malacoda.testing` gives users."""
+    return malacoda_home
 
 
 @pytest.fixture
@@ -63,6 +63,4 @@ def start_daemon(home: Path, processes: Processes) -> Callable[..., DaemonProces
     return start
 
 
-# The fixture users get (malacoda.testing) is the one our own tests use.
-from malacoda.testing import malacoda_home, malacoda_unit  # noqa: E402, F401
 from tests.sshd import web1  # noqa: E402,F401  (the sshd fixture, for the remote tests)

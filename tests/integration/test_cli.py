@@ -90,6 +90,52 @@ class Ctl:
                 pass
 
 
+class Follower:
+    """``malacodactl logs SPEC -f -n 0`` in the background, its lines in a queue.
+
+    Entering waits until it follows: it says a marker through the daemon until the line shows.
+    """
+
+    def __init__(self, ctl: Ctl, spec: str) -> None:
+        self.ctl, self.spec = ctl, spec
+        self.proc = ctl.popen("logs", spec, "-f", "-n", "0")
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout],
+                         daemon=True).start()
+
+    def next_line(self, timeout: float = 30) -> str:
+        try:
+            return self.lines.get(timeout=timeout).rstrip("\n")
+        except queue.Empty:
+            raise AssertionError(f"logs -f printed nothing for {timeout} s") from None
+
+    def _following(self) -> bool:
+        self.ctl.ok("call", self.spec, "say", "marker", "1")
+        try:
+            while True:
+                if self.next_line(timeout=1).endswith("marker 0"):
+                    return True
+        except AssertionError:
+            return False
+
+    def __enter__(self) -> Follower:
+        try:
+            wait_for(self._following, timeout=30, what=f"logs -f {self.spec} to follow")
+        except BaseException:
+            self.close(signal.SIGKILL)
+            raise
+        return self
+
+    def close(self, sig: int = signal.SIGINT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.communicate(timeout=10)
+        return self.proc.returncode
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -318,42 +364,18 @@ def test_logs_tail_and_follow_across_rotation(ctl: Ctl) -> None:
     last = ctl.ok("logs", "Talk", "-n", "2").splitlines()
     assert len(last) == 2 and last[-1].endswith(" first 2")
     assert last[-1][:4].isdigit() and last[-1][10] == " "  # "YYYY-MM-DD HH:MM:SS.mmm first 2"
-    follower = ctl.popen("logs", "Talk", "-f", "-n", "0")
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout], daemon=True)
-    reader.start()
-
-    def next_line() -> str:
-        try:
-            return lines.get(timeout=30)
-        except queue.Empty:
-            raise AssertionError("logs -f printed nothing for 30 s") from None
-
-    try:
-        def following() -> bool:  # it follows from the end: say something until it shows
-            ctl.ok("call", "Talk", "say", "marker", "1")
-            try:
-                while True:
-                    if lines.get(timeout=1).rstrip().endswith("marker 0"):
-                        return True
-            except queue.Empty:
-                return False
-
-        wait_for(following, timeout=30, what="logs -f to follow")
+    with Follower(ctl, "Talk") as follower:
         ctl.ok("call", "Talk", "say", "bulk-line-with-some-padding-to-fill-the-file", "250",
                "--kw", "pause=0.005")
         seen = set()
         while len(seen) < 250:
-            line = next_line()
+            line = follower.next_line()
             if "bulk-line" in line:
                 seen.add(int(line.split()[-1]))
         assert seen == set(range(250))
         assert (ctl.home / "log" / "Talk.log.1").exists()  # it was rotated meanwhile
         assert (ctl.home / "log" / "Talk.log.3").exists()
         assert not (ctl.home / "log" / "Talk.log.4").exists()
-    finally:
-        follower.kill()
-        follower.communicate(timeout=10)
     one_line_error(ctl("logs", "Never"), 3, "no log for 'Never'")
     ctl.ok("stop", "Talk")
 

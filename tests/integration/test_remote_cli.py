@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import queue
-import signal
 import stat
 import subprocess
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -16,8 +13,7 @@ import zmq
 
 from malacoda.runtime import Paths
 from malacoda.security import Keys
-from tests.integration.test_cli import Ctl, one_line_error
-from tests.support import wait_for
+from tests.integration.test_cli import Ctl, Follower, one_line_error
 
 
 def _ctl(home: Path, tmp_path: Path) -> Iterator[Ctl]:
@@ -71,25 +67,10 @@ def test_logs_follow_over_ssh(remote_ctl: Ctl) -> None:
     ctl = remote_ctl
     ctl.unit("Talk", cls="tests.daemons:Talker")
     ctl.ok("start", "Talk")
-    follower = ctl.popen("logs", "Talk:web1", "-f", "-n", "0")
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout], daemon=True)
-    reader.start()
-    try:
-        def following() -> bool:  # it follows from the end: say something until it shows
-            ctl.ok("call", "Talk:web1", "say", "marker", "1")
-            try:
-                while True:
-                    if lines.get(timeout=1).rstrip().endswith("marker 0"):
-                        return True
-            except queue.Empty:
-                return False
-
-        wait_for(following, timeout=30, what="logs -f over SSH to follow")
-    finally:
-        follower.send_signal(signal.SIGINT)
-        follower.communicate(timeout=10)
-    assert follower.returncode == 0
+    follower = Follower(ctl, "Talk:web1")
+    with follower:
+        pass  # it followed: a marker said through the daemon came back over SSH
+    assert follower.proc.returncode == 0
 
 
 def test_errors_name_the_host_in_one_line(remote_ctl: Ctl) -> None:
