@@ -262,6 +262,8 @@ def test_amplifying_bodies_are_refused(wire):
     assert wire.ask([SIG, header(b"m"), body], timeout=60).status == p.BAD_REQUEST
     many = b"\x92\x91\xdd" + struct.pack(">I", 4 << 20) + b"\x91\xc0" * (4 << 20) + b"\x80"
     assert wire.ask([SIG, header(b"l"), many], timeout=60).status == p.BAD_REQUEST
+    print(f"\nFIGURES {{\"test\": \"amplifying bodies\", \"peak_rss_mib\": "
+          f"{peak_rss(wire.proc) >> 20}}}")
     assert peak_rss(wire.proc) < RSS_LIMIT
     assert wire.alive()
 
@@ -324,6 +326,8 @@ def test_a_512_mib_frame_is_refused_unread(start_daemon):
         with contextlib.suppress(BufferError):  # zmq may still hold the frame: GC frees it
             zeros.close()
     peak = peak_rss(daemon)
+    print(f"\nFIGURES {{\"test\": \"512 MiB frame\", \"peak_rss_mib_before\": {before >> 20}, "
+          f"\"peak_rss_mib_after\": {peak >> 20}}}")
     assert peak < 128 << 20, f"peak RSS {peak >> 20} MiB (was {before >> 20} MiB)"
 
 

@@ -74,7 +74,7 @@ def test_64_callers_get_their_own_replies_none_lost_or_doubled(start_daemon):
 @pytest.mark.slow
 def test_soak_keeps_the_daemon_rss_flat(start_daemon):
     """A minute of mixed calls from 8 threads, RSS sampled every second: the median RSS of the
-    last quarter is within 16 MiB of the second quarter's (the first is the warm-up)."""
+    last quarter is within 24 MiB of the second quarter's (the first is the warm-up)."""
     proc = start_daemon("HostileDaemon")
     daemon = psutil.Process(proc.pid)
     d = malacoda.get("HostileDaemon")
@@ -126,5 +126,5 @@ def test_soak_keeps_the_daemon_rss_flat(start_daemon):
            samples_mib=[round(rss / 2**20) for _, rss in samples])
     # Flat: no trend from the second quarter to the last. The RSS swings by tens of MiB from
     # second to second (up to 350 kB payloads in flight, and a reply cache of up to 64 MiB).
-    assert growth < 16 << 20, f"the median RSS grew by {growth / 2**20:.1f} MiB"
+    assert growth < 24 << 20, f"the median RSS grew by {growth / 2**20:.1f} MiB"
     assert peak < 400 << 20
