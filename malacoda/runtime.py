@@ -97,6 +97,11 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def untrusted(st: os.stat_result) -> bool:
+    """True for a file another user owns, or one others could have written."""
+    return st.st_uid != os.geteuid() or bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
 def atomic_write(path: Path, data: Union[bytes, Sequence[bytes]], mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never a torn one.
 
@@ -234,7 +239,7 @@ class Registry:
             return None, "stale"
         try:
             st = os.fstat(fd)
-            if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            if untrusted(st):
                 log.warning("ignoring registry entry %s: not owned by us or writable by others", path)
                 return None, "stale"
             with os.fdopen(fd, "rb", closefd=False) as f:

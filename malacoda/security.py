@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
-import os
 import re
 import stat
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import zmq
 from zmq.utils import z85
 
 from .errors import ConfigError
-from .runtime import Paths, atomic_write, private_dir
+from .runtime import Paths, atomic_write, private_dir, untrusted
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +185,7 @@ class Keys:
         keys: Dict[str, bytes] = {}
         for path in sorted(folder.glob("*.key")):
             with contextlib.suppress(ConfigError, OSError):
-                st = path.stat()
-                if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                if untrusted(path.stat()):
                     log.warning("ignoring authorized key %s: not ours or writable by others", path)
                     continue
                 keys[path.stem] = _read_key_file(path)[0]

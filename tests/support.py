@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, List, Optional, TypeVar
@@ -98,3 +99,24 @@ class Processes:
     def cleanup(self) -> None:
         for proc in self.started:
             proc.cleanup()
+
+
+class InThread:
+    """``fn(*args, **kwargs)`` running in a thread; after :meth:`join`, ``value`` or ``error``."""
+
+    def __init__(self, fn: Callable[..., object], *args: object, **kwargs: object) -> None:
+        self.value: object = None
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[..., object], args: tuple, kwargs: dict) -> None:
+        try:
+            self.value = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: B902 - the test inspects it
+            self.error = exc
+
+    def join(self, timeout: float = 30.0) -> InThread:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"still running after {timeout} s"
+        return self

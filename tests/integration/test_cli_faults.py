@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 
 import pytest
 
 import malacoda
 from tests.integration.test_cli import Ctl
-from tests.support import pid_alive, wait_for
+from tests.support import InThread, pid_alive, wait_for
 
 
 @pytest.fixture
@@ -63,22 +62,13 @@ def test_daemon_restarted_on_a_new_port_behind_a_live_proxy(ctl: Ctl) -> None:
     ctl.ok("start", "Moving")
     d = malacoda.get("Moving")
     before = ctl.status("Moving")
-    result = {}
-
-    def in_flight():
-        try:
-            result["value"] = d.tally(30)
-        except Exception as exc:  # reported below
-            result["error"] = exc
-
-    caller = threading.Thread(target=in_flight)
-    caller.start()
+    call = InThread(d.tally, 30)
     wait_for(lambda: malacoda.get("Moving").tallies == 1, what="the call to start")
     os.kill(before["pid"], signal.SIGKILL)
     after = wait_for(running_again(ctl, "Moving", before["pid"], -1), timeout=30,
                      what="the monitor to restart Moving")
-    caller.join(30)
-    assert isinstance(result.get("error"), malacoda.ConnectionLost), result
+    call.join(30)
+    assert isinstance(call.error, malacoda.ConnectionLost), call.value
     assert after["port"] != before["port"]
     assert d.pid() == after["pid"]
     assert d.tallies == 0  # the new daemon never ran the lost call

@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from malacoda.errors import StateError
 from malacoda.runtime import Paths
 from malacoda.storage import PstFileStorage
 from tests.fault_daemons import state_is_consistent
-from tests.support import wait_for
+from tests.support import InThread, wait_for
 
 KILL_ROUNDS = 30
 FAST_SAVES = {"class_name": "PstFileStorage", "frequency": 0.005}
@@ -199,20 +198,9 @@ def test_stopped_daemon_times_out_then_recovers(start_daemon):
             d.echo(2, timeout=0.5)
         with pytest.raises(malacoda.CallTimeout):
             d._request("ping", None, None, 0.5)
-        result = {}
-
-        def forever():
-            try:
-                result["value"] = d.echo(3)
-            except Exception as exc:  # reported below
-                result["error"] = exc
-
-        waiter = threading.Thread(target=forever)
-        waiter.start()
-        waiter.join(30)
-        assert not waiter.is_alive()
-        assert isinstance(result.get("error"), malacoda.ConnectionLost), result
-        assert "did not answer a ping" in str(result["error"])
+        forever = InThread(d.echo, 3).join(30)  # no timeout: the heartbeat must end it
+        assert isinstance(forever.error, malacoda.ConnectionLost), forever.value
+        assert "did not answer a ping" in str(forever.error)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     assert d.echo(4, timeout=10) == 4

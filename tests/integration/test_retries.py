@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 import zmq
@@ -12,7 +11,7 @@ import malacoda
 from malacoda import protocol as p
 from malacoda.runtime import Registry
 from tests.relay import Relay
-from tests.support import wait_for
+from tests.support import InThread, wait_for
 
 
 class RawClient:
@@ -134,20 +133,11 @@ def test_proxy_resends_with_the_same_id_after_a_dropped_connection(start_daemon)
     try:
         d = malacoda.get(f"HostileDaemon:{relay.port}")
         watcher = malacoda.get("HostileDaemon")
-        result = {}
-
-        def call():
-            try:
-                result["value"] = d.tally(1.5)
-            except Exception as exc:  # reported below
-                result["error"] = exc
-
-        caller = threading.Thread(target=call)
-        caller.start()
+        call = InThread(d.tally, 1.5)
         wait_for(lambda: watcher.tallies == 1, what="the call to start")
         relay.cut()
-        caller.join(20)
-        assert result == {"value": 1}
+        call.join(20)
+        assert (call.value, call.error) == (1, None)
         assert watcher.tallies == 1
         assert relay.connections >= 2  # it did reconnect
         assert d.tally() == 2  # and the proxy stays usable
@@ -160,21 +150,12 @@ def test_call_in_flight_when_the_daemon_restarts_is_not_rerun(start_daemon):
     instead of running it again, and the next call goes to the new daemon."""
     proc = start_daemon("HostileDaemon")
     d = malacoda.get("HostileDaemon")
-    result = {}
-
-    def call():
-        try:
-            result["value"] = d.tally(30)
-        except Exception as exc:  # reported below
-            result["error"] = exc
-
-    caller = threading.Thread(target=call)
-    caller.start()
+    call = InThread(d.tally, 30)
     wait_for(lambda: malacoda.get("HostileDaemon").tallies == 1, what="the call to start")
     proc.kill()
     proc.wait()
     start_daemon("HostileDaemon")  # another incarnation, on another port
-    caller.join(30)
-    assert isinstance(result.get("error"), malacoda.ConnectionLost), result
+    call.join(30)
+    assert isinstance(call.error, malacoda.ConnectionLost), call.value
     assert d.tallies == 0  # the new daemon never ran it
     assert d.tally() == 1
