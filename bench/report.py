@@ -60,9 +60,16 @@ def targets(data: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
     """(target, measured, required, met) for the issue's targets."""
     rows: List[Tuple[str, str, str, Optional[bool]]] = []
     res = data["results"].get("malacoda", [])
-    r = ratio(data, "malacoda", "p50")
-    rows.append(("small call p50, Malacoda / raw REQ/REP", _fmt_ratio(r), "≤ 1.10×",
-                 None if r is None else r <= 1.10))
+    # Met only if met in every CPU placement measured: on 2 CPUs the default placement is a
+    # lottery (~40 or ~75 µs for the same round trip), and either system can draw the short lot.
+    placed = {key: ratio(data, "malacoda", key) for key in ("p50", "p50_same", "p50_split")}
+    known = [r for r in placed.values() if r is not None]
+    shown = _fmt_ratio(placed["p50"])
+    if placed["p50_same"] is not None or placed["p50_split"] is not None:
+        shown += (f" (one CPU {_fmt_ratio(placed['p50_same'])}, "
+                  f"two CPUs {_fmt_ratio(placed['p50_split'])})")
+    rows.append(("small call p50, Malacoda / raw REQ/REP", shown, "≤ 1.10× in each placement",
+                 None if not known else all(r <= 1.10 for r in known)))
     m16, f16 = median(res, "tput16"), median(data["results"].get(FLOOR, []), "tput16")
     share = None if not m16 or not f16 else m16 / f16
     rows.append(("16-client throughput, Malacoda / raw", _fmt_ratio(share), "≥ 0.85×",
@@ -227,3 +234,13 @@ def chart(data: Dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+if __name__ == "__main__":  # re-render a run: python -m bench.report docs/benchmarks.json
+    import json
+    import sys
+
+    source = Path(sys.argv[1])
+    run = json.loads(source.read_text())
+    write(source.with_suffix(".md"), markdown(run))
+    chart(run, source.with_suffix(".png"))
