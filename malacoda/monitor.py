@@ -36,7 +36,15 @@ import psutil
 
 from .errors import MalacodaError
 from .logfile import LogFile
-from .runtime import NameLock, Paths, Registry, atomic_write, private_dir, process_start_time
+from .runtime import (
+    NameLock,
+    Paths,
+    Registry,
+    atomic_write,
+    private_dir,
+    process_start_time,
+    untrusted,
+)
 from .units import Unit, load_file
 
 log = logging.getLogger(__name__)
@@ -67,8 +75,9 @@ class Record:
         started = process_start_time(self.monitor_pid)
         if started is None or abs(started - self.monitor_start) > 0.05:
             return False
-        try:  # never signal a process that is not a monitor, whatever a record says
-            return "malacoda.monitor" in psutil.Process(self.monitor_pid).cmdline()
+        try:  # never signal a process that is not our monitor, whatever a record says
+            proc = psutil.Process(self.monitor_pid)
+            return proc.uids().real == os.geteuid() and "malacoda.monitor" in proc.cmdline()
         except psutil.Error:
             return False
 
@@ -78,9 +87,15 @@ def record_path(paths: Paths, name: str) -> Path:
 
 
 def read_record(paths: Paths, name: str) -> Optional[Record]:
-    """The unit's status record, or None (absent or unreadable)."""
+    """The unit's status record, or None (absent, unreadable, or not trustworthy: another user's
+    file, or one others could write, is ignored — it names pids that ``stop`` signals)."""
+    path = record_path(paths, name)
     try:
-        raw = json.loads(record_path(paths, name).read_bytes())
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+            if untrusted(os.fstat(f.fileno())):
+                log.warning("ignoring %s: not ours or writable by others", path)
+                return None
+            raw = json.loads(f.read(1 << 20))
         known = set(Record.__dataclass_fields__)
         return Record(**{k: v for k, v in raw.items() if k in known})
     except (OSError, ValueError, TypeError):

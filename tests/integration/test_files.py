@@ -11,6 +11,7 @@ import os
 import pickle
 import stat
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,51 @@ def test_registry_json_is_data_only(home):
     entry, state = registry.read("Extra")
     assert state == "running" and not hasattr(entry, "__reduce__x")
     assert type(entry).__name__ == "Entry"
+
+
+def fake_monitor(home: Path, **popen) -> subprocess.Popen:
+    """A process whose command line says ``malacoda.monitor`` (what a record is checked for)."""
+    return subprocess.Popen(["/bin/sh", "-c", "sleep 60; :", "malacoda.monitor"], **popen)
+
+
+@pytest.mark.parametrize("forgery", ["another owner", "world writable", "another uid's process"])
+def test_forged_status_record_never_gets_a_process_signalled(home, forgery):
+    """A status record names the monitor pid that ``stop`` signals: one another user could have
+    written, or naming another user's process, is ignored."""
+    from malacoda import supervise
+    from malacoda.monitor import Record, record_path, write_record
+
+    paths = Paths.default()
+    victim = fake_monitor(home, user=NOBODY if forgery == "another uid's process" else None)
+    try:
+        wait_for(lambda: process_start_time(victim.pid), what="the victim to start")
+        record = Record(name="Forged", state="running", monitor_pid=victim.pid,
+                        monitor_start=process_start_time(victim.pid))
+        write_record(paths, record)
+        path = record_path(paths, "Forged")
+        if forgery == "another owner":
+            os.chown(path, NOBODY, NOBODY)
+        elif forgery == "world writable":
+            os.chmod(path, 0o666)
+        assert supervise.status("Forged").state in ("stopped", "stale")
+        assert supervise.stop("Forged", stop_timeout=1) == "not running"
+        assert victim.poll() is None, "a forged record got a process signalled"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_faithful_status_record_is_used(home):
+    """The control for the test above: our own record naming our own monitor is trusted."""
+    from malacoda.monitor import Record, read_record, write_record
+
+    paths = Paths.default()
+    victim = fake_monitor(home)
+    try:
+        wait_for(lambda: process_start_time(victim.pid), what="the process to start")
+        write_record(paths, Record(name="Mine", state="running", monitor_pid=victim.pid,
+                                   monitor_start=process_start_time(victim.pid)))
+        assert read_record(paths, "Mine").monitor_alive()
+    finally:
+        victim.kill()
+        victim.wait()
