@@ -68,6 +68,7 @@ class RunOptions:
     max_message: Optional[int] = None
     pst_config: Optional[Dict[str, Any]] = None
     insecure: Optional[bool] = None
+    curve: Optional[bool] = None
     configure_socket: Optional[Callable[[zmq.Socket], object]] = None
     on_ready: List[Callable[[Entry], None]] = field(default_factory=list)
     stop_grace: float = 5.0
@@ -88,8 +89,10 @@ class Malacoda:
     (requests waiting for a worker before callers get "busy"; default 64), ``max_message``
     (bytes: a larger request is refused before it is read and its connection dropped; default
     64 MiB), ``insecure`` (serve a non-loopback ``bind_address`` without CURVE — see
-    :mod:`malacoda.security`; default False: such a daemon serves CURVE or refuses to start).
-    Any other keyword goes to ``daemon.DaemonContext`` when ``daemonize`` is true.
+    :mod:`malacoda.security`; default False: such a daemon serves CURVE or refuses to start),
+    ``curve`` (serve CURVE on a loopback address too, for a host shared with other users, who
+    can all connect to loopback ports; default False). Any other keyword goes to
+    ``daemon.DaemonContext`` when ``daemonize`` is true.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class Malacoda:
         queue: int = 64,
         max_message: int = MAX_MESSAGE,
         insecure: bool = False,
+        curve: bool = False,
         **daemon_kwargs: Any,
     ) -> None:
         if name is self:  # the original README's ``super().__init__(self)``
@@ -115,11 +119,13 @@ class Malacoda:
         queue = opts.queue if opts.queue is not None else queue
         max_message = opts.max_message or max_message
         insecure = opts.insecure if opts.insecure is not None else insecure
+        require_curve = opts.curve if opts.curve is not None else curve
         if opts.pst_config is not None:
             pst_config = {**(pst_config or {}), **opts.pst_config}
         paths = Paths.default()
         private_dir(paths.run)
-        curve = server_curve(bind_address, insecure, name, paths)  # before detaching: errors show
+        # before detaching, so that its errors show:
+        serve_curve = server_curve(bind_address, insecure, name, paths, require_curve)
 
         self.name = name
         self.running = True
@@ -135,7 +141,7 @@ class Malacoda:
         elif daemon_kwargs:
             raise ConfigError(f"unknown keyword arguments {sorted(daemon_kwargs)} (they are "
                               "daemon.DaemonContext options, used only with daemonize=True)")
-        self._malacoda_serve(bind_address, port or 0, workers, queue, max_message, curve, opts)
+        self._malacoda_serve(bind_address, port or 0, workers, queue, max_message, serve_curve, opts)
 
     # ------------------------------------------------------------------ public API
 

@@ -252,20 +252,28 @@ class ServerCurve:
 
 
 def server_curve(address: str, insecure: bool, name: str,
-                 paths: Optional[Paths] = None) -> Optional[ServerCurve]:
+                 paths: Optional[Paths] = None, require: bool = False) -> Optional[ServerCurve]:
     """The CURVE setup a daemon bound to ``address`` needs, or None (loopback or insecure).
 
-    Raises :class:`ConfigError` for a non-loopback address when this host has no server key
-    and ``insecure`` is false.
+    ``require`` asks for CURVE on a loopback address too (a shared host, where every local user
+    can connect to a loopback port). Raises :class:`ConfigError` when CURVE is needed and this
+    host has no server key, unless ``insecure`` (non-loopback only).
     """
-    if is_loopback(address):
+    if is_loopback(address) and not require:
         return None
+    if require:
+        insecure = False
     if insecure:
         log.warning("%s: serving on %s WITHOUT CURVE (insecure = true): anyone who can reach "
                     "this port can call every public method", name, address)
         return None
     keys = Keys(paths)
     pair = keys.pair("server")
+    if pair is None and require:
+        raise ConfigError(
+            f"{name}: curve = true requires CURVE keys, and this host has no server key in "
+            f"{keys.folder}: run 'malacodactl keys init' and 'malacodactl keys authorize "
+            "<client key>'")
     if pair is None:
         raise ConfigError(
             f"{name}: binding {address} (not a loopback address) requires CURVE, and this host "

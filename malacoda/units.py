@@ -42,6 +42,7 @@ SCHEMA: Dict[str, Tuple[Tuple[type, ...], Any, str]] = {
     "queue": ((int,), None, "requests that may wait for a worker (the class's default: 64)"),
     "max_message": ((int,), None, "bytes: a larger request is refused (the class's default: 64 MiB)"),
     "insecure": ((bool,), None, "serve a non-loopback 'bind' without CURVE (the class's: false)"),
+    "curve": ((bool,), None, "serve CURVE on loopback too, for a shared host (the class's: false)"),
     "pst": ((dict,), None, "pst_config over the class's own (class_name, frequency, file_path…)"),
     "restart": ((str,), "on-failure", "restart policy: 'on-failure', 'always' or 'no'"),
     "backoff": ((int, float), 1.0, "seconds before the first restart; doubled at each failure"),
@@ -74,6 +75,7 @@ class Unit:
     queue: Optional[int] = None
     max_message: Optional[int] = None
     insecure: Optional[bool] = None
+    curve: Optional[bool] = None
     pst: Optional[Dict[str, Any]] = None
     restart: str = "on-failure"
     backoff: float = 1.0
@@ -219,7 +221,7 @@ def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
         path=[(base / p).resolve() for p in merged["path"]],
         args=dict(merged["args"]), bind=merged["bind"], port=merged["port"],
         workers=merged["workers"], queue=merged["queue"], max_message=merged["max_message"],
-        insecure=merged["insecure"], pst=merged["pst"],
+        insecure=merged["insecure"], curve=merged["curve"], pst=merged["pst"],
         restart=merged["restart"], backoff=float(merged["backoff"]),
         backoff_max=float(merged["backoff_max"]), backoff_reset=float(merged["backoff_reset"]),
         start_limit=merged["start_limit"], start_timeout=float(merged["start_timeout"]),

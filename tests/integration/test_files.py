@@ -251,3 +251,32 @@ def test_faithful_status_record_is_used(home):
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_curve_on_loopback_for_a_shared_host(start_daemon):
+    """Every local user can connect to a loopback port; ``curve=True`` closes that: only
+    authorized client keys get in, and this user's proxy finds the key in the registry."""
+    from malacoda.channel import Channel
+    from malacoda.protocol import request_frames
+
+    keys = Keys(Paths.default())
+    pairs = keys.init()
+    keys.authorize(pairs["client"].public.decode())
+    start_daemon(curve=True)
+    entry = Registry().lookup("TestDaemon")
+    assert entry.address == "127.0.0.1" and entry.server_key == pairs["server"].public.decode()
+    assert malacoda.get("TestDaemon", timeout=10).echo("mine") == "mine"
+    stranger = Channel(f"tcp://127.0.0.1:{entry.port}")  # another local user: no key
+    try:
+        rid = b"s" * 16
+        with pytest.raises(malacoda.ConnectionLost):
+            stranger.request(request_frames(rid, "ping", None, None, None), rid, 10)
+    finally:
+        stranger.close()
+
+
+def test_curve_on_loopback_without_keys_is_refused(start_daemon):
+    proc = start_daemon(curve=True, wait=False)
+    assert proc.wait(20) != 0
+    out = proc.output()
+    assert "curve = true requires CURVE keys" in out and "malacodactl keys init" in out, out
