@@ -461,10 +461,22 @@ def logs(c: Context, name: str, lines: int, follow: bool, host: Optional[str]) -
         click.echo(line)
     if follow:
         try:
-            for line in logfile.follow(path):
+            for line in logfile.follow(path, stop=_reader_gone):
                 click.echo(line)
         except KeyboardInterrupt:
             pass
+
+
+def _reader_gone() -> bool:
+    """True when nobody reads our stdout any more (``logs -f`` run over SSH whose client left)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLERR | select.POLLHUP)
+        return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # ---------------------------------------------------------------------- systemd, checks, paths

@@ -72,6 +72,19 @@ def test_logs_follow_over_ssh(remote_ctl: Ctl) -> None:
         pass  # it followed: a marker said through the daemon came back over SSH
     assert follower.proc.returncode == 0
 
+    def remote_followers() -> list:  # `logs -f` that sshd started for us on "web1"
+        return [p for p in ctl.processes() if "logs" in _cmdline(p) and "-f" in _cmdline(p)]
+
+    wait_for(lambda: not remote_followers(), timeout=15,
+             what="the remote 'logs -f' to end with its SSH session")
+
+
+def _cmdline(proc) -> list:
+    try:
+        return proc.cmdline()
+    except Exception:
+        return []
+
 
 def test_errors_name_the_host_in_one_line(remote_ctl: Ctl) -> None:
     ctl = remote_ctl
