@@ -30,14 +30,20 @@ def test_call_get_set_stop_over_ssh(start_daemon, web1):
     d.pst_counter = 7
     assert d.bump() == 8
     assert d.pid() == proc.pid
-    # reached through a local tunnel, not the daemon's own port
+    # reached through a tunnel whose local end only this user can open
     port = Registry().lookup("TestDaemon").port
-    assert "tcp://127.0.0.1:" in repr(d) and f":{port}>" not in repr(d)
-    assert malacoda.get(f"TestDaemon:web1:{port}").echo(1) == 1  # NAME:HOST:PORT
+    endpoint = d._target.endpoint
+    assert endpoint.startswith("ipc://") and str(port) not in endpoint
+    folder = Path(endpoint[len("ipc://"):]).parent
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.geteuid()
+    with malacoda.get(f"TestDaemon:web1:{port}") as by_port:  # NAME:HOST:PORT
+        assert by_port.echo(1) == 1
+        assert by_port._target.endpoint == endpoint  # one tunnel per remote port, shared
     malacoda.stop("TestDaemon:web1")
     assert proc.wait(10) == 0
     with pytest.raises(malacoda.LookupFailed, match="'TestDaemon' is running on web1"):
         d.echo("gone")
+    assert not folder.exists()  # the tunnel was closed with its last user
 
 
 def test_no_such_daemon_there(web1):
