@@ -120,7 +120,9 @@ class _Tunnels:
     """Shared tunnels, one per (SSH connection, remote address, port), counted by user."""
 
     def __init__(self) -> None:
-        self._mu = threading.Lock()
+        # Re-entrant: a proxy collected by the GC while this thread holds the lock releases
+        # its tunnel from inside (Proxy.__del__).
+        self._mu = threading.RLock()
         self._tunnels: Dict[Tuple[int, str, int], Tuple[Tunnel, int]] = {}
 
     def acquire(self, conn: Connection, address: str, port: int) -> Tuple[Tunnel, Any]:
@@ -150,9 +152,8 @@ class _Tunnels:
 
     def close_all(self) -> None:
         with self._mu:
-            tunnels = [t for t, _ in self._tunnels.values()]
-            self._tunnels.clear()
-        for tunnel in tunnels:
+            tunnels, self._tunnels = self._tunnels, {}
+        for tunnel, _ in tunnels.values():
             tunnel.close()
 
 
