@@ -14,6 +14,7 @@ import zmq
 from malacoda.runtime import Paths
 from malacoda.security import Keys
 from tests.integration.test_cli import Ctl, Follower, one_line_error
+from tests.support import wait_for
 
 
 def _ctl(home: Path, tmp_path: Path) -> Iterator[Ctl]:
