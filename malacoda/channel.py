@@ -284,14 +284,11 @@ class Channel:
             for source, _ in events:
                 if source is sock:
                     try:
-                        frames = recv_frames(sock, zmq.NOBLOCK)
+                        reply = self._read_reply(zmq.NOBLOCK)
                     except zmq.Again:
                         continue
-                    quiet_since, pinged = time.monotonic(), False
-                    self._last_heard = quiet_since
-                    try:
-                        reply = p.parse_reply(frames)
-                    except ProtocolError:
+                    quiet_since, pinged = self._last_heard, False
+                    if reply is None:
                         continue
                     if reply.rid == rid:
                         return reply
@@ -322,22 +319,28 @@ class Channel:
         started = time.monotonic()
         if deadline is not None and deadline - started < DIRECT_WAIT:
             return None
-        sock = self._sock
         while not self._pending:
             try:
-                frames = recv_frames(sock)  # RCVTIMEO is DIRECT_WAIT
+                reply = self._read_reply()  # RCVTIMEO is DIRECT_WAIT
             except zmq.Again:
                 return None
-            self._last_heard = time.monotonic()
-            try:
-                reply = p.parse_reply(frames)
-            except ProtocolError:
-                continue
-            if reply.rid == rid:
+            if reply is not None and reply.rid == rid:
                 return reply
             if self._last_heard - started > DIRECT_WAIT:
                 return None
         return None
+
+    def _read_reply(self, flags: int = 0) -> Optional[p.Reply]:
+        """One message from the daemon, as a reply (None if it is not one); notes the time.
+
+        Raises ``zmq.Again`` when none came (``NOBLOCK``, or the socket's RCVTIMEO passed).
+        """
+        frames = recv_frames(self._sock, flags)
+        self._last_heard = time.monotonic()
+        try:
+            return p.parse_reply(frames)
+        except ProtocolError:
+            return None
 
     def _ping(self) -> None:
         self._ping_seq += 1

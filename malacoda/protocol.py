@@ -222,30 +222,19 @@ class Encoder:
             return self._buffer(value) if len(value) >= self._threshold else value
         if not depth:
             return value
-        if (t is list or t is tuple) and len(value) <= 64:
-            copy = None
-            for i, v in enumerate(value):
-                tv = type(v)
-                if tv is bytes or tv is list or tv is tuple or tv is dict:
-                    lifted = self._lift(v, depth - 1)
-                    if lifted is not v:
-                        if copy is None:
-                            copy = list(value)
-                        copy[i] = lifted
-            if copy is None:
-                return value
-            return copy if t is list else tuple(copy)
-        if t is dict and len(value) <= 64:
+        if (t is list or t is tuple or t is dict) and len(value) <= 64:
             changed = None
-            for k, v in value.items():
+            for k, v in (value.items() if t is dict else enumerate(value)):
                 tv = type(v)
                 if tv is bytes or tv is list or tv is tuple or tv is dict:
                     lifted = self._lift(v, depth - 1)
                     if lifted is not v:
                         if changed is None:
-                            changed = dict(value)
+                            changed = dict(value) if t is dict else list(value)
                         changed[k] = lifted
-            return value if changed is None else changed
+            if changed is None:
+                return value
+            return tuple(changed) if t is tuple else changed
         return value
 
     def _ext(self, code: int, value: Any) -> msgpack.ExtType:
