@@ -451,6 +451,8 @@ def logs(c: Context, name: str, lines: int, follow: bool, host: Optional[str]) -
     Exit 0, 3 when NAME has no log on this host (or HOST). With -f, until interrupted (exit 0).
     """
     local, remote = cli_hosts.split_names((name,), (host,) if host else ())
+    if len(remote) > 1:
+        raise ConfigError(f"{name!r} names a host already: drop --host {host}, or name NAME only")
     for where, [there] in remote.items():
         sys.exit(cli_hosts.logs_there(where, there, lines, follow))
     name = local[0]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import fields
 from typing import Dict, List, Optional, Tuple
 
 import click
@@ -19,6 +18,7 @@ import click
 from . import supervise
 from .errors import ConfigError
 from .resolve import parse
+from .runtime import known_fields
 from .security import Keys
 
 
@@ -76,8 +76,7 @@ def remote_statuses(host: str, names: List[str],
         rows = None
     if not isinstance(rows, list):
         return [], status if status else 4
-    known = {f.name for f in fields(supervise.UnitStatus)}
-    return [supervise.UnitStatus(**{k: v for k, v in row.items() if k in known}) for row in rows
+    return [supervise.UnitStatus(**known_fields(supervise.UnitStatus, row)) for row in rows
             if isinstance(row, dict)], status
 
 

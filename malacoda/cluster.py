@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ClusterError, ConfigError
-from .runtime import Entry, Paths, host_name
+from .runtime import Entry, Paths, host_name, known_fields
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,7 @@ class Member:
 
     @classmethod
     def from_json(cls, data: bytes) -> Member:
-        raw = json.loads(data)
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        return cls(**known_fields(cls, json.loads(data)))
 
     @classmethod
     def from_entry(cls, entry: Entry, host: str) -> Member:

@@ -65,8 +65,8 @@ class ClusterView:
                 self._known = known
                 self.lists += 1
                 self.synced.set()
-                backoff = 0.1
-                self._follow(revision + 1)
+                if self._follow(revision + 1):
+                    backoff = 0.1  # the watch worked: the next failure retries quickly
             except ClusterError as exc:
                 log.debug("cluster watch: %s", exc)
             except Exception as exc:  # the stream broke: requests' and json's errors alike
@@ -77,8 +77,12 @@ class ClusterView:
             self._stop.wait(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def _follow(self, revision: int) -> None:
-        """Apply the watch's events until its stream ends."""
+    def _follow(self, revision: int) -> bool:
+        """Apply the watch's events until its stream ends; True if it delivered any.
+
+        A watch that etcd refuses at once (no ``/watch``, auth) is no reason to re-list
+        quickly: the caller keeps backing off until a watch has worked.
+        """
         client = self._etcd.current_client()
         request = {"create_request": {"key": _b64(PREFIX), "range_end": _b64(_prefix_end(PREFIX)),
                                       "start_revision": revision}}
@@ -87,14 +91,19 @@ class ClusterView:
         self._response = response
         try:
             if self._stop.is_set() or response.status_code != 200:
-                return
+                return False
+            delivered = False
             pending = b""
             for chunk in response.iter_content(chunk_size=None):
                 pending += chunk
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
-                    if line.strip() and not self._apply(json.loads(line)):
-                        return
+                    if not line.strip():
+                        continue
+                    delivered = True
+                    if not self._apply(json.loads(line)):
+                        return True
+            return delivered
         finally:
             self._response = None
             response.close()

@@ -41,6 +41,7 @@ from .runtime import (
     Paths,
     Registry,
     atomic_write,
+    known_fields,
     private_dir,
     process_start_time,
     untrusted,
@@ -96,8 +97,7 @@ def read_record(paths: Paths, name: str) -> Optional[Record]:
                 log.warning("ignoring %s: not ours or writable by others", path)
                 return None
             raw = json.loads(f.read(1 << 20))
-        known = set(Record.__dataclass_fields__)
-        return Record(**{k: v for k, v in raw.items() if k in known})
+        return Record(**known_fields(Record, raw))
     except (OSError, ValueError, TypeError):
         return None
 

@@ -106,7 +106,7 @@ class RemoteHost:
             raise RemoteHostError(f"{self.host}: the lookup of {name!r} failed: {detail}",
                                   self.host) from None
         raw = answer.get("entry")
-        return (Entry.from_json(json.dumps(raw).encode()) if raw else None), state
+        return (Entry.from_dict(raw) if raw else None), state
 
 
 def _missing(status: int, err: bytes) -> bool:

@@ -172,8 +172,6 @@ def connect_member(member: cluster.Member, config: cluster.ClusterConfig, **ssh_
     with CURVE when the entry carries a server key (this user's client key must be authorized
     there), else in the clear (a daemon started ``insecure``).
     """
-    if member.host == host_name():
-        return local(Spec(member.name))
     if is_loopback(member.address):
         target = _remote(Spec(member.name, member.host), **ssh_args)
     else:

@@ -12,6 +12,7 @@ start time and owner; anything else is *stale* and is never used to reach a daem
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import json
@@ -23,7 +24,7 @@ import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import psutil
 
@@ -158,6 +159,15 @@ def remove_leftovers(path: Path) -> int:
     return removed
 
 
+def known_fields(cls: type, raw: Dict[str, Any]) -> Dict[str, Any]:
+    """The items of ``raw`` that are fields of dataclass ``cls`` (a newer writer's extra keys
+    are dropped, so records written by another version still load)."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
+
+
 def process_start_time(pid: int) -> Optional[float]:
     """The start time of ``pid`` as psutil reports it, or None when it is not alive."""
     try:
@@ -189,10 +199,13 @@ class Entry:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
+    def from_dict(cls, raw: Dict[str, Any]) -> Entry:
+        """An entry from its fields; keys this version does not know are ignored."""
+        return cls(**known_fields(cls, raw))
+
+    @classmethod
     def from_json(cls, data: bytes) -> Entry:
-        raw = json.loads(data)
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        return cls.from_dict(json.loads(data))
 
     def is_alive(self) -> bool:
         """True when the pid lives, started when the entry says, and runs as its uid."""

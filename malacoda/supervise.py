@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import psutil
 
 from .errors import ProcessError
-from .monitor import PACKAGE_PARENT, Record, read_record, read_word, stop_sequence, write_record
+from .monitor import PACKAGE_PARENT, read_record, read_word, stop_sequence, write_record
 from .runtime import Paths, Registry, host_name, private_dir
 from .units import Unit
 
@@ -259,11 +259,6 @@ def _wait_gone(pid: int, started: Optional[float], timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
-
-
-def record_of(name: str, paths: Optional[Paths] = None) -> Optional[Record]:
-    """The monitor's raw record for ``name`` (None when it never ran)."""
-    return read_record(paths or Paths.default(), name)
 
 
 def to_json(results: List[UnitStatus]) -> str:

@@ -377,6 +377,7 @@ def test_logs_tail_and_follow_across_rotation(ctl: Ctl) -> None:
         assert (ctl.home / "log" / "Talk.log.3").exists()
         assert not (ctl.home / "log" / "Talk.log.4").exists()
     one_line_error(ctl("logs", "Never"), 3, "no log for 'Never'")
+    one_line_error(ctl("logs", "Talk:hostb", "--host", "hosta"), 2, "names a host already")
     ctl.ok("stop", "Talk")
 
 
