@@ -44,6 +44,7 @@ from .runtime import (
     known_fields,
     private_dir,
     process_start_time,
+    same_process,
     untrusted,
 )
 from .units import Unit, load_file
@@ -73,12 +74,10 @@ class Record:
     def monitor_alive(self) -> bool:
         if self.monitor_pid is None or self.monitor_start is None:
             return False
-        started = process_start_time(self.monitor_pid)
-        if started is None or abs(started - self.monitor_start) > 0.05:
+        if not same_process(self.monitor_pid, self.monitor_start, os.geteuid()):
             return False
         try:  # never signal a process that is not our monitor, whatever a record says
-            proc = psutil.Process(self.monitor_pid)
-            return proc.uids().real == os.geteuid() and "malacoda.monitor" in proc.cmdline()
+            return "malacoda.monitor" in psutil.Process(self.monitor_pid).cmdline()
         except psutil.Error:
             return False
 

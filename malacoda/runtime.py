@@ -179,6 +179,29 @@ def process_start_time(pid: int) -> Optional[float]:
         return None
 
 
+#: How far apart two readings of one process's start time may be: psutil derives it from
+#: boot time and clock ticks, so a recorded value and a fresh one can differ slightly.
+START_TIME_SLACK = 0.05
+
+
+def same_process(pid: int, start_time: float, uid: Optional[int] = None) -> bool:
+    """True when ``pid`` is alive (not a zombie), started at ``start_time`` (within
+    :data:`START_TIME_SLACK`) and, when ``uid`` is given, runs with that real uid.
+
+    A pid the kernel has since given to another process fails the start-time check, so a
+    recorded ``(pid, start_time)`` never leads to signalling or trusting a stranger.
+    """
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if abs(proc.create_time() - start_time) > START_TIME_SLACK:
+            return False
+        return uid is None or proc.uids().real == uid
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
 @dataclass
 class Entry:
     """One running daemon, as it registered itself."""
@@ -209,13 +232,7 @@ class Entry:
 
     def is_alive(self) -> bool:
         """True when the pid lives, started when the entry says, and runs as its uid."""
-        started = process_start_time(self.pid)
-        if started is None or abs(started - self.start_time) > 0.05:
-            return False
-        try:
-            return psutil.Process(self.pid).uids().real == self.uid
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return False
+        return same_process(self.pid, self.start_time, self.uid)
 
 
 class Registry:

@@ -35,7 +35,7 @@ import psutil
 
 from .errors import ProcessError
 from .monitor import PACKAGE_PARENT, read_record, read_word, stop_sequence, write_record
-from .runtime import Paths, Registry, host_name, private_dir
+from .runtime import Paths, Registry, host_name, private_dir, same_process
 from .units import Unit
 
 LSB = {"running": 0, "stale": 1, "starting": 3, "failed": 3, "stopped": 3, "hung": 4}
@@ -221,21 +221,22 @@ def stop(name: str, paths: Optional[Paths] = None,
     paths = paths or Paths.default()
     did = False
     record = read_record(paths, name)
-    if record is not None and record.monitor_alive() and record.monitor_pid is not None:
+    if record is not None and record.monitor_alive() and record.monitor_pid is not None \
+            and record.monitor_start is not None:
         did = True
         pid, started = record.monitor_pid, record.monitor_start
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, started, stop_timeout + 5):
+        if not _wait_gone(pid, started, os.geteuid(), stop_timeout + 5):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, started, 5)
+            _wait_gone(pid, started, os.geteuid(), 5)
     entry, registered = Registry(paths).read(name)
     if registered == "running" and entry is not None:  # a daemon without a monitor
         did = True
-        pid, started = entry.pid, entry.start_time
-        stop_sequence(name, pid, stop_timeout, lambda s: _wait_gone(pid, started, s))
-        if not _wait_gone(pid, started, 1):
+        pid, started, uid = entry.pid, entry.start_time, entry.uid
+        stop_sequence(name, pid, stop_timeout, lambda s: _wait_gone(pid, started, uid, s))
+        if not _wait_gone(pid, started, uid, 1):
             raise ProcessError(f"{name} (pid {pid}) is still alive after SIGKILL")
     clean_stale(name, paths)
     record = read_record(paths, name)
@@ -248,13 +249,11 @@ def stop(name: str, paths: Optional[Paths] = None,
     return "stopped" if did else "not running"
 
 
-def _wait_gone(pid: int, started: Optional[float], timeout: float) -> bool:
-    from .runtime import process_start_time
-
+def _wait_gone(pid: int, started: float, uid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for the process ``(pid, started, uid)`` to end; True if it has."""
     deadline = time.monotonic() + timeout
     while True:
-        now = process_start_time(pid)
-        if now is None or (started is not None and abs(now - started) > 0.05):
+        if not same_process(pid, started, uid):
             return True
         if time.monotonic() >= deadline:
             return False
