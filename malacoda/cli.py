@@ -456,7 +456,7 @@ def logs(c: Context, name: str, lines: int, follow: bool, host: Optional[str]) -
     for where, [there] in remote.items():
         sys.exit(cli_hosts.logs_there(where, there, lines, follow))
     name = local[0]
-    path = c.paths.log / f"{name}.log"
+    path = c.paths.log_file(name)
     if not path.exists():
         raise LookupFailed(f"no log for {name!r} on this host (expected {path})")
     for line in logfile.tail(path, lines):

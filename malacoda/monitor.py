@@ -345,8 +345,8 @@ def main(unit_file: str, fd: int) -> int:
         if not lock.acquire():
             tell(f"ALREADY {lock.holder() or ''}")
             return 0
-        logfile = LogFile(private_dir(paths.log) / f"{unit.name}.log", unit.log_max_bytes,
-                          unit.log_backups)
+        private_dir(paths.log)
+        logfile = LogFile(paths.log_file(unit.name), unit.log_max_bytes, unit.log_backups)
         previous = read_record(paths, unit.name)
         record = Record(name=unit.name, unit=str(unit.file), monitor_pid=os.getpid(),
                         monitor_start=process_start_time(os.getpid()),

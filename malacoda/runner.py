@@ -77,7 +77,7 @@ def _hand_over(unit_file: str, monitor: int) -> None:
     note = (f"[runner] the monitor (pid {monitor}) of {unit.name} died: the daemon (pid "
             f"{os.getpid()}) stopped and starts again under a new monitor\n")
     try:
-        fd = os.open(Paths.default().log / f"{unit.name}.log",
+        fd = os.open(Paths.default().log_file(unit.name),
                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.write(fd, note.encode())
         os.close(fd)

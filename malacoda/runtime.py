@@ -81,6 +81,10 @@ class Paths:
     def registry(self) -> Path:
         return self.run / "registry"
 
+    def log_file(self, name: str) -> Path:
+        """The log of the daemon ``name``: ``<log>/<name>.log`` (rotated ones add ``.1`` …)."""
+        return self.log / f"{check_name(name)}.log"
+
     def as_dict(self) -> Dict[str, str]:
         d = {k: str(v) for k, v in asdict(self).items()}
         d["registry"] = str(self.registry)

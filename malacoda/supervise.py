@@ -167,12 +167,12 @@ def start(unit: Unit, paths: Optional[Paths] = None) -> Tuple[str, UnitStatus]:
     if current.state == "starting":
         return "already running", _wait_started(unit, paths)
     clean_stale(unit.name, paths)
-    log_dir = private_dir(paths.log)
+    private_dir(paths.log)
     read_fd, write_fd = os.pipe()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     try:
-        log_fd = os.open(log_dir / f"{unit.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_fd = os.open(paths.log_file(unit.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(log_fd, "ab") as log_file:
             starter = subprocess.Popen(
                 [sys.executable, "-m", "malacoda.monitor", str(unit.file), str(write_fd)],

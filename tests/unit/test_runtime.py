@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from malacoda.runtime import process_start_time, same_process
+from malacoda.errors import ConfigError
+from malacoda.runtime import Paths, process_start_time, same_process
 from tests.support import wait_for
 
 
@@ -41,3 +42,10 @@ def test_same_process_of_a_pid_that_never_ran() -> None:
     max_pid = int(open("/proc/sys/kernel/pid_max").read())
     assert not same_process(max_pid + 1, 0.0)
     assert not same_process(-1, 0.0)
+
+
+def test_log_file_is_named_after_the_daemon(home) -> None:
+    paths = Paths.default()
+    assert paths.log_file("Web.1") == paths.log / "Web.1.log"
+    with pytest.raises(ConfigError, match="invalid daemon name"):
+        paths.log_file("../escape")
