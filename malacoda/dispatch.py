@@ -60,7 +60,8 @@ class Dispatcher:
         self.hidden = hidden
         self.max_items = p.MAX_REQUEST_ITEMS  # container items in one request body
         self._cls = type(target)
-        self._known_methods: Set[str] = set()  # names _is_method said yes to (a cache)
+        # Names that passed the access check and that _is_method said yes to (a cache).
+        self._known_methods: Set[str] = set()
         self.table: Dict[str, Callable[[p.Request], Outcome]] = {
             p.CALL: self.call,
             p.GET: self.get,
@@ -91,21 +92,21 @@ class Dispatcher:
         return name
 
     def call(self, request: p.Request) -> Outcome:
-        name = self._check(request.name)
-        body = p.decode(request.body, request.buffers, self.max_items)
-        if (not isinstance(body, list) or len(body) != 2 or not isinstance(body[0], list)
-                or not isinstance(body[1], dict)
-                or not all(type(k) is str for k in body[1])):
-            raise ProtocolError("a call body is [args, kwargs] with str keyword names")
+        name = request.name
         if name not in self._known_methods:
+            name = self._check(name)
             if _is_method(self._cls, name):
                 self._known_methods.add(name)  # bounded by the class: only real methods
             elif hasattr(self.target, name):
                 raise TypeError(f"{name!r} is an attribute, not a method: use get/set")
             else:
                 raise AttributeError(f"{self._cls.__name__!r} daemon has no method {name!r}")
-        method = getattr(self.target, name)
-        return p.OK, method(*body[0], **body[1])
+        body = p.decode(request.body, request.buffers, self.max_items)
+        if (type(body) is not list or len(body) != 2 or type(body[0]) is not list
+                or type(body[1]) is not dict
+                or (body[1] and not all(type(k) is str for k in body[1]))):
+            raise ProtocolError("a call body is [args, kwargs] with str keyword names")
+        return p.OK, getattr(self.target, name)(*body[0], **body[1])
 
     def get(self, request: p.Request) -> Outcome:
         name = self._check(request.name)

@@ -1,56 +1,61 @@
-"""The Malacoda wire protocol, version 1. This module is the spec; it does no I/O.
+"""The Malacoda wire protocol, version 2. This module is the spec; it does no I/O.
 
 Transport
 ---------
 ZeroMQ. The daemon binds a ROUTER socket; a client connects a DEALER socket. Every message is a
-multipart message of at least three frames, the same shape in both directions::
+multipart message of one frame or more, the same shape in both directions::
 
-    frame 0   signature  b"MLC" followed by one byte, the protocol version (1)
-    frame 1   header     a msgpack map (below)
-    frame 2   body       a value in the codec (below)
-    frame 3…  buffers    large ``bytes`` values, each its own frame, referenced from the body
+    frame 0   b"MLC" and one byte, the protocol version (2), then a msgpack array, the envelope
+    frame 1…  buffers: large ``bytes`` values, each its own frame, referenced from the body
 
-A DEALER adds no envelope: the ROUTER sees ``[routing id, signature, header, body, buffers…]``
-and replies to the same routing id.
+A DEALER adds no envelope of its own: the ROUTER sees ``[routing id, frame 0, buffers…]`` and
+replies to the same routing id. A small call is one frame each way.
 
-Request header (client → daemon)
---------------------------------
-=====  =========  ====================================================================
-key    type       meaning
-=====  =========  ====================================================================
-``i``  bin        request id, 1 to 64 bytes, unique per client; echoed in the reply
-``o``  str        operation: ``call``, ``get``, ``set``, ``describe``, ``ping``
-``n``  str        the method or attribute name (``call``, ``get``, ``set``)
-``t``  int/nil    how many milliseconds the caller will wait; nil waits for ever. A daemon
-                  that cannot *start* the request within that time drops it unanswered.
-=====  =========  ====================================================================
+Request envelope (client → daemon): ``[id, op, name, timeout, body]``
+----------------------------------------------------------------------
+=========  =========  ====================================================================
+item       type       meaning
+=========  =========  ====================================================================
+id         bin        request id, 1 to 64 bytes, unique per client; echoed in the reply
+op         str        operation: ``call``, ``get``, ``set``, ``describe``, ``ping``
+name       str/nil    the method or attribute name (``call``, ``get``, ``set``)
+timeout    int/nil    how many milliseconds the caller will wait; nil waits for ever. A daemon
+                      that cannot *start* the request within that time drops it unanswered.
+body       bin        a value in the codec (below), msgpack-encoded
+=========  =========  ====================================================================
+
+The envelope holds nothing else: no map, no extension type, no nested array.
 
 Request body: ``call``: a 2-array ``[args, kwargs]`` (an array and a map with str keys);
 ``set``: the new value; every other operation: nil.
 
 Retries: a client whose connection dropped mid-request may send the very same frames again
-(same id). A daemon remembers the replies of recent ``call``/``set`` requests (by id, operation,
-name and body; bounded, about a minute): a copy of one that ran is answered from there, a copy
-of one still running gets the reply once it is ready; neither runs it again. The daemon's
-incarnation id (``c`` below, also in the ``ping`` reply) tells a client whether it is talking to
-the daemon that received the first copy; another incarnation never saw it.
+(same id). A daemon remembers the replies of recent ``call``/``set`` requests (by their whole
+first frame — id, operation, name, timeout and body — and their buffers; bounded, about a
+minute): a copy of one that ran is answered from there, a copy of one still running gets the
+reply once it is ready; neither runs it again. The daemon's incarnation id (in every reply, and
+the ``ping`` reply) tells a client whether it is talking to the daemon that received the first
+copy; another incarnation never saw it.
 
-Reply header (daemon → client)
-------------------------------
-``i`` the request id; ``s`` a status code (int); ``c`` the daemon's incarnation id (str,
-new at every start, so a client can tell that the daemon restarted).
+Reply envelope (daemon → client): ``[id, status, incarnation, body]``
+-----------------------------------------------------------------------
+``id`` the request id (bin); ``status`` a status code (int); ``incarnation`` the daemon's
+incarnation id (str, new at every start, so a client can tell that the daemon restarted);
+``body`` (bin) a value in the codec:
 
 =====  ===============  =================================================================
-``s``  name             body
+code   name             body
 =====  ===============  =================================================================
 0      OK               the result: the return value, the attribute's value, nil for
                         ``set``, the description for ``describe``, ``"pong"`` for ``ping``
 1      ERROR            the remote code raised: an error map (below)
 2      BUSY             every worker is busy and the queue is full; nothing ran
 3      DENIED           the name is private (``_…``), dotted, reserved, or read-only
-4      BAD_REQUEST      the message could not be decoded or lacks a key; nothing ran
+4      BAD_REQUEST      the message could not be decoded or lacks an item; nothing ran
 5      UNKNOWN_OP       the operation is not one of the above
-6      BAD_VERSION      the signature's version byte is not supported (a v1 reply)
+6      BAD_VERSION      the signature's version byte is not supported; the reply is a
+                        version-2 reply, addressed to the request's id when it can be found
+                        (version 1 kept it under ``i`` in frame 1's map)
 =====  ===============  =================================================================
 
 Error map (statuses 1, 3, 4, 5, 6): ``{"type": str, "module": str, "message": str,
@@ -85,7 +90,7 @@ code  type         payload
 9     UUID         the 16 bytes
 10    complex      msgpack array ``[real, imag]`` of floats
 11    int          decimal text of an integer outside the 64-bit range
-12    buffer       msgpack uint: the index of a buffer frame (0 = frame 3) holding a
+12    buffer       msgpack uint: the index of a buffer frame (0 = frame 1) holding a
                    ``bytes`` value
 13    named        msgpack array ``[name, data]``: a type registered by name on both ends
                    (:func:`register_type`); unknown names are an error, never imported
@@ -106,6 +111,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import uuid
 from decimal import Decimal
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -114,8 +120,8 @@ import msgpack
 
 from .errors import ProtocolError
 
-VERSION = 1
-SIGNATURE = b"MLC\x01"
+VERSION = 2
+SIGNATURE = b"MLC\x02"
 
 # Operations.
 CALL, GET, SET, DESCRIBE, PING = "call", "get", "set", "describe", "ping"
@@ -367,18 +373,57 @@ class Decoder:
         raise ValueError(f"unknown extension type {code}")
 
 
-# Shared by every thread: Packer.pack runs without releasing the GIL and, for these values
-# (no ``default`` callback), without calling back into Python, so calls cannot interleave.
+# Shared by every thread: Packer.pack runs without releasing the GIL and, for these packers
+# (no ``default`` callback), without calling back into Python, so calls cannot interleave. A
+# pack that raises resets the packer's buffer.
 _plain = msgpack.Packer(use_bin_type=True)
+# Packs only msgpack's native types, exactly (a tuple or a str subclass raises TypeError): what
+# it packs decodes to the same value and type, so it can skip the Encoder.
+_strict = msgpack.Packer(use_bin_type=True, strict_types=True)
 _SCALARS = frozenset({str, float, bool, type(None)})
+_SIMPLE = frozenset({str, float, bool, type(None), int})
+_NOT_PACKED = (TypeError, OverflowError, ValueError)  # the strict packer's refusals
+_NO_BUFFERS: List[bytes] = []  # shared, never appended to: encode's callers only read it
+
+
+def _flat_and_small(items: Any) -> bool:
+    """True if ``items`` holds only scalars and ``bytes`` too small to be buffers."""
+    for v in items:
+        t = type(v)
+        if t not in _SIMPLE and (t is not bytes or len(v) >= BUFFER_THRESHOLD):
+            return False
+    return True
 
 
 def encode(value: Any, lift: int = 2) -> Tuple[bytes, List[bytes]]:
     """``value`` → ``(body, buffers)``; large ``bytes`` up to ``lift`` levels deep are buffers."""
-    if type(value) in _SCALARS:  # the most common result: no buffers, no extension types
-        return _plain.pack(value), []
+    t = type(value)
+    if t in _SCALARS:  # the most common result: no buffers, no extension types
+        return _plain.pack(value), _NO_BUFFERS
+    if ((t is int or (t is bytes and len(value) < BUFFER_THRESHOLD))
+            or (t is list and len(value) <= 16 and _flat_and_small(value))):
+        try:
+            return _strict.pack(value), _NO_BUFFERS
+        except _NOT_PACKED:
+            pass  # a big int: the Encoder has an extension type for it
     enc = Encoder()
     return enc.pack(value, lift), enc.buffers
+
+
+def encode_call(args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple[bytes, List[bytes]]:
+    """The body of a ``call``, ``[args, kwargs]``, as :func:`encode` makes it, only quicker
+    for the common call whose arguments are all scalars or small ``bytes``."""
+    if (len(args) <= 16 and len(kwargs) <= 16 and _flat_and_small(args)
+            and _flat_and_small(kwargs.values())):
+        try:
+            return _strict.pack([list(args), kwargs]), _NO_BUFFERS
+        except _NOT_PACKED:
+            pass  # a str subclass as a keyword name, a big int…: the full encoder decides
+    return encode([list(args), kwargs], lift=3)
+
+
+def _ext_entry(code: int, data: bytes) -> Any:
+    return Decoder()._ext_hook(code, data)
 
 
 def decode(body: bytes, buffers: Sequence[bytes] = (), max_items: Optional[int] = None) -> Any:
@@ -388,6 +433,10 @@ def decode(body: bytes, buffers: Sequence[bytes] = (), max_items: Optional[int] 
     ``MAX_REQUEST_ITEMS``); None leaves only the per-container limit.
     """
     try:
+        if not buffers and len(body) < _COUNT_FROM:
+            # Small: msgpack's own limits (each length at most the body's) are the codec's,
+            # and too few bytes to amplify; extension types get a decoder of their own.
+            return msgpack.unpackb(body, ext_hook=_ext_entry, raw=False, strict_map_key=False)
         return Decoder(buffers, max_items=max_items).unpack(body)
     except ProtocolError:
         raise
@@ -399,47 +448,83 @@ def decode(body: bytes, buffers: Sequence[bytes] = (), max_items: Optional[int] 
 # ---------------------------------------------------------------------------------------------
 # Messages
 
+_SMALL_HEAD = 4096  # a first frame up to this size is decoded without counting its arrays
+
+
+def _single_array(container: Any, _seen: List[int]) -> Any:
+    _seen.append(1)
+    if len(_seen) > 1:
+        raise ValueError("the envelope holds nothing but scalars and bins")
+    return container
+
+
+def _envelope(head: bytes, what: str) -> List[Any]:
+    """The msgpack array after the signature of a message's first frame."""
+    if head[:4] != SIGNATURE:
+        if head[:3] == SIGNATURE[:3] and len(head) >= 4:
+            raise ProtocolError(f"unsupported protocol version {head[3]}: this end speaks "
+                                f"version {VERSION}")
+        raise ProtocolError(f"frame 0 does not start with the signature {SIGNATURE!r}")
+    try:
+        if len(head) <= _SMALL_HEAD:
+            env = msgpack.unpackb(head[4:], raw=False, max_map_len=0, max_ext_len=0,
+                                  max_array_len=5)
+        else:  # a large body: one array only, so the size cannot amplify into objects
+            env = msgpack.unpackb(memoryview(head)[4:], raw=False, max_map_len=0,
+                                  max_ext_len=0, max_array_len=5,
+                                  list_hook=functools.partial(_single_array, _seen=[]))
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise ProtocolError(f"undecodable {what} envelope: {exc}") from None
+    if type(env) is not list:
+        raise ProtocolError(f"the {what} envelope is not an array")
+    return env
+
 
 def request_frames(
-    rid: bytes, op: str, name: Optional[str], body: Any, timeout_ms: Optional[int]
+    rid: bytes, op: str, name: Optional[str], body: Any, timeout_ms: Optional[int],
+    encoded: Optional[Tuple[bytes, List[bytes]]] = None,
 ) -> List[bytes]:
-    """The frames of one request (without the ROUTER's routing id)."""
-    header: Dict[str, Any] = {"i": rid, "o": op, "t": timeout_ms}
-    if name is not None:
-        header["n"] = name
-    payload, buffers = encode(body, lift=3)
-    return [SIGNATURE, _plain.pack(header), payload, *buffers]
+    """The frames of one request (without the ROUTER's routing id); ``encoded`` is the body
+    already encoded (:func:`encode_call`)."""
+    payload, buffers = encode(body, lift=3) if encoded is None else encoded
+    head = SIGNATURE + _plain.pack([rid, op, name, timeout_ms, payload])
+    return [head, *buffers] if buffers else [head]
 
 
-@dataclasses.dataclass
 class Request:
-    """A decoded request header; the body stays encoded until a worker needs it."""
+    """A decoded request envelope; the body stays encoded until a worker needs it."""
 
-    rid: bytes
-    op: str
-    name: Optional[str]
-    timeout_ms: Optional[int]
-    body: bytes
-    buffers: List[bytes]
-    cache_key: Optional[bytes] = None  # the daemon's reply-cache key, computed once
+    __slots__ = ("rid", "op", "name", "timeout_ms", "body", "buffers", "head", "cache_key")
+
+    def __init__(self, rid: bytes, op: str, name: Optional[str], timeout_ms: Optional[int],
+                 body: bytes, buffers: List[bytes], head: bytes = b"") -> None:
+        self.rid = rid
+        self.op = op
+        self.name = name
+        self.timeout_ms = timeout_ms
+        self.body = body
+        self.buffers = buffers
+        self.head = head  # the first frame as received: id, operation, name, timeout and body
+        self.cache_key: Optional[bytes] = None  # the daemon's reply-cache key, computed once
+
+    @property
+    def size(self) -> int:
+        """The bytes this request holds."""
+        size = len(self.head) or len(self.body)
+        for b in self.buffers:
+            size += len(b)
+        return size
 
 
 def parse_request(frames: Sequence[bytes]) -> Request:
     """Decode a request's frames (routing id removed). Raises :class:`ProtocolError`."""
-    if len(frames) < 3:
-        raise ProtocolError(f"a request has at least 3 frames, got {len(frames)}")
-    if frames[0] != SIGNATURE:
-        if frames[0][:3] == SIGNATURE[:3]:
-            raise ProtocolError(f"unsupported protocol version {frames[0][3:]!r}")
-        raise ProtocolError("frame 0 is not the b'MLC\\x01' signature")
-    try:
-        header = msgpack.unpackb(frames[1], raw=False, max_str_len=4096, max_bin_len=4096,
-                                 max_array_len=16, max_map_len=16, max_ext_len=0)
-    except Exception as exc:  # msgpack raises several types for garbage
-        raise ProtocolError(f"undecodable header: {exc}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("the header is not a map")
-    rid, op, name, timeout = header.get("i"), header.get("o"), header.get("n"), header.get("t")
+    if not frames:
+        raise ProtocolError("a request has at least 1 frame")
+    head = frames[0]
+    env = _envelope(head, "request")
+    if len(env) != 5:
+        raise ProtocolError(f"a request envelope has 5 items, got {len(env)}")
+    rid, op, name, timeout, body = env
     if type(rid) is not bytes or not 0 < len(rid) <= MAX_ID:
         raise ProtocolError(f"the request id must be 1 to {MAX_ID} bytes")
     if type(op) is not str:
@@ -448,15 +533,25 @@ def parse_request(frames: Sequence[bytes]) -> Request:
         raise ProtocolError("the name must be a str")
     if timeout is not None and (type(timeout) is not int or timeout < 0):
         raise ProtocolError("the timeout must be a non-negative int of milliseconds or nil")
-    return Request(rid, op, name, timeout, frames[2], list(frames[3:]))
+    if type(body) is not bytes:
+        raise ProtocolError("the body must be a bin")
+    return Request(rid, op, name, timeout, body, list(frames[1:]) if len(frames) > 1
+                   else _NO_BUFFERS, head)
 
 
 def peek_request_id(frames: Sequence[bytes]) -> bytes:
     """Best effort: the request id of a malformed request, to address an error reply."""
     try:
-        header = msgpack.unpackb(frames[1], raw=False, max_str_len=4096, max_bin_len=4096,
-                                 max_array_len=16, max_map_len=16, max_ext_len=0)
-        rid = header.get("i") if isinstance(header, dict) else None
+        if frames[0][:4] == SIGNATURE or len(frames) < 2:
+            unpacker = msgpack.Unpacker(max_buffer_size=len(frames[0]))
+            unpacker.feed(frames[0][4:])
+            if unpacker.read_array_header() < 1:
+                return b""
+            rid = unpacker.unpack()
+        else:  # another version's layout: version 1 kept its id in frame 1's map
+            header = msgpack.unpackb(frames[1], raw=False, max_str_len=4096, max_bin_len=4096,
+                                     max_array_len=16, max_map_len=16, max_ext_len=0)
+            rid = header.get("i") if isinstance(header, dict) else None
         if type(rid) is bytes and 0 < len(rid) <= MAX_ID:
             return rid
     except Exception:
@@ -467,17 +562,22 @@ def peek_request_id(frames: Sequence[bytes]) -> bytes:
 def reply_frames(rid: bytes, status: int, incarnation: str, body: Any) -> List[bytes]:
     """The frames of one reply (without the routing id). Raises TypeError if unencodable."""
     payload, buffers = encode(body)
-    header = _plain.pack({"i": rid, "s": status, "c": incarnation})
-    return [SIGNATURE, header, payload, *buffers]
+    head = SIGNATURE + _plain.pack([rid, status, incarnation, payload])
+    return [head, *buffers] if buffers else [head]
 
 
-@dataclasses.dataclass
 class Reply:
-    rid: bytes
-    status: int
-    incarnation: str
-    body: bytes
-    buffers: List[bytes]
+    """A decoded reply envelope; :meth:`value` decodes the body."""
+
+    __slots__ = ("rid", "status", "incarnation", "body", "buffers")
+
+    def __init__(self, rid: bytes, status: int, incarnation: str, body: bytes,
+                 buffers: Sequence[bytes]) -> None:
+        self.rid = rid
+        self.status = status
+        self.incarnation = incarnation
+        self.body = body
+        self.buffers = buffers
 
     def value(self) -> Any:
         return decode(self.body, self.buffers)
@@ -485,13 +585,13 @@ class Reply:
 
 def parse_reply(frames: Sequence[bytes]) -> Reply:
     """Decode a reply's frames. Raises :class:`ProtocolError`."""
-    if len(frames) < 3 or frames[0] != SIGNATURE:
-        raise ProtocolError("not a Malacoda v1 reply")
-    try:
-        header = msgpack.unpackb(frames[1], raw=False)
-        return Reply(header["i"], header["s"], header.get("c", ""), frames[2], list(frames[3:]))
-    except Exception as exc:
-        raise ProtocolError(f"undecodable reply header: {exc}") from None
+    env = _envelope(frames[0], "reply")
+    if len(env) != 4:
+        raise ProtocolError(f"a reply envelope has 4 items, got {len(env)}")
+    rid, status, incarnation, body = env
+    if type(rid) is not bytes or type(status) is not int or type(body) is not bytes:
+        raise ProtocolError("a reply envelope is [bin id, int status, str incarnation, bin body]")
+    return Reply(rid, status, incarnation, body, frames[1:] if len(frames) > 1 else _NO_BUFFERS)
 
 
 def error_body(exc: BaseException, traceback_text: str = "") -> Dict[str, Any]:

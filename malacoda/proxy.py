@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import protocol as p
 from .channel import Channel, NotSent
@@ -141,13 +141,14 @@ class Proxy:
             self.__dict__["_channel"] = channel
             return channel
 
-    def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float]) -> Any:
+    def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float],
+                 encoded: Optional[Tuple[bytes, List[bytes]]] = None) -> Any:
         channel = self._channel
         if channel is None or channel.broken is not None or not self._target.current():
             channel = self._connect()
         rid = self._rid_prefix + next(self._counter).to_bytes(8, "big")
         timeout_ms = None if timeout is None else max(0, int(timeout * 1000))
-        frames = p.request_frames(rid, op, name, body, timeout_ms)
+        frames = p.request_frames(rid, op, name, body, timeout_ms, encoded)
         started = time.monotonic()
         try:
             try:
@@ -227,8 +228,8 @@ class Proxy:
         proxy = self
 
         def method(*args: Any, **kwargs: Any) -> Any:
-            timeout = kwargs.pop("timeout", proxy._timeout)
-            return proxy._request(p.CALL, name, [list(args), kwargs], timeout)
+            timeout = kwargs.pop("timeout", proxy._timeout) if kwargs else proxy._timeout
+            return proxy._request(p.CALL, name, None, timeout, p.encode_call(args, kwargs))
 
         method.__name__ = method.__qualname__ = name
         method.__doc__ = info.get("doc")

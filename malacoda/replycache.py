@@ -10,8 +10,8 @@ cache instead of executing the request again:
 - anything else runs as usual.
 
 Only ``call`` and ``set`` are remembered (``get``, ``describe`` and ``ping`` change nothing, so
-running them again is harmless). A request is the same request when its id, operation, name and
-body are equal, so a client reusing an id for another request is not answered with a stale
+running them again is harmless). A request is the same request when its id, operation, name,
+timeout and body are equal, so a client reusing an id for another request is not answered with a stale
 reply. The cache is bounded three ways (see :data:`MAX_ENTRIES`, :data:`MAX_BYTES`,
 :data:`TTL`); the oldest replies go first. Requests still executing are bounded by the
 server's worker pool and queue. Thread-safe.
@@ -29,34 +29,31 @@ from . import protocol as p
 
 MAX_ENTRIES = 1024  # replies remembered
 MAX_BYTES = 64 << 20  # their total size; a larger single reply is sent, never remembered
-SMALL_BODY = 256  # bodies up to this size are part of the key as they are, not hashed
+SMALL_HEAD = 512  # first frames up to this size are the key as they are, not hashed
 TTL = 60.0  # seconds a reply is remembered after it was sent
 
 _REMEMBERED = (p.CALL, p.SET)
 
 Message = List[bytes]
+_NONE: List[Message] = []  # shared, never appended to
 
 
 def request_key(request: p.Request) -> bytes:
-    """What makes two requests the same request: id, operation, name and body.
+    """What makes two requests the same request: the whole first frame (id, operation, name,
+    timeout and body) and the buffers' lengths.
 
     Computed once per request (``begin`` and ``finish`` both need it) and kept on it.
     """
     key = request.cache_key
     if key is None:
-        rid = bytes(request.rid)
-        name = (request.name or "").encode("utf-8", "surrogatepass")
-        if len(request.body) <= SMALL_BODY and not request.buffers:
-            # Small: the parts themselves, length-prefixed (cheaper than a hash).
-            key = b"".join((b"\0", len(rid).to_bytes(1, "big"), rid, request.op.encode(), b"\0",
-                            len(name).to_bytes(4, "big"), name, request.body))
+        head = request.head
+        if len(head) <= SMALL_HEAD and not request.buffers:
+            key = head  # small: the frame itself (cheaper than a hash)
         else:
-            h = hashlib.blake2b(request.op.encode(), digest_size=16)
-            h.update(b"\0" + name + b"\0")
-            h.update(request.body)
+            h = hashlib.blake2b(head, digest_size=16)
             for buffer in request.buffers:
                 h.update(len(buffer).to_bytes(8, "big"))
-            key = b"\1" + rid + h.digest()
+            key = b"\1" + request.rid + h.digest()
         request.cache_key = key
     return key
 
@@ -73,13 +70,14 @@ class ReplyCache:
         self._done: OrderedDict[bytes, Tuple[float, int, Message]] = collections.OrderedDict()
         self._running: Dict[bytes, List[bytes]] = {}
         self._bytes = 0
+        self._first_expiry = 0.0  # when the oldest reply remembered expires
         self.hits = 0  # re-sent requests answered without running them
 
     def begin(self, request: p.Request, identity: bytes) -> Optional[List[Message]]:
         """None: run ``request``. Otherwise the messages to send now (maybe none): it ran."""
         if request.op not in _REMEMBERED:
             return None
-        key = request_key(request)
+        key = request.cache_key or request_key(request)
         with self._mu:
             done = self._done.get(key)
             if done is not None:
@@ -98,21 +96,22 @@ class ReplyCache:
     def finish(self, request: p.Request, frames: Optional[Message]) -> List[Message]:
         """Remember ``frames`` (None: dropped unanswered); the messages for re-senders."""
         if request.op not in _REMEMBERED:
-            return []
-        key = request_key(request)
+            return _NONE
+        key = request.cache_key or request_key(request)
         with self._mu:
             waiting = self._running.pop(key, None)
             if frames is None or waiting is None:
-                return []
-            size = 0
-            for frame in frames:
-                size += len(frame)
+                return _NONE
+            size = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
             if size <= self.max_bytes and self.max_entries > 0:
                 now = time.monotonic()
-                self._done[key] = (now + self.ttl, size, frames)
+                done = self._done
+                done[key] = (now + self.ttl, size, frames)
                 self._bytes += size
-                self._expire(now)
-        return [[identity, *frames] for identity in waiting]
+                if (len(done) > self.max_entries or self._bytes > self.max_bytes
+                        or now >= self._first_expiry):
+                    self._expire(now)
+        return [[identity, *frames] for identity in waiting] if waiting else _NONE
 
     def abandon(self, request: p.Request) -> None:
         """``request`` will not run after all (the daemon was busy): forget it."""
@@ -134,6 +133,8 @@ class ReplyCache:
         while done:
             key, (expires, size, _) = next(iter(done.items()))
             if expires > now and len(done) <= self.max_entries and self._bytes <= self.max_bytes:
+                self._first_expiry = expires  # nothing to look at before then
                 return
             del done[key]
             self._bytes -= size
+        self._first_expiry = now + self.ttl

@@ -28,7 +28,7 @@ import zmq
 from . import protocol as p
 from .dispatch import Dispatcher
 from .errors import ProtocolError
-from .frames import recv_frames, send_frames
+from .frames import recv_frames, recv_routed, send_frames, send_routed
 from .replycache import ReplyCache
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ TICK_IDLE = 0.1  # the standby's pace while no call runs
 _INPROC = "inproc://malacoda-replies-{}"
 
 _Item = Tuple[bytes, p.Request, float]
-
-
-def _size(request: p.Request) -> int:
-    return len(request.body) + sum(len(b) for b in request.buffers)
 
 
 class Server:
@@ -181,7 +177,7 @@ class Server:
                         role = "lead"
                     elif self._queue and self._running < self.workers:
                         item = self._queue.popleft()
-                        self._queued_bytes -= _size(item[1])
+                        self._queued_bytes -= item[1].size
                         self._running += 1
                         role = "work"
                     elif self._standby is None:
@@ -246,7 +242,7 @@ class Server:
                 # Nothing runs elsewhere, so no reply can come through the PULL socket:
                 # a plain blocking receive (RCVTIMEO) costs fewer system calls than a poll.
                 try:
-                    frames = recv_frames(router)
+                    frames = recv_routed(router)
                 except zmq.Again:
                     continue
                 if not self._incoming(me, router, frames):
@@ -255,7 +251,7 @@ class Server:
             for source, _ in poll(100):
                 if source is router:
                     try:
-                        frames = recv_frames(router, zmq.NOBLOCK)
+                        frames = recv_routed(router, zmq.NOBLOCK)
                     except zmq.Again:
                         continue
                     if not self._incoming(me, router, frames):
@@ -288,11 +284,11 @@ class Server:
             request = p.parse_request(frames[1:])
         except ProtocolError as exc:
             status = p.BAD_VERSION if "version" in str(exc) else p.BAD_REQUEST
-            rid = p.peek_request_id(frames[1:]) if len(frames) > 2 else b""
-            send_frames(router, [identity, *self._reply(rid, status, p.error_body(exc))])
+            rid = p.peek_request_id(frames[1:])
+            send_routed(router, identity, self._reply(rid, status, p.error_body(exc)))
             return True
         if request.op == p.PING:
-            send_frames(router, [identity, *self._reply(request.rid, p.OK, "pong")])
+            send_routed(router, identity, self._reply(request.rid, p.OK, "pong"))
             return True
         seen = self.replies.begin(request, identity)
         if seen is not None:  # a re-sent request: answered (or to be answered), not run again
@@ -310,9 +306,9 @@ class Server:
                     self._standby_dozing = False
                     self._wake.set()
             elif len(self._queue) < self.queue_size and (
-                    not self._queue or self._queued_bytes + _size(request) <= self.queue_bytes):
+                    not self._queue or self._queued_bytes + request.size <= self.queue_bytes):
                 self._queue.append((identity, request, now))
-                self._queued_bytes += _size(request)
+                self._queued_bytes += request.size
                 self._cv.notify()
                 return True
             else:
@@ -321,7 +317,7 @@ class Server:
             self.replies.abandon(request)
             busy = RuntimeError(f"daemon busy: {self.workers} workers and a queue of "
                                 f"{self.queue_size} are full; try again")
-            send_frames(router, [identity, *self._reply(request.rid, p.BUSY, p.error_body(busy))])
+            send_routed(router, identity, self._reply(request.rid, p.BUSY, p.error_body(busy)))
             return True
         out = self._execute(identity, request, now)
         with self._mu:

@@ -75,7 +75,7 @@ class Wire:
             if left <= 0 or not self.sock.poll(int(left * 1000)):
                 raise AssertionError(f"no reply to {rid!r} within {timeout} s")
             frames = self.sock.recv_multipart()
-            assert frames[0] == SIG and len(frames) >= 3, frames[:3]
+            assert frames[0][:4] == SIG, frames[:3]
             reply = p.parse_reply(frames)
             if reply.rid == rid:
                 return reply
@@ -116,19 +116,18 @@ def peak_rss(proc: psutil.Process) -> int:
     return proc.memory_info().rss
 
 
-def header(rid: bytes = b"r", op: str = "call", name: Optional[str] = "echo",
-           timeout: Optional[int] = 10000) -> bytes:
-    h = {"i": rid, "o": op, "t": timeout}
-    if name is not None:
-        h["n"] = name
-    return msgpack.packb(h, use_bin_type=True)
+def msg(body: bytes = b"\xc0", *buffers: bytes, rid: bytes = b"r", op: str = "call",
+        name: Optional[str] = "echo", timeout: Optional[int] = 10000) -> List[bytes]:
+    """A request with the raw (maybe malformed) ``body`` and buffer frames, by hand."""
+    envelope = msgpack.packb([rid, op, name, timeout, body], use_bin_type=True)
+    return [SIG + envelope, *buffers]
 
 
 # ------------------------------------------------------------------------------- strategies
 
 frames_st = st.lists(st.binary(max_size=300), min_size=0, max_size=7)
 signed_frames_st = st.lists(st.binary(max_size=300), min_size=1, max_size=6).map(
-    lambda fs: [SIG, *fs])
+    lambda fs: [SIG + fs[0], *fs[1:]])
 leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
                  st.floats(allow_nan=False), st.text(max_size=20), st.binary(max_size=20))
 values = st.recursive(leaf, lambda kids: st.one_of(
@@ -168,14 +167,19 @@ def test_unknown_operations_versions_and_headers(wire):
            rid=st.binary(min_size=1, max_size=64))
     def run(op, version, extra, rid):
         assume(op not in p.OPERATIONS)
-        reply = wire.ask([SIG, header(rid, op), msgpack.packb(extra, use_bin_type=True)])
+        reply = wire.ask(msg(msgpack.packb(extra, use_bin_type=True), rid=rid, op=op))
         assert reply.status == p.UNKNOWN_OP
-        if version != 1:
-            wire.send([b"MLC" + bytes([version]), header(rid, "call"), b"\xc0"])
-            reply = wire._reply_to(rid, 10)
-            assert reply.status == p.BAD_VERSION
-        # A header that is not a map, or a map of odd values, is a BAD_REQUEST.
-        wire.send([SIG, msgpack.packb(extra, use_bin_type=True), b"\xc0"])
+        if version != 2:
+            frame = msg(rid=rid)[0]
+            wire.send([b"MLC" + bytes([version]) + frame[4:]])
+            assert wire._reply_to(rid, 10).status == p.BAD_VERSION
+            # Version 1's layout: the id in frame 1's map.
+            old = msgpack.packb({"i": rid, "o": "call", "n": "echo"}, use_bin_type=True)
+            wire.send([b"MLC" + bytes([version]), old, b"\xc0"])
+            assert wire._reply_to(rid, 10).status == p.BAD_VERSION
+        # An envelope that is not the documented array, or an array of odd values.
+        wire.send([SIG + msgpack.packb(extra, use_bin_type=True)])
+        wire.send([SIG + msgpack.packb([rid, "call", "echo", None, extra], use_bin_type=True)])
         assert wire.alive()
 
     run()
@@ -205,11 +209,11 @@ def test_truncated_and_over_long_codec_payloads(wire):
     def run(value, cut, tail):
         body, buffers = p.encode([[value], {}])
         truncated = body[:cut % max(1, len(body))]
-        reply = wire.ask([SIG, header(b"t"), truncated, *buffers])
+        reply = wire.ask(msg(truncated, *buffers, rid=b"t"))
         assert reply.status == p.BAD_REQUEST
-        reply = wire.ask([SIG, header(b"o"), body + tail, *buffers])
+        reply = wire.ask(msg(body + tail, *buffers, rid=b"o"))
         assert reply.status == p.BAD_REQUEST
-        reply = wire.ask([SIG, header(b"k"), body, *buffers])
+        reply = wire.ask(msg(body, *buffers, rid=b"k"))
         assert reply.status == p.OK
         echoed = reply.value()
         assert echoed == value
@@ -231,7 +235,7 @@ def test_huge_declared_lengths(wire):
             body = marker + struct.pack(">I", length) + data
         if wrap:
             body = b"\x92\x91" + body + b"\x80"  # [[that], {}]
-        assert wire.ask([SIG, header(b"h"), body]).status == p.BAD_REQUEST
+        assert wire.ask(msg(body, rid=b"h")).status == p.BAD_REQUEST
 
     run()
     assert peak_rss(wire.proc) < RSS_LIMIT
@@ -242,7 +246,7 @@ def test_deep_nesting(wire, depth):
     """Native arrays nest up to msgpack's 1024 levels, extension types up to 64; deeper is a
     BAD_REQUEST, and either way the daemon goes on serving."""
     native = b"\x91" * depth + b"\xc0"  # [[[[…]]]]
-    reply = wire.ask([SIG, header(b"d"), b"\x92\x91" + native + b"\x80"])
+    reply = wire.ask(msg(b"\x92\x91" + native + b"\x80", rid=b"d"))
     if depth < 1022:
         assert reply.status in (p.OK, p.ERROR)  # echoed, or too deep to encode the reply
     else:
@@ -250,7 +254,7 @@ def test_deep_nesting(wire, depth):
     nested = msgpack.packb(None)
     for _ in range(min(depth, 2000)):  # tuples: each an extension type holding the next
         nested = msgpack.packb(msgpack.ExtType(p.EXT_TUPLE, b"\x91" + nested))
-    assert wire.ask([SIG, header(b"e"), b"\x92\x91" + nested + b"\x80"]).status == p.BAD_REQUEST
+    assert wire.ask(msg(b"\x92\x91" + nested + b"\x80", rid=b"e")).status == p.BAD_REQUEST
     assert wire.alive()
 
 
@@ -259,9 +263,9 @@ def test_amplifying_bodies_are_refused(wire):
     n = 10 << 20
     keys = b"".join(b"\xce" + struct.pack(">I", i) + b"\xc0" for i in range(n))
     body = b"\x92\x91\xdf" + struct.pack(">I", n) + keys + b"\x80"
-    assert wire.ask([SIG, header(b"m"), body], timeout=60).status == p.BAD_REQUEST
+    assert wire.ask(msg(body, rid=b"m"), timeout=60).status == p.BAD_REQUEST
     many = b"\x92\x91\xdd" + struct.pack(">I", 4 << 20) + b"\x91\xc0" * (4 << 20) + b"\x80"
-    assert wire.ask([SIG, header(b"l"), many], timeout=60).status == p.BAD_REQUEST
+    assert wire.ask(msg(many, rid=b"l"), timeout=60).status == p.BAD_REQUEST
     print(f"\nFIGURES {{\"test\": \"amplifying bodies\", \"peak_rss_mib\": "
           f"{peak_rss(wire.proc) >> 20}}}")
     assert peak_rss(wire.proc) < RSS_LIMIT
@@ -275,18 +279,20 @@ def test_pickles_in_every_position_are_never_unpickled(wire):
         messages = [
             [blob],
             [blob, blob, blob],
-            [SIG, blob, blob],
-            [blob, header(), msgpack.packb([[1], {}])],
-            [SIG, header(), blob],
-            [SIG, header(), msgpack.packb([[b"x"], {}]), blob],
-            [SIG, header(rid=blob[:64])],
-            [SIG, header(name=blob.decode("latin-1")), msgpack.packb([[], {}])],
-            [SIG, header(op=blob.decode("latin-1")), msgpack.packb(None)],
-            [SIG, header(op="set", name="pst_counter"), blob],
-            [SIG, header(), msgpack.packb([[msgpack.ExtType(p.EXT_NAMED, blob)], {}])],
-            [SIG, header(), msgpack.packb([[msgpack.ExtType(99, blob)], {}])],
-            [SIG, header(), msgpack.packb([[msgpack.ExtType(p.EXT_NAMED, msgpack.packb(
-                ["pickle.loads", blob], use_bin_type=True))], {}])],
+            [SIG + blob],
+            [SIG + blob, blob],
+            [blob + msg()[0]],
+            [SIG + msgpack.packb([blob, blob, blob, blob, blob])],
+            msg(blob),
+            msg(msgpack.packb([[b"x"], {}]), blob),
+            msg(rid=blob[:64]),
+            msg(msgpack.packb([[], {}]), name=blob.decode("latin-1")),
+            msg(msgpack.packb(None), op=blob.decode("latin-1")),
+            msg(blob, op="set", name="pst_counter"),
+            msg(msgpack.packb([[msgpack.ExtType(p.EXT_NAMED, blob)], {}])),
+            msg(msgpack.packb([[msgpack.ExtType(99, blob)], {}])),
+            msg(msgpack.packb([[msgpack.ExtType(p.EXT_NAMED, msgpack.packb(
+                ["pickle.loads", blob], use_bin_type=True))], {}])),
         ]
         for frames in messages:
             wire.send(frames)
@@ -312,12 +318,12 @@ def test_a_512_mib_frame_is_refused_unread(start_daemon):
     zeros = mmap.mmap(-1, 512 << 20)  # zero pages: the sender does not hold 512 MiB either
     sender = Wire(port)
     try:
-        sender.sock.send_multipart([SIG, header(b"big"), memoryview(zeros)], copy=False)
+        sender.sock.send_multipart(msg(rid=b"big") + [memoryview(zeros)], copy=False)
         probe = Wire(port)
         try:
             for _ in range(20):
                 assert probe.alive()
-            reply = probe.ask([SIG, header(b"ok"), msgpack.packb([["still here"], {}])])
+            reply = probe.ask(msg(msgpack.packb([["still here"], {}]), rid=b"ok"))
             assert reply.value() == "still here"
         finally:
             probe.close()
@@ -372,7 +378,7 @@ def test_max_message_is_a_setting(start_daemon):
     sender, probe = Wire(port), Wire(port)
     try:
         big = b"x" * (2 << 20)
-        sender.send([SIG, header(b"big"), msgpack.packb([[], {}]), big])
+        sender.send(msg(msgpack.packb([[], {}]), big, rid=b"big"))
         assert probe.alive()
         assert not sender.sock.poll(500)  # dropped, unanswered
         sender.reconnect()
@@ -386,10 +392,10 @@ def test_max_message_is_a_setting(start_daemon):
 def test_nothing_ran_from_the_fuzzing(wire):
     """After a burst of hostile traffic, the daemon's own state is what it was."""
     d_before = wire.ask(p.request_frames(b"d", p.GET, "pst_counter", None, 10000)).value()
-    for frames in ([SIG, header(op="set", name="_malacoda_stop"), b"\xc0"],
-                   [SIG, header(op="set", name="running"), b"\xc2"],
-                   [SIG, header(op="call", name="stop.__call__"), msgpack.packb([[], {}])],
-                   [SIG, header(op="call", name="__class__"), msgpack.packb([[], {}])]):
+    for frames in (msg(b"\xc0", op="set", name="_malacoda_stop"),
+                   msg(b"\xc2", op="set", name="running"),
+                   msg(msgpack.packb([[], {}]), op="call", name="stop.__call__"),
+                   msg(msgpack.packb([[], {}]), op="call", name="__class__")):
         wire.send(frames)
     assert wire.alive()
     assert wire.ask(p.request_frames(b"r", p.GET, "running", None, 10000)).value() is True

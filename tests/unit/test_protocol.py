@@ -37,7 +37,7 @@ def test_round_trip_keeps_type_and_value(value):
 def test_large_bytes_travel_as_their_own_frame():
     big = b"x" * (1 << 20)
     frames = p.request_frames(b"id", p.CALL, "echo", [[big], {}], None)
-    assert len(frames) == 4 and frames[3] is big  # no copy on the way out
+    assert len(frames) == 2 and frames[1] is big  # no copy on the way out
     request = p.parse_request(frames)
     assert p.decode(request.body, request.buffers) == [[big], {}]
 
@@ -92,19 +92,66 @@ def test_nesting_depth_is_limited():
     assert p.decode(*p.encode(shallow)) == shallow
 
 
+def _head(*items):
+    return b"MLC\x02" + msgpack.packb(list(items))
+
+
 @pytest.mark.parametrize("frames, match", [
-    ([b"MLC\x01", b""], "at least 3 frames"),
-    ([b"XXXX", b"", b""], "signature"),
-    ([b"MLC\x09", b"", b""], "version"),
-    ([b"MLC\x01", msgpack.packb([1]), b""], "not a map"),
-    ([b"MLC\x01", msgpack.packb({"o": "call"}), b""], "request id"),
-    ([b"MLC\x01", msgpack.packb({"i": b"1", "o": 1}), b""], "operation"),
-    ([b"MLC\x01", msgpack.packb({"i": b"1", "o": "get", "n": 1}), b""], "name"),
-    ([b"MLC\x01", msgpack.packb({"i": b"1", "o": "get", "t": -1}), b""], "timeout"),
+    ([], "at least 1 frame"),
+    ([b"XXXX"], "signature"),
+    ([b"MLC\x09" + msgpack.packb([b"1", "ping", None, None, b"\xc0"])], "version 9"),
+    ([b"MLC\x01", msgpack.packb({"i": b"1", "o": "ping"}), b"\xc0"], "version 1"),
+    ([b"MLC\x02" + msgpack.packb({"i": b"1"})], "envelope"),
+    ([b"MLC\x02\xc1"], "envelope"),
+    ([_head(b"1", "get", None, None)], "5 items"),
+    ([_head("1", "get", None, None, b"\xc0")], "request id"),
+    ([_head(b"1" * 65, "get", None, None, b"\xc0")], "request id"),
+    ([_head(b"1", 1, None, None, b"\xc0")], "operation"),
+    ([_head(b"1", "get", 1, None, b"\xc0")], "name"),
+    ([_head(b"1", "get", "x", -1, b"\xc0")], "timeout"),
+    ([_head(b"1", "get", "x", None, "\xc0")], "body"),
+    ([_head(b"1", "get", "x", None, [1])], "body"),
 ])
 def test_bad_requests_are_named(frames, match):
     with pytest.raises(ProtocolError, match=match):
         p.parse_request(frames)
+
+
+def test_a_large_envelope_cannot_nest_arrays():
+    # A tree of 5-item arrays: ~20 KB on the wire, ~1.2 MB of list objects once decoded.
+    tree: list = []
+    for _ in range(6):
+        tree = [tree] * 5
+    head = b"MLC\x02" + msgpack.packb([b"1", "get", "x", None, tree])
+    assert len(head) > 4096
+    with pytest.raises(ProtocolError, match="envelope"):
+        p.parse_request([head])
+
+
+def test_request_and_reply_round_trip():
+    frames = p.request_frames(b"r1", p.CALL, "add", None, 1500, p.encode_call((1, (2,)), {"k": 3}))
+    request = p.parse_request(frames)
+    assert (request.rid, request.op, request.name, request.timeout_ms) == (b"r1", "call", "add", 1500)
+    assert p.decode(request.body, request.buffers) == [[1, (2,)], {"k": 3}]
+    reply = p.parse_reply(p.reply_frames(b"r1", p.OK, "inc", {"a": (1,)}))
+    assert (reply.rid, reply.status, reply.incarnation) == (b"r1", p.OK, "inc")
+    assert reply.value() == {"a": (1,)}
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((), {}), (("s", 1, 2.5, None, True, b"b"), {"x": "y"}), ((2**64,), {}), ((1,), {2: 3}),
+    (((1, 2),), {}), (([1, (2,)],), {}), ((b"x" * p.BUFFER_THRESHOLD,), {}),
+])
+def test_encode_call_is_encode(args, kwargs):
+    assert p.decode(*p.encode_call(args, kwargs)) == [list(args), kwargs]
+    if args and type(args[0]) is bytes and len(args[0]) >= p.BUFFER_THRESHOLD:
+        assert p.encode_call(args, kwargs)[1] == [args[0]]
+
+
+def test_peek_finds_the_id_of_a_bad_request():
+    assert p.peek_request_id([_head(b"abc", 1, 2)]) == b"abc"
+    assert p.peek_request_id([b"MLC\x01", msgpack.packb({"i": b"old"}), b""]) == b"old"
+    assert p.peek_request_id([b"MLC\x02\xc1"]) == b""
 
 
 def test_error_body_keeps_builtin_args():
