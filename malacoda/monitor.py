@@ -54,6 +54,17 @@ log = logging.getLogger(__name__)
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 
+def package_env(env: Dict[str, str]) -> Dict[str, str]:
+    """``env`` with the folder this Malacoda is imported from first on ``PYTHONPATH``, once.
+
+    The monitor and the daemon then run this same Malacoda, however often a daemon is handed
+    over to a new monitor (each hand-over passes the environment on again).
+    """
+    entries = env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
+    rest = [p for p in entries if os.path.normpath(p) != PACKAGE_PARENT]
+    return dict(env, PYTHONPATH=os.pathsep.join([PACKAGE_PARENT, *rest]))
+
+
 @dataclass
 class Record:
     """What the monitor tells ``status``: its own pid and the daemon's state."""
@@ -257,8 +268,7 @@ class Monitor:
         Registry(self.paths).clean_stale(unit.name)
         ready_r, ready_w = os.pipe()
         out_r, out_w = os.pipe()
-        env = dict(os.environ, **unit.env, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+        env = package_env(dict(os.environ, **unit.env, PYTHONUNBUFFERED="1"))
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "malacoda.runner", str(unit.file), str(ready_w)],

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import psutil
 
 from .errors import ProcessError
-from .monitor import PACKAGE_PARENT, read_record, read_word, stop_sequence, write_record
+from .monitor import package_env, read_record, read_word, stop_sequence, write_record
 from .runtime import Paths, Registry, host_name, private_dir, same_process
 from .units import Unit
 
@@ -169,8 +169,7 @@ def start(unit: Unit, paths: Optional[Paths] = None) -> Tuple[str, UnitStatus]:
     clean_stale(unit.name, paths)
     private_dir(paths.log)
     read_fd, write_fd = os.pipe()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+    env = package_env(dict(os.environ))
     try:
         log_fd = os.open(paths.log_file(unit.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(log_fd, "ab") as log_file:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import List
 
 import pytest
 
 import malacoda
 from tests.integration.test_cli import Ctl
-from tests.support import InThread, pid_alive, wait_for
+from tests.support import ROOT, InThread, pid_alive, wait_for
 
 
 @pytest.fixture
@@ -35,6 +36,13 @@ def running_again(ctl: Ctl, name: str, old_pid: int, old_monitor: int):
     return check
 
 
+def pythonpath(pid: int) -> List[str]:
+    """The PYTHONPATH entries of the running process ``pid``, read from /proc/PID/environ."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    return env[b"PYTHONPATH"].decode().split(os.pathsep)
+
+
 @pytest.mark.slow
 def test_killed_monitor_hands_its_daemon_over_to_a_new_one(ctl: Ctl) -> None:
     """kill -9 of the monitor: the daemon notices, stops as on SIGTERM (pst saved) and starts
@@ -49,6 +57,10 @@ def test_killed_monitor_hands_its_daemon_over_to_a_new_one(ctl: Ctl) -> None:
     assert not pid_alive(row["pid"])
     assert ctl.ok("get", "Orphaned", "pst_counter") == "7\n"  # saved by the orphan on its way out
     assert "[runner] the monitor" in ctl.ok("logs", "Orphaned", "-n", "200")
+    # Each hand-over passes the environment on: the package folder is still there once, first.
+    for pid in (new["pid"], new["monitor_pid"]):
+        entries = pythonpath(pid)
+        assert entries[0] == str(ROOT) and len(entries) == len(set(entries)), entries
     assert ctl.ok("stop", "Orphaned") == "Orphaned stopped\n"
     assert not pid_alive(new["pid"]) and not pid_alive(new["monitor_pid"])
     assert ctl.status("Orphaned")["state"] == "stopped"
