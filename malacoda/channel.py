@@ -52,6 +52,17 @@ def context() -> zmq.Context:
         return _context
 
 
+def _close_monitored(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+    """Close ``sock`` and its ``monitor`` in the only safe order: monitoring off, the monitor's
+    socket, then ``sock``."""
+    try:
+        sock.disable_monitor()
+    except zmq.ZMQError:
+        pass
+    monitor.close(0)
+    sock.close(0)
+
+
 class NotSent(ConnectionLost):
     """The link was found down before the request left: it is safe to send it elsewhere."""
 
@@ -107,7 +118,11 @@ class Channel:
             zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
         )
-        sock.connect(endpoint)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError:
+            _close_monitored(sock, self._monitor)
+            raise
         self._sock = sock
         self._io = threading.Lock()
         self._mu = threading.Lock()
@@ -179,14 +194,19 @@ class Channel:
                 return
             self._closed = True
             self._fail_all(ConnectionLost(f"the connection to {self.endpoint} was closed"))
-            try:
-                self._sock.disable_monitor()
-            except zmq.ZMQError:
-                pass
-            self._monitor.close(0)
-            self._sock.close(0)
+            _close_monitored(self._sock, self._monitor)
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def __del__(self) -> None:
+        # Dropped without close(): close in the order close() uses. Left to the garbage
+        # collector, the monitor socket may go first, and a monitored socket closed after its
+        # monitor was seen to wedge the process's ZeroMQ context (no socket of it sent again).
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:
+                pass
 
     # ------------------------------------------------------------------ reader role
 
