@@ -68,7 +68,8 @@ class ReplyCache:
         self.ttl = ttl
         self._mu = threading.Lock()
         self._done: OrderedDict[bytes, Tuple[float, int, Message]] = collections.OrderedDict()
-        self._running: Dict[bytes, List[bytes]] = {}
+        # Keys of requests running now -> the identities of re-senders waiting for them.
+        self._running: Dict[bytes, Optional[List[bytes]]] = {}
         self._bytes = 0
         self._first_expiry = 0.0  # when the oldest reply remembered expires
         self.hits = 0  # re-sent requests answered without running them
@@ -85,12 +86,16 @@ class ReplyCache:
                     self.hits += 1
                     return [[identity, *done[2]]]
                 self._expire(time.monotonic())  # it is out of date, and so are older ones
-            waiting = self._running.get(key)
-            if waiting is not None:
+            running = self._running
+            if key in running:
                 self.hits += 1
-                waiting.append(identity)
-                return []
-            self._running[key] = []
+                waiting = running[key]
+                if waiting is None:
+                    running[key] = [identity]
+                else:
+                    waiting.append(identity)
+                return _NONE
+            running[key] = None  # running, nobody else waits for it (yet)
             return None
 
     def finish(self, request: p.Request, frames: Optional[Message]) -> List[Message]:
@@ -99,8 +104,11 @@ class ReplyCache:
             return _NONE
         key = request.cache_key or request_key(request)
         with self._mu:
-            waiting = self._running.pop(key, None)
-            if frames is None or waiting is None:
+            running = self._running
+            if key not in running:
+                return _NONE
+            waiting = running.pop(key)
+            if frames is None:
                 return _NONE
             size = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
             if size <= self.max_bytes and self.max_entries > 0:
@@ -108,8 +116,9 @@ class ReplyCache:
                 done = self._done
                 done[key] = (now + self.ttl, size, frames)
                 self._bytes += size
-                if (len(done) > self.max_entries or self._bytes > self.max_bytes
-                        or now >= self._first_expiry):
+                while len(done) > self.max_entries:  # full: the oldest goes (the usual case)
+                    self._bytes -= done.popitem(last=False)[1][1]
+                if self._bytes > self.max_bytes or now >= self._first_expiry:
                     self._expire(now)
         return [[identity, *frames] for identity in waiting] if waiting else _NONE
 

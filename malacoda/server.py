@@ -295,59 +295,66 @@ class Server:
             for message in seen:
                 send_frames(router, message)
             return True
-        now = time.monotonic()
-        with self._mu:
-            if self._running < self.workers and not self._queue:
+        mu = self._mu
+        with mu:
+            inline = self._running < self.workers and not self._queue
+            if inline:
                 self._running += 1
                 self._leader_busy = True
                 self._busy_seq += 1
-                inline = True
                 if self._standby_dozing:  # it sleeps its idle tick: make it watch this call
                     self._standby_dozing = False
                     self._wake.set()
-            elif len(self._queue) < self.queue_size and (
-                    not self._queue or self._queued_bytes + request.size <= self.queue_bytes):
-                self._queue.append((identity, request, now))
-                self._queued_bytes += request.size
-                self._cv.notify()
-                return True
             else:
-                inline = False
+                queued = len(self._queue) < self.queue_size and (
+                    not self._queue or self._queued_bytes + request.size <= self.queue_bytes)
+                if queued:
+                    self._queue.append((identity, request, time.monotonic()))
+                    self._queued_bytes += request.size
+                    self._cv.notify()
         if not inline:
-            self.replies.abandon(request)
-            busy = RuntimeError(f"daemon busy: {self.workers} workers and a queue of "
-                                f"{self.queue_size} are full; try again")
-            send_routed(router, identity, self._reply(request.rid, p.BUSY, p.error_body(busy)))
+            if not queued:
+                self._busy(router, identity, request)
             return True
-        out = self._execute(identity, request, now)
-        with self._mu:
+        # Run it here, now: it has waited for nothing, so its caller's deadline has not passed.
+        reply = self._run(request)
+        with mu:
             self._running -= 1
             self._leader_busy = False
             still_leader = self._leader == me
-            if not still_leader and out is not None:
+            if not still_leader:
                 self._late += 1  # counted before the leader can see _running drop
             if self._queue and self._running < self.workers:
                 self._cv.notify()
         if still_leader:
-            if out is not None:
-                send_frames(router, out)
+            send_routed(router, identity, reply)
             return True
-        if out is not None:
-            send_frames(self._push(), out)
+        send_frames(self._push(), [identity, *reply])
         return False
+
+    def _busy(self, router: zmq.Socket, identity: bytes, request: p.Request) -> None:
+        self.replies.abandon(request)
+        busy = RuntimeError(f"daemon busy: {self.workers} workers and a queue of "
+                            f"{self.queue_size} are full; try again")
+        send_routed(router, identity, self._reply(request.rid, p.BUSY, p.error_body(busy)))
 
     def _work(self, item: _Item) -> None:
         identity, request, received = item
-        out = None
+        reply = None
         try:
-            out = self._execute(identity, request, received)
+            if (request.timeout_ms is not None
+                    and (time.monotonic() - received) * 1000.0 > request.timeout_ms):
+                log.debug("dropping %s %r: its caller gave up", request.op, request.name)
+                self.replies.finish(request, None)
+            else:
+                reply = self._run(request)
         finally:
             with self._mu:
                 self._running -= 1
-                if out is not None:
+                if reply is not None:
                     self._late += 1
-        if out is not None:
-            send_frames(self._push(), out)
+        if reply is not None:
+            send_frames(self._push(), [identity, *reply])
 
     def _push(self) -> zmq.Socket:
         push = getattr(self._local, "push", None)
@@ -358,22 +365,17 @@ class Server:
             self._local.push = push
         return push
 
-    def _execute(self, identity: bytes, request: p.Request, received: float) -> Optional[list]:
-        if request.timeout_ms is not None:
-            waited = (time.monotonic() - received) * 1000.0
-            if waited > request.timeout_ms:
-                log.debug("dropping %s %r: its caller gave up", request.op, request.name)
-                self.replies.finish(request, None)
-                return None
+    def _run(self, request: p.Request) -> List[bytes]:
+        """Run ``request``; its reply frames. Copies of it sent meanwhile get theirs too."""
         status, body = self.dispatcher.handle(request)
-        frames = self._reply(request.rid, status, body)
-        resent = self.replies.finish(request, frames)  # the same request, sent again
+        reply = self._reply(request.rid, status, body)
+        resent = self.replies.finish(request, reply)  # the same request, sent again
         if resent:
             with self._mu:
                 self._late += len(resent)
             for message in resent:
                 send_frames(self._push(), message)
-        return [identity, *frames]
+        return reply
 
     def _reply(self, rid: bytes, status: int, body: Any) -> List[bytes]:
         incarnation = self.dispatcher.incarnation
