@@ -9,10 +9,10 @@ shift up to ``.N``) and a new one is started. :func:`follow` keeps reading acros
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, List, Optional
 
@@ -69,15 +69,47 @@ class LogFile:
             self._file.close()
 
 
-def tail(path: Path, lines: int) -> List[str]:
-    """The last ``lines`` lines of the log, reaching into ``<name>.log.1`` when needed."""
-    result: deque = deque(maxlen=max(lines, 0))
-    for file in (path.with_name(path.name + ".1"), path):
-        with contextlib.suppress(FileNotFoundError):
-            with open(file, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    result.append(line.rstrip("\n"))
-    return list(result)
+#: How many bytes :func:`tail` reads at a time, going backwards from the end of a file.
+BLOCK = 64 * 1024
+
+
+def tail(path: Path, lines: int, block: int = BLOCK) -> List[str]:
+    """The last ``lines`` lines of the log, reaching into ``<name>.log.1`` when needed.
+
+    Each file is read backwards from its end, ``block`` bytes at a time, only until it holds
+    enough lines: a few lines of a large log cost a few blocks, not the whole file.
+    """
+    result: List[str] = []
+    for file in (path, path.with_name(path.name + ".1")):
+        wanted = max(lines, 0) - len(result)
+        if wanted <= 0:
+            break
+        result = _last_lines(file, wanted, block) + result
+    return result
+
+
+def _last_lines(file: Path, count: int, block: int) -> List[str]:
+    """The last ``count`` (> 0) lines of ``file`` ([] when it does not exist), split and decoded
+    as reading it whole in text mode would (universal newlines, UTF-8 with replacement)."""
+    try:
+        f = open(file, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return []
+    with f:
+        start = f.seek(0, os.SEEK_END)
+        chunks: List[bytes] = []
+        newlines = 0
+        # count + 1 newlines: whatever a block boundary cut (a line, a character, a CR LF) lies
+        # before the first of them, so never among the last ``count`` lines.
+        while start > 0 and newlines <= count:
+            size = min(block, start)
+            start -= size
+            f.seek(start)
+            chunks.append(f.read(size))
+            newlines += chunks[-1].count(b"\n")
+    data = b"".join(reversed(chunks))
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace")
+    return [line.rstrip("\n") for line in text][-count:]
 
 
 def follow(path: Path, stop: Callable[[], bool] = lambda: False,
