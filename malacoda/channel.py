@@ -149,7 +149,8 @@ class Channel:
         :class:`~.errors.ConnectionLost` when it drops while waiting, and
         :class:`~.errors.CallTimeout` after ``timeout`` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
         if self._io.acquire(blocking=False):
             # Nobody is reading: this thread sends and reads itself, without any hand-off.
             try:
@@ -157,13 +158,15 @@ class Channel:
                     raise NotSent(f"the connection to {self.endpoint} was closed")
                 # Unread link news (the daemon went away since we last heard from it)? Only
                 # worth a look after a pause: a restart takes far longer than LINK_QUIET.
-                if (time.monotonic() - self._last_heard > LINK_QUIET
+                if (now - self._last_heard > LINK_QUIET
                         and self._monitor.getsockopt(_EVENTS) & _POLLIN):
                     self._read_monitor()
                 if self.broken is not None:
                     raise NotSent(str(self.broken))
-                self._send(frames)
-                reply = self._recv_direct(rid, deadline)
+                send_frames(self._sock, frames)
+                reply = None
+                if not self._pending and (deadline is None or deadline - now >= DIRECT_WAIT):
+                    reply = self._recv_direct(rid, now)
                 if reply is None:
                     reply = self._read_until(rid, deadline, None)
             finally:
@@ -259,16 +262,13 @@ class Channel:
                     other.wake()
                     return
 
-    def _send(self, frames: List[bytes]) -> None:
-        send_frames(self._sock, frames)
-
     def _flush(self) -> None:
         while True:
             with self._mu:
                 if not self._outbox:
                     return
                 frames = self._outbox.popleft()
-            self._send(frames)
+            send_frames(self._sock, frames)
 
     def _read_until(self, rid: bytes, deadline: Optional[float],
                     waiter: Optional[_Waiter]) -> Optional[p.Reply]:
@@ -312,11 +312,7 @@ class Channel:
                         continue
                     if reply.rid == rid:
                         return reply
-                    with self._mu:
-                        other = self._pending.get(reply.rid)
-                    if other is not None:
-                        other.reply = reply
-                        other.wake()
+                    self._deliver(reply)
                 elif source is monitor:
                     self._read_monitor()
                     if self.broken is not None:
@@ -329,26 +325,32 @@ class Channel:
                         pass
                     self._flush()
 
-    def _recv_direct(self, rid: bytes, deadline: Optional[float]) -> Optional[p.Reply]:
+    def _recv_direct(self, rid: bytes, started: float) -> Optional[p.Reply]:
         """The common case, cheaply: a blocking receive of up to ``DIRECT_WAIT`` seconds.
 
         A poll of the socket, the link monitor and the wake-up pipe costs several system
-        calls; a plain receive one. None when the reply is not in by then (a slow call, a
-        deadline closer than that, other threads waiting): the full loop takes over.
+        calls; a plain receive one. None when the reply is not in by then (a slow call, other
+        threads waiting): the full loop takes over.
         """
-        started = time.monotonic()
-        if deadline is not None and deadline - started < DIRECT_WAIT:
-            return None
-        while not self._pending:
+        while True:
             try:
                 reply = self._read_reply()  # RCVTIMEO is DIRECT_WAIT
             except zmq.Again:
                 return None
-            if reply is not None and reply.rid == rid:
-                return reply
-            if self._last_heard - started > DIRECT_WAIT:
+            if reply is not None:
+                if reply.rid == rid:
+                    return reply
+                self._deliver(reply)  # another thread's, if it began waiting meanwhile
+            if self._pending or self._last_heard - started > DIRECT_WAIT:
                 return None
-        return None
+
+    def _deliver(self, reply: p.Reply) -> None:
+        """Hand ``reply`` to the thread waiting for it; nobody waits for a timed-out call's."""
+        with self._mu:
+            other = self._pending.get(reply.rid)
+        if other is not None:
+            other.reply = reply
+            other.wake()
 
     def _read_reply(self, flags: int = 0) -> Optional[p.Reply]:
         """One message from the daemon, as a reply (None if it is not one); notes the time.

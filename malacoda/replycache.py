@@ -14,14 +14,14 @@ running them again is harmless). A request is the same request when its id, oper
 timeout and body are equal, so a client reusing an id for another request is not answered with a stale
 reply. The cache is bounded three ways (see :data:`MAX_ENTRIES`, :data:`MAX_BYTES`,
 :data:`TTL`); the oldest replies go first. Requests still executing are bounded by the
-server's worker pool and queue. Thread-safe.
+server's worker pool and queue. Not thread-safe on its own: the server calls it under the lock
+that already guards its queue (one lock per call instead of two).
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import threading
 import time
 from typing import Dict, List, Optional, OrderedDict, Tuple
 
@@ -66,7 +66,6 @@ class ReplyCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl = ttl
-        self._mu = threading.Lock()
         self._done: OrderedDict[bytes, Tuple[float, int, Message]] = collections.OrderedDict()
         # Keys of requests running now -> the identities of re-senders waiting for them.
         self._running: Dict[bytes, Optional[List[bytes]]] = {}
@@ -79,58 +78,54 @@ class ReplyCache:
         if request.op not in _REMEMBERED:
             return None
         key = request.cache_key or request_key(request)
-        with self._mu:
-            done = self._done.get(key)
-            if done is not None:
-                if done[0] > time.monotonic():
-                    self.hits += 1
-                    return [[identity, *done[2]]]
-                self._expire(time.monotonic())  # it is out of date, and so are older ones
-            running = self._running
-            if key in running:
+        done = self._done.get(key)
+        if done is not None:
+            if done[0] > time.monotonic():
                 self.hits += 1
-                waiting = running[key]
-                if waiting is None:
-                    running[key] = [identity]
-                else:
-                    waiting.append(identity)
-                return _NONE
-            running[key] = None  # running, nobody else waits for it (yet)
-            return None
+                return [[identity, *done[2]]]
+            self._expire(time.monotonic())  # it is out of date, and so are older ones
+        running = self._running
+        if key in running:
+            self.hits += 1
+            waiting = running[key]
+            if waiting is None:
+                running[key] = [identity]
+            else:
+                waiting.append(identity)
+            return _NONE
+        running[key] = None  # running, nobody else waits for it (yet)
+        return None
 
     def finish(self, request: p.Request, frames: Optional[Message]) -> List[Message]:
         """Remember ``frames`` (None: dropped unanswered); the messages for re-senders."""
         if request.op not in _REMEMBERED:
             return _NONE
         key = request.cache_key or request_key(request)
-        with self._mu:
-            running = self._running
-            if key not in running:
-                return _NONE
-            waiting = running.pop(key)
-            if frames is None:
-                return _NONE
-            size = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
-            if size <= self.max_bytes and self.max_entries > 0:
-                now = time.monotonic()
-                done = self._done
-                done[key] = (now + self.ttl, size, frames)
-                self._bytes += size
-                while len(done) > self.max_entries:  # full: the oldest goes (the usual case)
-                    self._bytes -= done.popitem(last=False)[1][1]
-                if self._bytes > self.max_bytes or now >= self._first_expiry:
-                    self._expire(now)
+        running = self._running
+        if key not in running:
+            return _NONE
+        waiting = running.pop(key)
+        if frames is None:
+            return _NONE
+        size = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
+        if size <= self.max_bytes and self.max_entries > 0:
+            now = time.monotonic()
+            done = self._done
+            done[key] = (now + self.ttl, size, frames)
+            self._bytes += size
+            while len(done) > self.max_entries:  # full: the oldest goes (the usual case)
+                self._bytes -= done.popitem(last=False)[1][1]
+            if self._bytes > self.max_bytes or now >= self._first_expiry:
+                self._expire(now)
         return [[identity, *frames] for identity in waiting] if waiting else _NONE
 
     def abandon(self, request: p.Request) -> None:
         """``request`` will not run after all (the daemon was busy): forget it."""
         if request.op in _REMEMBERED:
-            with self._mu:
-                self._running.pop(request_key(request), None)
+            self._running.pop(request.cache_key or request_key(request), None)
 
     def __len__(self) -> int:
-        with self._mu:
-            return len(self._done)
+        return len(self._done)
 
     @property
     def size(self) -> int:

@@ -290,14 +290,10 @@ class Server:
         if request.op == p.PING:
             send_routed(router, identity, self._reply(request.rid, p.OK, "pong"))
             return True
-        seen = self.replies.begin(request, identity)
-        if seen is not None:  # a re-sent request: answered (or to be answered), not run again
-            for message in seen:
-                send_frames(router, message)
-            return True
         mu = self._mu
-        with mu:
-            inline = self._running < self.workers and not self._queue
+        with mu:  # the reply cache is guarded by the same lock
+            seen = self.replies.begin(request, identity)
+            inline = seen is None and self._running < self.workers and not self._queue
             if inline:
                 self._running += 1
                 self._leader_busy = True
@@ -305,56 +301,71 @@ class Server:
                 if self._standby_dozing:  # it sleeps its idle tick: make it watch this call
                     self._standby_dozing = False
                     self._wake.set()
-            else:
+            elif seen is None:
                 queued = len(self._queue) < self.queue_size and (
                     not self._queue or self._queued_bytes + request.size <= self.queue_bytes)
                 if queued:
                     self._queue.append((identity, request, time.monotonic()))
                     self._queued_bytes += request.size
                     self._cv.notify()
+                else:
+                    self.replies.abandon(request)
         if not inline:
-            if not queued:
-                self._busy(router, identity, request)
+            if seen is not None:  # a re-sent request: answered (or to be), not run again
+                for message in seen:
+                    send_frames(router, message)
+            elif not queued:
+                busy = RuntimeError(f"daemon busy: {self.workers} workers and a queue of "
+                                    f"{self.queue_size} are full; try again")
+                send_routed(router, identity,
+                            self._reply(request.rid, p.BUSY, p.error_body(busy)))
             return True
         # Run it here, now: it has waited for nothing, so its caller's deadline has not passed.
-        reply = self._run(request)
-        with mu:
-            self._running -= 1
-            self._leader_busy = False
-            still_leader = self._leader == me
-            if not still_leader:
-                self._late += 1  # counted before the leader can see _running drop
-            if self._queue and self._running < self.workers:
-                self._cv.notify()
+        reply = None
+        try:
+            reply = self._run(request)
+        finally:
+            with mu:
+                resent = self.replies.finish(request, reply)  # copies of it, sent meanwhile
+                self._running -= 1
+                self._leader_busy = False
+                still_leader = self._leader == me
+                if not still_leader:
+                    # counted before the leader can see _running drop
+                    self._late += (reply is not None) + len(resent)
+                if self._queue and self._running < self.workers:
+                    self._cv.notify()
         if still_leader:
             send_routed(router, identity, reply)
+            for message in resent:
+                send_frames(router, message)
             return True
-        send_frames(self._push(), [identity, *reply])
+        push = self._push()
+        send_frames(push, [identity, *reply])
+        for message in resent:
+            send_frames(push, message)
         return False
-
-    def _busy(self, router: zmq.Socket, identity: bytes, request: p.Request) -> None:
-        self.replies.abandon(request)
-        busy = RuntimeError(f"daemon busy: {self.workers} workers and a queue of "
-                            f"{self.queue_size} are full; try again")
-        send_routed(router, identity, self._reply(request.rid, p.BUSY, p.error_body(busy)))
 
     def _work(self, item: _Item) -> None:
         identity, request, received = item
         reply = None
+        resent: List[List[bytes]] = []
         try:
             if (request.timeout_ms is not None
                     and (time.monotonic() - received) * 1000.0 > request.timeout_ms):
                 log.debug("dropping %s %r: its caller gave up", request.op, request.name)
-                self.replies.finish(request, None)
             else:
                 reply = self._run(request)
         finally:
             with self._mu:
+                resent = self.replies.finish(request, reply)
                 self._running -= 1
-                if reply is not None:
-                    self._late += 1
+                self._late += len(resent) + (reply is not None)
+        push = self._push()
         if reply is not None:
-            send_frames(self._push(), [identity, *reply])
+            send_frames(push, [identity, *reply])
+        for message in resent:
+            send_frames(push, message)
 
     def _push(self) -> zmq.Socket:
         push = getattr(self._local, "push", None)
@@ -366,16 +377,9 @@ class Server:
         return push
 
     def _run(self, request: p.Request) -> List[bytes]:
-        """Run ``request``; its reply frames. Copies of it sent meanwhile get theirs too."""
+        """Run ``request``; its reply frames."""
         status, body = self.dispatcher.handle(request)
-        reply = self._reply(request.rid, status, body)
-        resent = self.replies.finish(request, reply)  # the same request, sent again
-        if resent:
-            with self._mu:
-                self._late += len(resent)
-            for message in resent:
-                send_frames(self._push(), message)
-        return reply
+        return self._reply(request.rid, status, body)
 
     def _reply(self, rid: bytes, status: int, body: Any) -> List[bytes]:
         incarnation = self.dispatcher.incarnation

@@ -74,7 +74,7 @@ def test_64_callers_get_their_own_replies_none_lost_or_doubled(start_daemon):
 @pytest.mark.slow
 def test_soak_keeps_the_daemon_rss_flat(start_daemon):
     """A minute of mixed calls from 8 threads, RSS sampled every second: the median RSS of the
-    last quarter is within 24 MiB of the second quarter's (the first is the warm-up)."""
+    second half is within 32 MiB of the second quarter's (the first is the warm-up)."""
     proc = start_daemon("HostileDaemon")
     daemon = psutil.Process(proc.pid)
     d = malacoda.get("HostileDaemon")
@@ -116,15 +116,16 @@ def test_soak_keeps_the_daemon_rss_flat(start_daemon):
             t.join(30)
     assert not errors, errors[:3]
     second = [rss for at, rss in samples if SOAK_SECONDS / 4 <= at < SOAK_SECONDS / 2]
-    last = [rss for at, rss in samples if at >= SOAK_SECONDS * 3 / 4]
+    last = [rss for at, rss in samples if at >= SOAK_SECONDS / 2]
     growth = statistics.median(last) - statistics.median(second)
     peak = max(rss for at, rss in samples if at >= SOAK_SECONDS / 4)
     report(test="soak", seconds=round(samples[-1][0]), calls=calls[0],
            rss_median_second_quarter_mib=round(statistics.median(second) / 2**20, 1),
-           rss_median_last_quarter_mib=round(statistics.median(last) / 2**20, 1),
+           rss_median_second_half_mib=round(statistics.median(last) / 2**20, 1),
            rss_peak_after_warmup_mib=round(peak / 2**20, 1), growth_mib=round(growth / 2**20, 1),
            samples_mib=[round(rss / 2**20) for _, rss in samples])
-    # Flat: no trend from the second quarter to the last. The RSS swings by tens of MiB from
-    # second to second (up to 350 kB payloads in flight, and a reply cache of up to 64 MiB).
-    assert growth < 24 << 20, f"the median RSS grew by {growth / 2**20:.1f} MiB"
+    # Flat: no trend from the second quarter to the second half. The RSS swings by ±30 MiB from
+    # second to second (up to 350 kB payloads in flight, and a reply cache of up to 64 MiB);
+    # a leak of 100 bytes a call would add ~40 MiB in the ~400,000 calls of the second half.
+    assert growth < 32 << 20, f"the median RSS grew by {growth / 2**20:.1f} MiB"
     assert peak < 400 << 20
