@@ -28,7 +28,16 @@ import zmq
 
 from . import protocol as p
 from .errors import CallTimeout, ConnectionLost, ProtocolError
-from .frames import recv_frames, send_frames
+from .frames import (
+    COPY_BELOW,
+    RCVMORE,
+    get_option,
+    recv_frames,
+    recv_one,
+    recv_rest,
+    send_frames,
+    send_one,
+)
 
 HEARTBEAT = 5.0
 DIRECT_WAIT = 0.02  # how long a lone caller blocks in a plain receive before it polls
@@ -163,10 +172,14 @@ class Channel:
                     self._read_monitor()
                 if self.broken is not None:
                     raise NotSent(str(self.broken))
-                send_frames(self._sock, frames)
+                sock = self._sock
+                if len(frames) == 1:  # a small request: one frame (see frames.send_frames)
+                    send_one(sock, frames[0], 0, len(frames[0]) < COPY_BELOW)
+                else:
+                    send_frames(sock, frames)
                 reply = None
                 if not self._pending and (deadline is None or deadline - now >= DIRECT_WAIT):
-                    reply = self._recv_direct(rid, now)
+                    reply = self._recv_direct(sock, rid, now)
                 if reply is None:
                     reply = self._read_until(rid, deadline, None)
             finally:
@@ -325,23 +338,30 @@ class Channel:
                         pass
                     self._flush()
 
-    def _recv_direct(self, rid: bytes, started: float) -> Optional[p.Reply]:
+    def _recv_direct(self, sock: zmq.Socket, rid: bytes, started: float) -> Optional[p.Reply]:
         """The common case, cheaply: a blocking receive of up to ``DIRECT_WAIT`` seconds.
 
         A poll of the socket, the link monitor and the wake-up pipe costs several system
         calls; a plain receive one. None when the reply is not in by then (a slow call, other
-        threads waiting): the full loop takes over.
+        threads waiting): the full loop takes over. (What :meth:`_read_reply` does, inline:
+        this runs once per call.)
         """
         while True:
             try:
-                reply = self._read_reply()  # RCVTIMEO is DIRECT_WAIT
+                head = recv_one(sock, 0)  # RCVTIMEO is DIRECT_WAIT
             except zmq.Again:
                 return None
+            frames = recv_rest(sock, head) if get_option(sock, RCVMORE) else [head]
+            self._last_heard = heard = time.monotonic()
+            try:
+                reply = p.parse_reply(frames)
+            except ProtocolError:
+                reply = None
             if reply is not None:
                 if reply.rid == rid:
                     return reply
                 self._deliver(reply)  # another thread's, if it began waiting meanwhile
-            if self._pending or self._last_heard - started > DIRECT_WAIT:
+            if self._pending or heard - started > DIRECT_WAIT:
                 return None
 
     def _deliver(self, reply: p.Reply) -> None:

@@ -13,14 +13,14 @@ from typing import List, Sequence
 import zmq
 
 COPY_BELOW = 65536
-_SNDMORE = int(zmq.SNDMORE)  # plain ints: pyzmq's enum members are slow to pass
-_RCVMORE = int(zmq.RCVMORE)
+SNDMORE = int(zmq.SNDMORE)  # plain ints: pyzmq's enum members are slow to pass
+RCVMORE = int(zmq.RCVMORE)
 
-
-# The compiled socket methods, without the Python layer pyzmq wraps around send/getsockopt.
-_send = getattr(zmq.backend.Socket, "send", zmq.Socket.send)
-_recv = getattr(zmq.backend.Socket, "recv", zmq.Socket.recv)
-_get = getattr(zmq.backend.Socket, "get", zmq.Socket.getsockopt)
+# The compiled socket methods, without the Python layer pyzmq wraps around send/getsockopt:
+# send_one(sock, frame, flags, copy), recv_one(sock, flags), get_option(sock, option).
+send_one = getattr(zmq.backend.Socket, "send", zmq.Socket.send)
+recv_one = getattr(zmq.backend.Socket, "recv", zmq.Socket.recv)
+get_option = getattr(zmq.backend.Socket, "get", zmq.Socket.getsockopt)
 
 
 def send_frames(sock: zmq.Socket, frames: Sequence[bytes]) -> None:
@@ -28,30 +28,33 @@ def send_frames(sock: zmq.Socket, frames: Sequence[bytes]) -> None:
     last = len(frames) - 1
     if last == 0:
         frame = frames[0]
-        _send(sock, frame, 0, len(frame) < COPY_BELOW)
+        send_one(sock, frame, 0, len(frame) < COPY_BELOW)
         return
     for i, frame in enumerate(frames):
-        _send(sock, frame, 0 if i == last else _SNDMORE, len(frame) < COPY_BELOW)
+        send_one(sock, frame, 0 if i == last else SNDMORE, len(frame) < COPY_BELOW)
 
 
 def send_routed(sock: zmq.Socket, identity: bytes, frames: Sequence[bytes]) -> None:
     """Send ``frames`` through a ROUTER to the peer ``identity``."""
-    _send(sock, identity, _SNDMORE, True)
+    send_one(sock, identity, SNDMORE, True)
     send_frames(sock, frames)
 
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> List[bytes]:
     """Receive one whole message; ``flags=zmq.NOBLOCK`` raises ``zmq.Again`` if none waits."""
-    frames = [_recv(sock, flags)]
-    while _get(sock, _RCVMORE):
-        frames.append(_recv(sock))
+    first = recv_one(sock, flags)
+    return recv_rest(sock, first) if get_option(sock, RCVMORE) else [first]
+
+
+def recv_rest(sock: zmq.Socket, first: bytes) -> List[bytes]:
+    """``first`` and the frames that follow it in its message."""
+    frames = [first, recv_one(sock)]
+    while get_option(sock, RCVMORE):
+        frames.append(recv_one(sock))
     return frames
 
 
 def recv_routed(sock: zmq.Socket, flags: int = 0) -> List[bytes]:
     """One message from a ROUTER: ``[identity, frame 0, …]``. A ROUTER always puts the routing
     id before a message of at least one frame, so the first ``RCVMORE`` look can be skipped."""
-    frames = [_recv(sock, flags), _recv(sock)]
-    while _get(sock, _RCVMORE):
-        frames.append(_recv(sock))
-    return frames
+    return recv_rest(sock, recv_one(sock, flags))

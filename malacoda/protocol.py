@@ -449,6 +449,7 @@ def decode(body: bytes, buffers: Sequence[bytes] = (), max_items: Optional[int] 
 # Messages
 
 _SMALL_HEAD = 4096  # a first frame up to this size is decoded without counting its arrays
+_unpackb = msgpack.unpackb
 
 
 def _single_array(container: Any, _seen: List[int]) -> Any:
@@ -460,21 +461,22 @@ def _single_array(container: Any, _seen: List[int]) -> Any:
 
 def _envelope(head: bytes, what: str) -> List[Any]:
     """The msgpack array after the signature of a message's first frame."""
-    if head[:4] != SIGNATURE:
+    if head[:4] == SIGNATURE and len(head) <= _SMALL_HEAD:  # the usual case, first
+        try:
+            env = _unpackb(head[4:], raw=False, max_map_len=0, max_ext_len=0, max_array_len=5)
+        except Exception as exc:  # msgpack raises several types for garbage
+            raise ProtocolError(f"undecodable {what} envelope: {exc}") from None
+    elif head[:4] != SIGNATURE:
         if head[:3] == SIGNATURE[:3] and len(head) >= 4:
             raise ProtocolError(f"unsupported protocol version {head[3]}: this end speaks "
                                 f"version {VERSION}")
         raise ProtocolError(f"frame 0 does not start with the signature {SIGNATURE!r}")
-    try:
-        if len(head) <= _SMALL_HEAD:
-            env = msgpack.unpackb(head[4:], raw=False, max_map_len=0, max_ext_len=0,
-                                  max_array_len=5)
-        else:  # a large body: one array only, so the size cannot amplify into objects
-            env = msgpack.unpackb(memoryview(head)[4:], raw=False, max_map_len=0,
-                                  max_ext_len=0, max_array_len=5,
-                                  list_hook=functools.partial(_single_array, _seen=[]))
-    except Exception as exc:  # msgpack raises several types for garbage
-        raise ProtocolError(f"undecodable {what} envelope: {exc}") from None
+    else:  # a large body: one array only, so the size cannot amplify into objects
+        try:
+            env = _unpackb(memoryview(head)[4:], raw=False, max_map_len=0, max_ext_len=0,
+                           max_array_len=5, list_hook=functools.partial(_single_array, _seen=[]))
+        except Exception as exc:
+            raise ProtocolError(f"undecodable {what} envelope: {exc}") from None
     if type(env) is not list:
         raise ProtocolError(f"the {what} envelope is not an array")
     return env
@@ -585,7 +587,8 @@ class Reply:
 
 def parse_reply(frames: Sequence[bytes]) -> Reply:
     """Decode a reply's frames. Raises :class:`ProtocolError`."""
-    env = _envelope(frames[0], "reply")
+    head = frames[0]
+    env = _envelope(head, "reply")
     if len(env) != 4:
         raise ProtocolError(f"a reply envelope has 4 items, got {len(env)}")
     rid, status, incarnation, body = env
