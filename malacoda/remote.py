@@ -33,9 +33,9 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import ConfigError, LookupFailed, NotInstalled, RemoteHostError
-from .resolve import Spec, Target, connect_address, tcp_endpoint
+from .resolve import Spec, Target, client_curve, connect_address, is_wildcard, tcp_endpoint
 from .runtime import Entry
-from .security import Keys, is_loopback
+from .security import is_loopback
 from .ssh import Connection, connection
 from .tunnel import Tunnel
 
@@ -172,15 +172,13 @@ def resolve_remote(spec: Spec, **ssh_args: Any) -> Target:
         entry, address, port = None, "127.0.0.1", spec.port
     else:
         raise LookupFailed(f"no daemon named {spec.name!r} is running on {spec.host}")
-    curve = None
-    if entry is not None and entry.server_key:
-        curve = Keys().client_curve(entry.server_key, str(spec))
+    curve = client_curve(entry.server_key if entry else None, str(spec))
     if host.direct:
         if curve is None or is_loopback(entry.address if entry else address):
             raise ConfigError(f"{spec}: direct=True needs a daemon bound to a public address "
                               "with CURVE; this one is reachable through SSH only")
-        endpoint = tcp_endpoint(host.connection.config.hostname if entry and entry.address in
-                                ("0.0.0.0", "::", "*", "") else address, port)
+        endpoint = tcp_endpoint(host.connection.config.hostname
+                                if entry and is_wildcard(entry.address) else address, port)
         return Target(endpoint, spec.name, entry, host=spec.host, curve=curve)
     tunnel, release = tunnels.acquire(host.connection, address, port)
     return Target(tunnel.endpoint, spec.name, entry, host=spec.host, curve=curve, close=release)

@@ -84,13 +84,32 @@ def parse(spec: str) -> Spec:
     return Spec(name, host, port)
 
 
+#: Bind addresses that mean "every interface" rather than one address to connect to.
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "*", "")
+
+
+def is_wildcard(address: str) -> bool:
+    """True for a bind address that means every interface (``0.0.0.0``, ``::``, ``*``)."""
+    return address in WILDCARD_ADDRESSES
+
+
 def connect_address(address: str) -> str:
-    """The address to connect to for a daemon bound to ``address``."""
-    if address in ("0.0.0.0", "", "*"):
-        return "127.0.0.1"
-    if address == "::":
-        return "::1"
+    """The address to connect to on the daemon's own host for a daemon bound to ``address``."""
+    if is_wildcard(address):
+        return "::1" if address == "::" else "127.0.0.1"
     return address
+
+
+def client_curve(server_key: Optional[str], who: str,
+                 keys: Optional[Keys] = None) -> Optional[Dict[str, bytes]]:
+    """The client CURVE settings to reach a daemon whose entry carries ``server_key``, or None
+    for one without (bound to loopback, or started ``insecure``): it is reached in the clear.
+
+    ``who`` names the daemon in the error raised when this user has no client key.
+    """
+    if not server_key:
+        return None
+    return (keys or Keys()).client_curve(server_key, who)
 
 
 def tcp_endpoint(address: str, port: int) -> str:
@@ -103,9 +122,7 @@ def local(spec: Spec, registry: Optional[Registry] = None) -> Target:
     registry = registry or Registry()
     entry, state = registry.read(spec.name)
     if state == "running" and entry is not None and (spec.port is None or spec.port == entry.port):
-        curve = None
-        if entry.server_key:
-            curve = Keys(registry.paths).client_curve(entry.server_key, str(spec))
+        curve = client_curve(entry.server_key, str(spec), Keys(registry.paths))
         return Target(tcp_endpoint(entry.address, entry.port), spec.name, entry, curve=curve)
     if spec.port is not None:
         # The original's NAME:PORT: a daemon on this host at that port, registered or not.
@@ -175,10 +192,8 @@ def connect_member(member: cluster.Member, config: cluster.ClusterConfig, **ssh_
     if is_loopback(member.address):
         target = _remote(Spec(member.name, member.host), **ssh_args)
     else:
-        address = member.host if connect_address(member.address) != member.address else member.address
-        curve = None
-        if member.server_key:
-            curve = Keys().client_curve(member.server_key, f"{member.name}:{member.host}")
+        address = member.host if is_wildcard(member.address) else member.address
+        curve = client_curve(member.server_key, f"{member.name}:{member.host}")
         target = Target(tcp_endpoint(address, member.port), member.name, host=member.host, curve=curve)
     view, release = cluster_watch.acquire(config)
     close = target.close

@@ -1,0 +1,38 @@
+"""resolve's address and CURVE helpers, shared by the local, cluster and SSH backends."""
+
+from __future__ import annotations
+
+import pytest
+
+from malacoda.errors import ConfigError
+from malacoda.resolve import client_curve, connect_address, is_wildcard, tcp_endpoint
+from malacoda.runtime import Paths
+from malacoda.security import Keys
+
+
+@pytest.mark.parametrize("address, wildcard, connect", [
+    ("0.0.0.0", True, "127.0.0.1"), ("*", True, "127.0.0.1"), ("", True, "127.0.0.1"),
+    ("::", True, "::1"), ("127.0.0.1", False, "127.0.0.1"), ("192.168.1.5", False, "192.168.1.5"),
+    ("::1", False, "::1"),
+])
+def test_wildcard_addresses(address: str, wildcard: bool, connect: str) -> None:
+    assert is_wildcard(address) is wildcard
+    assert connect_address(address) == connect
+
+
+def test_tcp_endpoint_brackets_ipv6() -> None:
+    assert tcp_endpoint("::", 5000) == "tcp://[::1]:5000"
+    assert tcp_endpoint("0.0.0.0", 5000) == "tcp://127.0.0.1:5000"
+
+
+def test_client_curve_only_for_an_entry_with_a_server_key(home) -> None:
+    keys = Keys(Paths.default())
+    assert client_curve(None, "Web") is None and client_curve("", "Web") is None
+    server_key = "x" * 40
+    with pytest.raises(ConfigError, match="Web:web1 requires CURVE .* keys init"):
+        client_curve(server_key, "Web:web1")
+    keys.init()
+    curve = client_curve(server_key, "Web:web1")
+    pair = keys.pair("client")
+    assert pair is not None and curve == {"secret": pair.secret, "public": pair.public,
+                                          "server": server_key.encode()}
