@@ -173,9 +173,10 @@ class Malacoda:
     def _malacoda_detach(self, daemon_kwargs: Dict[str, Any]) -> None:
         import daemon  # python-daemon
 
-        log_dir = private_dir(self._malacoda_paths.log)
+        private_dir(self._malacoda_paths.log)
         if "stdout" not in daemon_kwargs or "stderr" not in daemon_kwargs:
-            fd = os.open(log_dir / f"{self.name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            log_file = self._malacoda_paths.log_file(self.name)
+            fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             out = open(fd, "a", buffering=1)  # noqa: SIM115
             daemon_kwargs.setdefault("stdout", out)
             daemon_kwargs.setdefault("stderr", out)
