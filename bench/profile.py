@@ -4,16 +4,21 @@
 this process making sequential ``echo`` calls; reports wall time per call, user and system
 CPU per call of the client process and of the server process, and the server's context
 switches per call. CPU time is less at the mercy of the scheduler than wall time.
+
+Then the same for 16 client processes calling at once for a short window: calls/s, and the
+CPU per call of all clients together and of the server. On 2 CPUs shared by 16 clients and
+the server, calls/s follow the total CPU a call costs.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import resource
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import psutil
 
@@ -57,6 +62,55 @@ def profile(system: str, calls: int) -> Dict[str, float]:
         server.stop()
 
 
+def _cpu(pid: int) -> List[float]:
+    """User and system CPU seconds of process ``pid`` (all its threads)."""
+    t = psutil.Process(pid).cpu_times()
+    return [t.user, t.system]
+
+
+def _window_client(system: str, port: int, start: float, window: float, out: Any) -> None:
+    client = Client(system, port)
+    value = small_value(system)
+    for _ in range(50):
+        client.call(value)
+    while time.time() < start:
+        time.sleep(0.001)
+    calls, t0 = 0, os.times()
+    while time.time() < start + window:
+        if client.call(value) != value:
+            raise AssertionError("wrong reply")
+        calls += 1
+    t1 = os.times()
+    out.put((calls, t1.user - t0.user, t1.system - t0.system))
+    client.close()
+
+
+def many_clients(system: str, clients: int = 16, window: float = 1.5) -> Dict[str, float]:
+    server = Server(system)
+    try:
+        ctx = mp.get_context("fork")
+        out = ctx.Queue()
+        start = time.time() + 1.0
+        procs = [ctx.Process(target=_window_client, args=(system, server.port, start, window, out))
+                 for _ in range(clients)]
+        for proc in procs:
+            proc.start()
+        while time.time() < start:
+            time.sleep(0.001)
+        s0 = _cpu(server.proc.pid)
+        done = [out.get(timeout=window + 60) for _ in procs]
+        s1 = _cpu(server.proc.pid)
+        for proc in procs:
+            proc.join(30)
+        calls = sum(d[0] for d in done)
+        us = 1e6 / calls
+        return {"rate": calls / window, "client_user": sum(d[1] for d in done) * us,
+                "client_sys": sum(d[2] for d in done) * us, "server_user": (s1[0] - s0[0]) * us,
+                "server_sys": (s1[1] - s0[1]) * us}
+    finally:
+        server.stop()
+
+
 def main(argv: List[str]) -> int:
     calls = int(argv[0]) if argv else 20000
     home = tempfile.mkdtemp(prefix="malacoda-profile-")
@@ -69,6 +123,15 @@ def main(argv: List[str]) -> int:
         r = profile(system, calls)
         print(f"| `{system}` | {r['wall']:.1f} | {r['client_user']:.1f} | {r['client_sys']:.1f} | "
               f"{r['server_user']:.1f} | {r['server_sys']:.1f} | {r['server_switches']:.2f} |")
+    print()
+    print("| system, 16 clients | calls/s | clients user µs | clients sys µs | server user µs | "
+          "server sys µs | total CPU µs/call |")
+    print("|---|---|---|---|---|---|---|")
+    for system in ("zmq_reqrep", "malacoda", "zmq_reqrep", "malacoda"):
+        r = many_clients(system)
+        total = r["client_user"] + r["client_sys"] + r["server_user"] + r["server_sys"]
+        print(f"| `{system}` | {r['rate']:,.0f} | {r['client_user']:.1f} | {r['client_sys']:.1f} | "
+              f"{r['server_user']:.1f} | {r['server_sys']:.1f} | {total:.1f} |")
     return 0
 
 
