@@ -83,6 +83,10 @@ class Dispatcher:
             return p.BAD_REQUEST, p.error_body(exc)
         except Exception as exc:  # the remote code's own exception: the caller gets it back
             return p.ERROR, p.error_body(exc, traceback.format_exc())
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Raised by the remote code itself (signals reach only the main thread, which
+            # serves no calls): the caller gets it back; the daemon does not stop for it.
+            return p.ERROR, p.error_body(exc, traceback.format_exc())
 
     def _check(self, name: Optional[str]) -> str:
         if not _public_identifier(name) or name in self.hidden:

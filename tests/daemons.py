@@ -54,6 +54,9 @@ class TestDaemon(Malacoda):
     def fail_custom(self):
         raise CustomError("custom failure")
 
+    def fail_exit(self, kind="SystemExit"):
+        raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}[kind](kind)
+
     def bump(self):
         self.pst_counter += 1
         return self.pst_counter

@@ -74,6 +74,18 @@ def test_remote_exceptions(start_daemon):
         d.add()  # a wrong call is the caller's TypeError, as locally
 
 
+def test_system_exit_in_a_call_is_the_callers_error_not_the_daemons_end(start_daemon):
+    """SystemExit or KeyboardInterrupt raised by a method comes back to its caller; the daemon
+    (whose thread ran it) goes on serving every later call."""
+    start_daemon()
+    d = malacoda.get("TestDaemon", timeout=10)
+    for n in range(3):
+        for kind in ("SystemExit", "KeyboardInterrupt"):
+            with pytest.raises(malacoda.RemoteError, match=kind):
+                d.fail_exit(kind)
+        assert d.add(n, 1) == n + 1
+
+
 def test_attributes_and_private_names(start_daemon):
     start_daemon()
     d = malacoda.get("TestDaemon")
