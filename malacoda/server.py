@@ -186,13 +186,22 @@ class Server:
                     else:
                         self._cv.wait(1.0)
                         continue
-                if role == "lead":
-                    self._lead(me)
-                elif role == "work":
-                    assert item is not None
-                    self._work(item)
-                elif self._stand_by(me):
-                    self._lead(me)
+                try:
+                    if role == "lead":
+                        self._lead(me)
+                    elif role == "work":
+                        assert item is not None
+                        self._work(item)
+                    elif self._stand_by(me):
+                        self._lead(me)
+                except BaseException:  # a bug of ours: the socket must not be left to nobody
+                    log.exception("malacoda server thread failed; it goes on serving")
+                    with self._mu:
+                        if self._leader == me:
+                            self._leader, self._leader_busy = None, False
+                        if self._standby == me:
+                            self._standby = None
+                        self._cv.notify_all()
         finally:
             push = getattr(self._local, "push", None)
             if push is not None:
@@ -238,9 +247,11 @@ class Server:
         poller.register(pull, zmq.POLLIN)
         poll = poller.poll
         while not self._stopping:
-            if not self._running and not self._late:  # read in this order (see _late)
-                # Nothing runs elsewhere, so no reply can come through the PULL socket:
-                # a plain blocking receive (RCVTIMEO) costs fewer system calls than a poll.
+            # Read in this order: a worker takes a queued request and counts it running in one
+            # step, and counts its reply late before it stops counting it running.
+            if not self._queue and not self._running and not self._late:
+                # Nothing waits or runs elsewhere, so no reply can come through the PULL
+                # socket: a plain blocking receive (RCVTIMEO) costs fewer system calls than a poll.
                 try:
                     frames = recv_routed(router)
                 except zmq.Again:
@@ -328,9 +339,10 @@ class Server:
             with mu:
                 resent = self.replies.finish(request, reply)  # copies of it, sent meanwhile
                 self._running -= 1
-                self._leader_busy = False
                 still_leader = self._leader == me
-                if not still_leader:
+                if still_leader:
+                    self._leader_busy = False  # (after a take-over the flag is the new leader's)
+                else:
                     # counted before the leader can see _running drop
                     self._late += (reply is not None) + len(resent)
                 if self._queue and self._running < self.workers:

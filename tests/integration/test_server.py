@@ -1,0 +1,78 @@
+"""The daemon's socket server in-process (real ZeroMQ sockets): who holds the socket when."""
+
+from __future__ import annotations
+
+import threading
+
+import zmq
+
+from malacoda import protocol as p
+from malacoda.dispatch import Dispatcher
+from malacoda.server import Server
+from tests.support import wait_for
+
+
+class TwoCalls:
+    """``a`` runs until ``b`` starts; ``b`` runs until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.a_thread = 0
+        self.a_started, self.b_started = threading.Event(), threading.Event()
+        self.a_released, self.b_released = threading.Event(), threading.Event()
+
+    def a(self) -> str:
+        self.a_thread = threading.get_ident()
+        self.a_started.set()
+        self.a_released.wait(20)
+        return "a"
+
+    def b(self) -> str:
+        self.b_started.set()
+        self.a_released.set()  # a ends on its thread while b runs on the new leader
+        self.b_released.wait(20)
+        return "b"
+
+
+def test_a_call_ending_after_a_take_over_leaves_the_new_leaders_call_watched():
+    """A call that ends on a thread which lost the socket must not mark the new leader idle:
+    the next slow call on the new leader is then taken over too, and a ping answered while
+    it runs (the bug: the ping waited for the slow call to end)."""
+    target = TwoCalls()
+    server = Server(Dispatcher(target, "incarnation", "1"), workers=4)
+    port = server.start()
+    ctx = zmq.Context()
+    socks = []
+
+    def dealer() -> zmq.Socket:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVTIMEO, 5000)
+        s.connect(f"tcp://127.0.0.1:{port}")
+        socks.append(s)
+        return s
+
+    def call(s: zmq.Socket, rid: bytes, op: str, name: str = "") -> None:
+        s.send_multipart(p.request_frames(rid, op, name or None,
+                                          [[], {}] if op == p.CALL else None, None))
+
+    try:
+        sa, sb, sc = dealer(), dealer(), dealer()
+        call(sa, b"A", p.CALL, "a")
+        target.a_started.wait(10)
+        wait_for(lambda: server._leader not in (None, target.a_thread),
+                 what="the standby to take the socket over from call a")
+        call(sb, b"B", p.CALL, "b")
+        assert target.b_started.wait(10)
+        assert p.parse_reply(sa.recv_multipart()).value() == "a"
+        call(sc, b"P", p.PING)
+        reply = p.parse_reply(sc.recv_multipart())  # zmq.Again after 5 s: the bug
+        assert reply.value() == "pong" and not target.b_released.is_set()
+        target.b_released.set()
+        assert p.parse_reply(sb.recv_multipart()).value() == "b"
+    finally:
+        target.a_released.set()
+        target.b_released.set()
+        for s in socks:
+            s.close(0)
+        ctx.term()
+        server.close()
