@@ -247,7 +247,7 @@ class Channel:
                             waiter.reply = self._read_until(rid, deadline, waiter)
                     finally:
                         self._io.release()
-                        self._pass_reader_role()
+                        self._pass_reader_role(waiter)
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -268,10 +268,10 @@ class Channel:
         except (BlockingIOError, OSError):
             pass  # the pipe is full (a wake-up is already pending) or closed
 
-    def _pass_reader_role(self) -> None:
+    def _pass_reader_role(self, me: Optional[_Waiter] = None) -> None:
         with self._mu:
             for other in self._pending.values():
-                if not other.done:
+                if not other.done and other is not me:
                     other.wake()
                     return
 

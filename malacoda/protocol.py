@@ -440,8 +440,8 @@ def decode(body: bytes, buffers: Sequence[bytes] = (), max_items: Optional[int] 
         return Decoder(buffers, max_items=max_items).unpack(body)
     except ProtocolError:
         raise
-    except (ValueError, TypeError, KeyError, OverflowError, RecursionError,
-            UnicodeDecodeError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError,
+            UnicodeDecodeError, msgpack.UnpackException) as exc:  # Decimal("zz"): ArithmeticError
         raise ProtocolError(f"undecodable body: {exc or type(exc).__name__}") from None
 
 
@@ -542,20 +542,28 @@ def parse_request(frames: Sequence[bytes]) -> Request:
 
 
 def peek_request_id(frames: Sequence[bytes]) -> bytes:
-    """Best effort: the request id of a malformed request, to address an error reply."""
+    """Best effort: the request id of a malformed request, to address an error reply.
+
+    Reads bytes, never decodes anything else: a malformed message must not make its receiver
+    build objects (an array of millions of empty arrays costs 1 byte each on the wire).
+    """
     try:
-        if frames[0][:4] == SIGNATURE or len(frames) < 2:
-            unpacker = msgpack.Unpacker(max_buffer_size=len(frames[0]))
-            unpacker.feed(frames[0][4:])
-            if unpacker.read_array_header() < 1:
+        head = frames[0]
+        if head[:4] == SIGNATURE or len(frames) < 2:
+            # Version 2 and later: frame 0 is the signature, an array header, the id as a bin 8.
+            at = {0xdc: 7, 0xdd: 9}.get(head[4], 5 if 0x90 <= head[4] <= 0x9f else 0)
+            if not at or head[at] != 0xc4:
                 return b""
-            rid = unpacker.unpack()
-        else:  # another version's layout: version 1 kept its id in frame 1's map
-            header = msgpack.unpackb(frames[1], raw=False, max_str_len=4096, max_bin_len=4096,
-                                     max_array_len=16, max_map_len=16, max_ext_len=0)
-            rid = header.get("i") if isinstance(header, dict) else None
-        if type(rid) is bytes and 0 < len(rid) <= MAX_ID:
-            return rid
+            rid = bytes(head[at + 2:at + 2 + head[at + 1]])
+            return rid if 0 < len(rid) == head[at + 1] <= MAX_ID else b""
+        # Version 1: a small header map in frame 1, its id under "i".
+        if len(frames[1]) > 4096:
+            return b""
+        header = msgpack.unpackb(frames[1], raw=False, max_str_len=4096, max_bin_len=4096,
+                                 max_array_len=16, max_map_len=16, max_ext_len=0)
+        old = header.get("i") if isinstance(header, dict) else None
+        if type(old) is bytes and 0 < len(old) <= MAX_ID:
+            return old
     except Exception:
         pass
     return b""
@@ -592,7 +600,8 @@ def parse_reply(frames: Sequence[bytes]) -> Reply:
     if len(env) != 4:
         raise ProtocolError(f"a reply envelope has 4 items, got {len(env)}")
     rid, status, incarnation, body = env
-    if type(rid) is not bytes or type(status) is not int or type(body) is not bytes:
+    if (type(rid) is not bytes or type(status) is not int or type(incarnation) is not str
+            or type(body) is not bytes):
         raise ProtocolError("a reply envelope is [bin id, int status, str incarnation, bin body]")
     return Reply(rid, status, incarnation, body, frames[1:] if len(frames) > 1 else _NO_BUFFERS)
 

@@ -75,6 +75,7 @@ def test_unregistered_named_type_is_an_error():
     msgpack.packb(msgpack.ExtType(99, b"")),
     msgpack.packb(msgpack.ExtType(p.EXT_BUFFER, msgpack.packb(5))),
     msgpack.packb(msgpack.ExtType(p.EXT_BIGINT, b"9" * 10000)),
+    msgpack.packb(msgpack.ExtType(p.EXT_DECIMAL, b"zz")),  # InvalidOperation, not a ValueError
 ])
 def test_garbage_is_a_protocol_error(body):
     with pytest.raises(ProtocolError):
@@ -167,3 +168,22 @@ def test_peek_finds_the_id_of_a_bad_request():
 def test_error_body_keeps_builtin_args():
     body = p.error_body(KeyError("k"), "tb")
     assert body["type"] == "KeyError" and body["module"] == "builtins" and body["args"] == ["k"]
+
+
+def test_peek_decodes_nothing_but_the_id():
+    """An envelope whose first item is an array of a million empty arrays (1 MB on the wire,
+    ~60 MB as lists) is not decoded to look for an id."""
+    import tracemalloc
+
+    n = 1 << 20
+    head = b"MLC\x02\x91\xdd" + n.to_bytes(4, "big") + b"\x90" * n
+    tracemalloc.start()
+    try:
+        assert p.peek_request_id([head]) == b""
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert p.peek_request_id([b"MLC\x02" + msgpack.packb([b"x" * 64, 1])]) == b"x" * 64
+    assert p.peek_request_id([b"MLC\x02" + msgpack.packb([b"x" * 65, 1])]) == b""
+    assert p.peek_request_id([b"MLC\x01", b"\x81\xa1i" + b"\x90" * 5000, b""]) == b""
