@@ -234,9 +234,11 @@ class Channel:
             if self.broken is not None:
                 raise NotSent(str(self.broken))
             self._pending[rid] = waiter
+            first = not self._outbox
             self._outbox.append(frames)
         try:
-            self._nudge()
+            if first:  # the reader sends the whole outbox when woken: one nudge serves all
+                self._nudge()
             while not waiter.done:
                 if self._io.acquire(blocking=False):
                     try:
@@ -316,16 +318,17 @@ class Channel:
                 continue
             for source, _ in events:
                 if source is sock:
-                    try:
-                        reply = self._read_reply(zmq.NOBLOCK)
-                    except zmq.Again:
-                        continue
-                    quiet_since, pinged = self._last_heard, False
-                    if reply is None:
-                        continue
-                    if reply.rid == rid:
-                        return reply
-                    self._deliver(reply)
+                    while True:  # every reply that is in, with one poll
+                        try:
+                            reply = self._read_reply(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        quiet_since, pinged = self._last_heard, False
+                        if reply is None:
+                            continue
+                        if reply.rid == rid:
+                            return reply
+                        self._deliver(reply)
                 elif source is monitor:
                     self._read_monitor()
                     if self.broken is not None:
