@@ -29,6 +29,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     RemoteHostError,
+    ReplyLost,
     StateError,
 )
 from .protocol import register_type
@@ -47,6 +48,7 @@ __all__ = [
     "CommunicationError",
     "ConfigError",
     "ConnectionLost",
+    "ReplyLost",
     "HostKeyRejected",
     "HostUnreachable",
     "LookupFailed",

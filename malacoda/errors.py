@@ -45,6 +45,11 @@ class ConnectionLost(CommunicationError, ConnectionError):
     """The daemon went away (died, or its connection dropped) while a call waited."""
 
 
+class ReplyLost(ConnectionLost):
+    """The call ran, but its connection dropped before the reply came and the daemon had not
+    kept that reply for a re-send (too large): the result is lost. The call did not run twice."""
+
+
 class Busy(CommunicationError):
     """The daemon's worker pool and its bounded queue are full; try again later."""
 

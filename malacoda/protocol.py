@@ -56,9 +56,11 @@ code   name             body
 6      BAD_VERSION      the signature's version byte is not supported; the reply is a
                         version-2 reply, addressed to the request's id when it can be found
                         (version 1 kept it under ``i`` in frame 1's map)
+7      GONE             a copy of this request ran already, but its reply was too large to
+                        keep for a re-send: nothing ran now, the result is lost
 =====  ===============  =================================================================
 
-Error map (statuses 1, 3, 4, 5, 6): ``{"type": str, "module": str, "message": str,
+Error map (every status but 0): ``{"type": str, "module": str, "message": str,
 "traceback": str, "args": array (optional)}`` where ``type``/``module`` name the exception
 class (``ValueError``, ``builtins``) and ``args`` are its constructor arguments when they can be
 encoded. A client re-raises built-in types as themselves.
@@ -128,7 +130,7 @@ CALL, GET, SET, DESCRIBE, PING = "call", "get", "set", "describe", "ping"
 OPERATIONS = (CALL, GET, SET, DESCRIBE, PING)
 
 # Reply statuses.
-OK, ERROR, BUSY, DENIED, BAD_REQUEST, UNKNOWN_OP, BAD_VERSION = range(7)
+OK, ERROR, BUSY, DENIED, BAD_REQUEST, UNKNOWN_OP, BAD_VERSION, GONE = range(8)
 STATUS_NAMES = {
     OK: "OK",
     ERROR: "ERROR",
@@ -137,6 +139,7 @@ STATUS_NAMES = {
     BAD_REQUEST: "BAD_REQUEST",
     UNKNOWN_OP: "UNKNOWN_OP",
     BAD_VERSION: "BAD_VERSION",
+    GONE: "GONE",
 }
 
 # Limits (documented in docs/protocol.md; the daemon's settings may lower them).

@@ -33,6 +33,7 @@ from .errors import (
     LookupFailed,
     ProtocolError,
     RemoteError,
+    ReplyLost,
 )
 from .resolve import Target, resolve
 
@@ -170,6 +171,8 @@ class Proxy:
         message = value.get("message", "") if isinstance(value, dict) else str(value)
         if status == p.BUSY:
             raise Busy(message)
+        if status == p.GONE:
+            raise ReplyLost(message)
         if status == p.DENIED:
             raise AccessDenied(message)
         raise ProtocolError(f"{p.STATUS_NAMES.get(status, status)}: {message}")

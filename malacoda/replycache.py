@@ -4,18 +4,20 @@ A client whose connection drops mid-call does not know whether its call ran. It 
 same frames (same request id) once it is connected again; the daemon then answers from this
 cache instead of executing the request again:
 
-- a request seen before and finished: the cached reply goes out at once;
+- a request seen before and finished: the cached reply goes out at once — or, when that reply
+  was too large to keep (see :data:`MAX_BYTES`), a GONE reply: it ran, its result is lost;
 - a request seen before and still executing: nothing runs; the reply goes to every sender of
   that id once it is ready;
 - anything else runs as usual.
 
 Only ``call`` and ``set`` are remembered (``get``, ``describe`` and ``ping`` change nothing, so
 running them again is harmless). A request is the same request when its id, operation, name,
-timeout and body are equal, so a client reusing an id for another request is not answered with a stale
-reply. The cache is bounded three ways (see :data:`MAX_ENTRIES`, :data:`MAX_BYTES`,
-:data:`TTL`); the oldest replies go first. Requests still executing are bounded by the
-server's worker pool and queue. Not thread-safe on its own: the server calls it under the lock
-that already guards its queue (one lock per call instead of two).
+timeout and body are equal, so a client reusing an id for another request is not answered with
+a stale reply. What ran is remembered for :data:`TTL` seconds, the last :data:`MAX_ENTRIES`
+requests; of their replies only the newest :data:`MAX_BYTES` are kept (holding more makes every
+large reply land in memory the CPU caches have long lost). Requests still executing are bounded
+by the server's worker pool and queue. Not thread-safe on its own: the server calls it under
+the lock that already guards its queue (one lock per call instead of two).
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from __future__ import annotations
 import collections
 import hashlib
 import time
-from typing import Dict, List, Optional, OrderedDict, Tuple
+from typing import Deque, Dict, List, Optional, OrderedDict, Tuple
 
 from . import protocol as p
 
-MAX_ENTRIES = 1024  # replies remembered
-MAX_BYTES = 64 << 20  # their total size; a larger single reply is sent, never remembered
+MAX_ENTRIES = 4096  # requests remembered as run (their keys: at most 512 bytes each)
+MAX_BYTES = 8 << 20  # the replies kept of them, newest first; a larger reply is never kept
 SMALL_HEAD = 512  # first frames up to this size are the key as they are, not hashed
-TTL = 60.0  # seconds a reply is remembered after it was sent
+TTL = 60.0  # seconds a request is remembered after it ran
 
 _REMEMBERED = (p.CALL, p.SET)
 
@@ -59,18 +61,25 @@ def request_key(request: p.Request) -> bytes:
 
 
 class ReplyCache:
-    """The replies of recent ``call``/``set`` requests and the requests still running."""
+    """The replies of recent ``call``/``set`` requests and the requests still running.
+
+    ``incarnation`` is the daemon's, for the GONE replies this cache makes.
+    """
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,
-                 ttl: float = TTL) -> None:
+                 ttl: float = TTL, incarnation: str = "") -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl = ttl
-        self._done: OrderedDict[bytes, Tuple[float, int, Message]] = collections.OrderedDict()
+        self.incarnation = incarnation
+        # key -> (expires, size of the reply kept, the reply or None when it was not kept)
+        self._done: OrderedDict[bytes, Tuple[float, int, Optional[Message]]] = \
+            collections.OrderedDict()
+        self._kept: Deque[bytes] = collections.deque()  # keys in _done with a reply, oldest first
         # Keys of requests running now -> the identities of re-senders waiting for them.
         self._running: Dict[bytes, Optional[List[bytes]]] = {}
         self._bytes = 0
-        self._first_expiry = 0.0  # when the oldest reply remembered expires
+        self._first_expiry = 0.0  # when the oldest entry expires
         self.hits = 0  # re-sent requests answered without running them
 
     def begin(self, request: p.Request, identity: bytes) -> Optional[List[Message]]:
@@ -82,7 +91,10 @@ class ReplyCache:
         if done is not None:
             if done[0] > time.monotonic():
                 self.hits += 1
-                return [[identity, *done[2]]]
+                reply = done[2]
+                if reply is None:
+                    reply = self._gone(request)
+                return [[identity, *reply]]
             self._expire(time.monotonic())  # it is out of date, and so are older ones
         running = self._running
         if key in running:
@@ -108,15 +120,20 @@ class ReplyCache:
         if frames is None:
             return _NONE
         size = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
-        if size <= self.max_bytes and self.max_entries > 0:
-            now = time.monotonic()
-            done = self._done
+        now = time.monotonic()
+        done = self._done
+        if size <= self.max_bytes:
             done[key] = (now + self.ttl, size, frames)
+            self._kept.append(key)
             self._bytes += size
-            while len(done) > self.max_entries:  # full: the oldest goes (the usual case)
-                self._bytes -= done.popitem(last=False)[1][1]
-            if self._bytes > self.max_bytes or now >= self._first_expiry:
-                self._expire(now)
+            while self._bytes > self.max_bytes:  # the oldest replies kept make room
+                self._forget_reply(self._kept.popleft())
+        else:
+            done[key] = (now + self.ttl, 0, None)  # it ran; its reply is too large to keep
+        while len(done) > self.max_entries:  # full: the oldest goes (the usual case)
+            self._drop_oldest()
+        if now >= self._first_expiry:
+            self._expire(now)
         return [[identity, *frames] for identity in waiting] if waiting else _NONE
 
     def abandon(self, request: p.Request) -> None:
@@ -135,10 +152,26 @@ class ReplyCache:
     def _expire(self, now: float) -> None:
         done = self._done
         while done:
-            key, (expires, size, _) = next(iter(done.items()))
-            if expires > now and len(done) <= self.max_entries and self._bytes <= self.max_bytes:
+            expires = next(iter(done.values()))[0]
+            if expires > now:
                 self._first_expiry = expires  # nothing to look at before then
                 return
-            del done[key]
-            self._bytes -= size
+            self._drop_oldest()
         self._first_expiry = now + self.ttl
+
+    def _drop_oldest(self) -> None:
+        _, (_, size, reply) = self._done.popitem(last=False)
+        if reply is not None:  # the oldest entry with a reply is the oldest reply kept
+            self._kept.popleft()
+            self._bytes -= size
+
+    def _forget_reply(self, key: bytes) -> None:
+        expires, size, _ = self._done[key]
+        self._done[key] = (expires, 0, None)  # still known to have run
+        self._bytes -= size
+
+    def _gone(self, request: p.Request) -> Message:
+        error = RuntimeError(
+            f"request {request.rid.hex()} ran already; its reply was not kept for a re-send "
+            f"(replies are kept up to {self.max_bytes >> 20} MiB in all): the result is lost")
+        return p.reply_frames(request.rid, p.GONE, self.incarnation, p.error_body(error))

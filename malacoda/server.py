@@ -94,7 +94,8 @@ class Server:
         self._router: Optional[zmq.Socket] = None
         self._pull: Optional[zmq.Socket] = None
         self._inproc = _INPROC.format(id(self))
-        self.replies = ReplyCache()  # a re-sent call is answered from here, not run twice
+        # A re-sent call is answered from here, not run twice.
+        self.replies = ReplyCache(incarnation=dispatcher.incarnation)
 
     # ------------------------------------------------------------------ lifecycle
 
