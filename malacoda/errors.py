@@ -47,7 +47,8 @@ class ConnectionLost(CommunicationError, ConnectionError):
 
 class ReplyLost(ConnectionLost):
     """The call ran, but its connection dropped before the reply came and the daemon had not
-    kept that reply for a re-send (too large): the result is lost. The call did not run twice."""
+    kept that reply for a re-send (too large, or pushed out by newer ones): the result is lost.
+    The call did not run twice."""
 
 
 class Busy(CommunicationError):

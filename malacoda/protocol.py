@@ -56,8 +56,9 @@ code   name             body
 6      BAD_VERSION      the signature's version byte is not supported; the reply is a
                         version-2 reply, addressed to the request's id when it can be found
                         (version 1 kept it under ``i`` in frame 1's map)
-7      GONE             a copy of this request ran already, but its reply was too large to
-                        keep for a re-send: nothing ran now, the result is lost
+7      GONE             a copy of this request ran already, but its reply was not kept for
+                        a re-send (too large, or pushed out): nothing ran now, the result
+                        is lost
 =====  ===============  =================================================================
 
 Error map (every status but 0): ``{"type": str, "module": str, "message": str,

@@ -162,23 +162,23 @@ def test_call_in_flight_when_the_daemon_restarts_is_not_rerun(start_daemon):
 
 
 def test_a_resent_call_whose_reply_was_not_kept_is_gone_not_run_again(raw):
-    """Replies are kept up to 8 MiB in all, newest first; a re-sent copy of a call whose reply
-    was not kept (too large, or pushed out) gets GONE — it ran, its result is lost — and does
-    not run again. A copy of a call whose reply was kept gets that reply."""
+    """Replies are kept up to 256 KiB each and 8 MiB in all, newest first; a re-sent copy of a
+    call whose reply was not kept (too large, or pushed out) gets GONE — it ran, its result is
+    lost — and does not run again. A copy of a call whose reply was kept gets that reply."""
     client = raw()
-    mib = b"m" * (1 << 20)
-    calls = [p.request_frames(b"call-%d" % i, p.CALL, "record", [["mib", i, mib], {}], None)
-             for i in range(10)]
-    big = p.request_frames(b"big", p.CALL, "record", [["big", 0, mib * 9], {}], None)
+    part = b"m" * (200 << 10)
+    calls = [p.request_frames(b"call-%d" % i, p.CALL, "record", [["part", i, part], {}], None)
+             for i in range(48)]  # 9.6 MB of replies
+    big = p.request_frames(b"big", p.CALL, "record", [["big", 0, b"b" * (1 << 20)], {}], None)
     for frames in [*calls, big]:
         client.send(frames)
         assert client.recv(30).status == p.OK
-    client.send(big)  # 9 MiB: never kept
+    client.send(big)  # 1 MiB: never kept
     gone = client.recv(30)
     assert gone.rid == b"big" and gone.status == p.GONE and "ran already" in gone.value()["message"]
-    client.send(calls[0])  # 1 MiB, pushed out by the newer ones
+    client.send(calls[0])  # pushed out by the newer ones
     assert client.recv(30).status == p.GONE
-    client.send(calls[-1])  # the newest 1 MiB reply: kept
+    client.send(calls[-1])  # the newest: kept
     kept = client.recv(30)
-    assert kept.status == p.OK and kept.value() == ["mib", 9, mib]
-    assert malacoda.get("HostileDaemon").record_stats() == [11, 0, 11]  # each ran once
+    assert kept.status == p.OK and kept.value() == ["part", 47, part]
+    assert malacoda.get("HostileDaemon").record_stats() == [49, 0, 49]  # each ran once
