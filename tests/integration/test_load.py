@@ -125,7 +125,7 @@ def test_soak_keeps_the_daemon_rss_flat(start_daemon):
            rss_peak_after_warmup_mib=round(peak / 2**20, 1), growth_mib=round(growth / 2**20, 1),
            samples_mib=[round(rss / 2**20) for _, rss in samples])
     # Flat: no trend from the second quarter to the second half. The RSS swings by ±30 MiB from
-    # second to second (up to 350 kB payloads in flight, and a reply cache of up to 64 MiB);
+    # second to second (up to 350 kB payloads in flight, and a reply cache of up to 8 MiB);
     # a leak of 100 bytes a call would add ~40 MiB in the ~400,000 calls of the second half.
     assert growth < 32 << 20, f"the median RSS grew by {growth / 2**20:.1f} MiB"
     assert peak < 400 << 20
