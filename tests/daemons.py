@@ -108,6 +108,7 @@ class HostileDaemon(TestDaemon):
 
     def __init__(self, **kwargs):
         self.tallies = 0
+        self.finished = 0
         self.seen = {}
         super().__init__(**kwargs)
 
@@ -118,6 +119,13 @@ class HostileDaemon(TestDaemon):
             count = self.tallies
         time.sleep(seconds)
         return count
+
+    def tally_big(self, seconds, size):
+        """Count this call, take ``seconds``, count it finished; ``size`` zero bytes back."""
+        self.tally(seconds)
+        with self.lock:
+            self.finished += 1
+        return bytes(size)
 
     def record(self, caller, index, payload=None):
         """Count call ``index`` of ``caller`` and return what identifies it."""

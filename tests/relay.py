@@ -6,7 +6,7 @@ import contextlib
 import selectors
 import socket
 import threading
-from typing import Dict
+from typing import Dict, Set
 
 
 class Relay:
@@ -28,6 +28,8 @@ class Relay:
         self._cut = False
         self._closed = False
         self.connections = 0
+        self._holding = False
+        self._upstreams: Set[socket.socket] = set()
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._loop, name="relay", daemon=True)
@@ -42,6 +44,11 @@ class Relay:
     def retarget(self, port: int) -> None:
         self.target = port
 
+    def hold_replies(self) -> None:
+        """Drop whatever the daemon sends on the connections open now, as a network that loses
+        a reply would (until :meth:`cut`)."""
+        self._holding = True
+
     def close(self) -> None:
         with self._mu:
             self._closed = True
@@ -51,6 +58,7 @@ class Relay:
         self._wake_w.close()
 
     def _drop_all(self) -> None:
+        self._upstreams.clear()
         for sock in list(self._peers):
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sock)
@@ -72,6 +80,7 @@ class Relay:
                             cut, self._cut = self._cut, False
                         if cut:
                             self._drop_all()
+                            self._holding = False
                     elif sock is self._listener:
                         client, _ = self._listener.accept()
                         try:
@@ -81,6 +90,7 @@ class Relay:
                             continue
                         self.connections += 1
                         self._peers[client], self._peers[upstream] = upstream, client
+                        self._upstreams.add(upstream)
                         self._selector.register(client, selectors.EVENT_READ)
                         self._selector.register(upstream, selectors.EVENT_READ)
                     elif sock in self._peers:
@@ -90,6 +100,8 @@ class Relay:
                         except OSError:
                             data = b""
                         other = self._peers[sock]
+                        if data and self._holding and sock in self._upstreams:
+                            continue  # lost on the way
                         if data:
                             try:
                                 other.sendall(data)
@@ -100,6 +112,7 @@ class Relay:
                             with contextlib.suppress(KeyError, ValueError):
                                 self._selector.unregister(s)
                             self._peers.pop(s, None)
+                            self._upstreams.discard(s)
                             s.close()
         finally:
             self._drop_all()

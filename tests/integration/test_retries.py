@@ -145,6 +145,30 @@ def test_proxy_resends_with_the_same_id_after_a_dropped_connection(start_daemon)
         relay.close()
 
 
+def test_a_lost_reply_too_large_to_keep_is_reported_lost_not_run_again(start_daemon):
+    """The reply of a call is lost with its connection, and it was too large for the daemon to
+    keep (over 256 KiB): the proxy's re-send is answered GONE and the call fails with ReplyLost
+    (a ConnectionLost) — it ran once — instead of running again."""
+    start_daemon("HostileDaemon")
+    relay = Relay(Registry().lookup("HostileDaemon").port)
+    try:
+        d = malacoda.get(f"HostileDaemon:{relay.port}")
+        watcher = malacoda.get("HostileDaemon")
+        assert d.tally() == 1
+        call = InThread(d.tally_big, 0.5, 300 << 10)
+        wait_for(lambda: watcher.tallies == 2, what="the call to start")
+        relay.hold_replies()
+        wait_for(lambda: watcher.finished == 1, what="the call to end")
+        relay.cut()
+        call.join(30)
+        assert isinstance(call.error, malacoda.ReplyLost), (call.value, call.error)
+        assert "ran already" in str(call.error)
+        assert (watcher.tallies, watcher.finished) == (2, 1)  # it did not run again
+        assert d.tally() == 3  # and the proxy stays usable
+    finally:
+        relay.close()
+
+
 def test_call_in_flight_when_the_daemon_restarts_is_not_rerun(start_daemon):
     """A restarted daemon has no memory of the call: the proxy reports the loss honestly
     instead of running it again, and the next call goes to the new daemon."""
