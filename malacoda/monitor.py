@@ -93,8 +93,13 @@ class Record:
             return False
 
 
+def status_dir(paths: Paths) -> Path:
+    """The folder of the monitors' status records."""
+    return paths.run / "status"
+
+
 def record_path(paths: Paths, name: str) -> Path:
-    return paths.run / "status" / f"{name}.json"
+    return status_dir(paths) / f"{name}.json"
 
 
 def read_record(paths: Paths, name: str) -> Optional[Record]:
@@ -114,8 +119,9 @@ def read_record(paths: Paths, name: str) -> Optional[Record]:
 
 def write_record(paths: Paths, record: Record) -> None:
     record.updated = time.time()
-    folder = private_dir(private_dir(paths.run) / "status")
-    atomic_write(folder / f"{record.name}.json", json.dumps(asdict(record)).encode())
+    private_dir(paths.run)
+    private_dir(status_dir(paths))
+    atomic_write(record_path(paths, record.name), json.dumps(asdict(record)).encode())
 
 
 def describe_exit(code: int) -> Dict[str, Any]:

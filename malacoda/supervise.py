@@ -34,7 +34,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import psutil
 
 from .errors import ProcessError
-from .monitor import package_env, read_record, read_word, stop_sequence, write_record
+from .monitor import (
+    package_env,
+    read_record,
+    read_word,
+    status_dir,
+    stop_sequence,
+    write_record,
+)
 from .runtime import Paths, Registry, host_name, private_dir, same_process
 from .units import Unit
 
@@ -135,7 +142,7 @@ def known_names(paths: Optional[Paths] = None) -> List[str]:
     """Names with a status record or a registry entry on this host."""
     paths = paths or Paths.default()
     names = set(Registry(paths).names())
-    folder = paths.run / "status"
+    folder = status_dir(paths)
     if folder.is_dir():
         names.update(p.stem for p in folder.glob("*.json"))
     return sorted(names)
