@@ -16,6 +16,9 @@ import threading
 import time
 from typing import Any, Callable, List, Tuple
 
+from bench.profile import timed_calls
+from bench.run import Server
+
 WINDOW = 1.5
 LOOPS = [
     ("bare", "bare DEALER: send a prebuilt request frame, receive the reply"),
@@ -91,20 +94,10 @@ def _loop(kind: str, port: int) -> Callable[[], Any]:
 
 
 def _client(kind: str, port: int, start: float, out: Any) -> None:
-    call = _loop(kind, port)
-    for _ in range(50):
-        call()
-    while time.time() < start:
-        time.sleep(0.001)
-    calls, t0 = 0, os.times()
-    while time.time() < start + WINDOW:
-        call()
-        calls += 1
-    out.put((calls, os.times().user - t0.user))
+    out.put(timed_calls(_loop(kind, port), start, WINDOW))
 
 
 def main(argv: List[str]) -> int:
-    from bench.run import Server
 
     rounds = int(argv[0]) if argv else 2
     home = tempfile.mkdtemp(prefix="malacoda-clientcost-")

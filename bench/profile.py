@@ -18,7 +18,7 @@ import resource
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import psutil
 
@@ -68,20 +68,30 @@ def _cpu(pid: int) -> List[float]:
     return [t.user, t.system]
 
 
-def _window_client(system: str, port: int, start: float, window: float, out: Any) -> None:
-    client = Client(system, port)
-    value = small_value(system)
+def timed_calls(call: Callable[[], Any], start: float, window: float) -> Tuple[int, float, float]:
+    """Warm ``call`` up, wait for ``start`` (``time.time()``), then call it for ``window``
+    seconds: (calls, user CPU seconds, system CPU seconds) of this process meanwhile."""
     for _ in range(50):
-        client.call(value)
+        call()
     while time.time() < start:
         time.sleep(0.001)
     calls, t0 = 0, os.times()
     while time.time() < start + window:
-        if client.call(value) != value:
-            raise AssertionError("wrong reply")
+        call()
         calls += 1
     t1 = os.times()
-    out.put((calls, t1.user - t0.user, t1.system - t0.system))
+    return calls, t1.user - t0.user, t1.system - t0.system
+
+
+def _window_client(system: str, port: int, start: float, window: float, out: Any) -> None:
+    client = Client(system, port)
+    value = small_value(system)
+
+    def checked() -> None:
+        if client.call(value) != value:
+            raise AssertionError("wrong reply")
+
+    out.put(timed_calls(checked, start, window))
     client.close()
 
 
