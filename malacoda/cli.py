@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -90,6 +91,37 @@ class Group(click.Group):
             fail(str(exc), exit_code(exc))
         except OSError as exc:
             fail(f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", FAILED)
+
+
+class ValueArgs(click.Command):
+    """A command whose arguments are values, and a value may be negative: ``call d add -5 3``.
+
+    A word that starts with ``-`` and a digit or a dot is an argument; any other unknown word
+    that starts with ``-`` is still a usage error, with the hint to put values after ``--``.
+    """
+
+    NUMBER = re.compile(r"-\.?\d")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", {})["ignore_unknown_options"] = True
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        options = {opt: param for param in self.get_params(ctx) if isinstance(param, click.Option)
+                   for opt in param.opts + param.secondary_opts}
+        words = iter(args)
+        for word in words:
+            if word == "--":
+                break
+            name = word.partition("=")[0]
+            if name in options:
+                if "=" not in word and not options[name].is_flag:
+                    next(words, None)
+            elif word.startswith("-") and not self.NUMBER.match(word):
+                raise click.NoSuchOption(
+                    word, message=f"No such option: {word} (a value that starts with '-' "
+                    f"goes after '--': ... -- {word})", ctx=ctx)
+        return super().parse_args(ctx, args)
 
 
 def complete_units(ctx: click.Context, param: click.Parameter, incomplete: str) -> List[str]:
@@ -348,7 +380,7 @@ def _proxy(name: str, timeout: Optional[float]) -> Any:
     return Proxy(str(target(name)), timeout=timeout)
 
 
-@cli.command()
+@cli.command(cls=ValueArgs)
 @NAME
 @click.argument("method")
 @click.argument("args", nargs=-1)
@@ -390,7 +422,7 @@ def get(c: Context, name: str, attr: str, timeout: Optional[float], as_json: boo
     click.echo(control.as_text(result, as_json))
 
 
-@cli.command(name="set")
+@cli.command(name="set", cls=ValueArgs)
 @NAME
 @click.argument("attr")
 @click.argument("value")

@@ -198,6 +198,12 @@ def test_call_values_and_remote_errors(ctl: Ctl) -> None:
     assert ctl.ok("call", "Echo", "echo", "'5'") == "5\n"
     assert ctl.ok("call", "Echo", "echo", "[1, (2, 3)]") == "[1, (2, 3)]\n"
     assert ctl.ok("call", "Echo", "add", "2", "--kw", "b=40") == "42\n"
+    assert ctl.ok("call", "Echo", "add", "-5", "-.5", "--timeout", "9") == "-5.5\n"
+    assert ctl.ok("call", "Echo", "echo", "--", "-x") == "-x\n"
+    dashed = ctl("call", "Echo", "echo", "-x")
+    assert dashed.returncode == 2 and "goes after '--'" in dashed.stderr, dashed.stderr
+    ctl.ok("set", "Echo", "constant", "-3")
+    assert ctl.ok("get", "Echo", "constant") == "-3\n"
     assert json.loads(ctl.ok("call", "Echo", "echo", "{'a': (1, {2})}", "--json")) == {"a": [1, [2]]}
     assert ctl.ok("call", "Echo", "echo", "b'\\x00'", "--json") == '{"base64": "AA=="}\n'
     one_line_error(ctl("call", "Echo", "fail_value"), 1, "ValueError: bad value")
