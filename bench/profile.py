@@ -1,9 +1,10 @@
 """Where a small call's time goes: CPU per call of client and server, raw REQ/REP vs Malacoda.
 
 ``python -m bench.profile [calls]``. For each system: a fresh server process, one client in
-this process making sequential ``echo`` calls; reports wall time per call, user and system
-CPU per call of the client process and of the server process, and the server's context
-switches per call. CPU time is less at the mercy of the scheduler than wall time.
+this process making sequential ``echo`` calls, placed by the scheduler and then with client
+and server pinned to one CPU; reports wall time per call, user and system CPU per call of each
+side's Python threads and of its ZeroMQ I/O thread, and the server's context switches per
+call. CPU time is less at the mercy of the scheduler than wall time.
 
 Then the same for 16 client processes calling at once for a short window: calls/s, and the
 CPU per call of all clients together and of the server. On 2 CPUs shared by 16 clients and
@@ -14,11 +15,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import psutil
 
@@ -37,28 +37,59 @@ def _switches(pid: int) -> int:
     return total
 
 
-def profile(system: str, calls: int) -> Dict[str, float]:
-    server = Server(system)
+def _threads(pid: int) -> Dict[str, List[float]]:
+    """User and system CPU seconds of process ``pid``, by thread: its ZeroMQ I/O threads
+    (``zmq``) and the others (``python``: the caller, the daemon's leader and standby)."""
+    groups = {"python": [0.0, 0.0], "zmq": [0.0, 0.0]}
+    for thread in psutil.Process(pid).threads():
+        try:
+            with open(f"/proc/{pid}/task/{thread.id}/comm") as f:
+                name = f.read()
+        except OSError:
+            continue  # it ended meanwhile
+        group = groups["zmq" if name.startswith("ZMQbg") else "python"]
+        group[0] += thread.user_time
+        group[1] += thread.system_time
+    return groups
+
+
+def _pin(cpus: Optional[Set[int]]) -> None:
+    """Every thread of this process (zmq's I/O thread included) on ``cpus`` (None: all)."""
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus or range(os.cpu_count() or 1))
+        except OSError:
+            pass
+
+
+def profile(system: str, calls: int, cpus: Optional[Set[int]] = None) -> Dict[str, float]:
+    """One client in this process, sequential calls; ``cpus``: client and server pinned there."""
+    server = Server(system, cpus=cpus)
     try:
         client = Client(system, server.port)
+        if cpus is not None:
+            _pin(cpus)
         value = small_value(system)
         for _ in range(500):
             client.call(value)
-        sp = psutil.Process(server.proc.pid)
-        s0, c0, x0 = sp.cpu_times(), resource.getrusage(resource.RUSAGE_SELF), _switches(sp.pid)
+        s0, c0, x0 = _threads(server.proc.pid), _threads(os.getpid()), _switches(server.proc.pid)
         t0 = time.perf_counter()
         for _ in range(calls):
             if client.call(value) != value:
                 raise AssertionError("wrong reply")
         wall = time.perf_counter() - t0
-        s1, c1, x1 = sp.cpu_times(), resource.getrusage(resource.RUSAGE_SELF), _switches(sp.pid)
+        s1, c1, x1 = _threads(server.proc.pid), _threads(os.getpid()), _switches(server.proc.pid)
         client.close()
         us = 1e6 / calls
-        return {"wall": wall * us, "client_user": (c1.ru_utime - c0.ru_utime) * us,
-                "client_sys": (c1.ru_stime - c0.ru_stime) * us,
-                "server_user": (s1.user - s0.user) * us, "server_sys": (s1.system - s0.system) * us,
-                "server_switches": (x1 - x0) / calls}
+        result = {"wall": wall * us, "server_switches": (x1 - x0) / calls}
+        for side, before, after in (("client", c0, c1), ("server", s0, s1)):
+            for group in ("python", "zmq"):
+                result[f"{side}_{group}_user"] = (after[group][0] - before[group][0]) * us
+                result[f"{side}_{group}_sys"] = (after[group][1] - before[group][1]) * us
+        return result
     finally:
+        if cpus is not None:
+            _pin(None)
         server.stop()
 
 
@@ -128,13 +159,20 @@ def main(argv: List[str]) -> int:
     home = tempfile.mkdtemp(prefix="malacoda-profile-")
     os.chmod(home, 0o700)
     os.environ["MALACODA_HOME"] = home
-    print("| system | wall µs/call | client user µs | client sys µs | server user µs | "
-          "server sys µs | server context switches |")
-    print("|---|---|---|---|---|---|---|")
-    for system in ("zmq_reqrep", "malacoda", "zmq_reqrep", "malacoda"):
-        r = profile(system, calls)
-        print(f"| `{system}` | {r['wall']:.1f} | {r['client_user']:.1f} | {r['client_sys']:.1f} | "
-              f"{r['server_user']:.1f} | {r['server_sys']:.1f} | {r['server_switches']:.2f} |")
+    print("CPU µs per call, user / system, by thread: the calling thread and the daemon's Python "
+          "threads (python), and each side's ZeroMQ I/O thread (zmq).")
+    print()
+    print("| system | placement | wall µs/call | client python | client zmq | server python | "
+          "server zmq | server context switches |")
+    print("|---|---|---|---|---|---|---|---|")
+    for cpus, placement in ((None, "scheduler"), ({0}, "one CPU")):
+        for system in ("zmq_reqrep", "malacoda", "zmq_reqrep", "malacoda"):
+            r = profile(system, calls, cpus)
+            cells = " | ".join(f"{r[f'{side}_user']:.1f} / {r[f'{side}_sys']:.1f}"
+                               for side in ("client_python", "client_zmq", "server_python",
+                                            "server_zmq"))
+            print(f"| `{system}` | {placement} | {r['wall']:.1f} | {cells} | "
+                  f"{r['server_switches']:.2f} |")
     print()
     print("| system, 16 clients | calls/s | clients user µs | clients sys µs | server user µs | "
           "server sys µs | total CPU µs/call |")
