@@ -138,7 +138,7 @@ def damaged_copies(good: bytes):
         "truncated": good[: len(good) // 2],
         "checksum": bytes(flipped),
         "empty": b"",
-        "garbage": os.urandom(300),
+        "garbage": random.Random(300).randbytes(300),
         "header only": good[:48],
     }
 
@@ -164,7 +164,7 @@ def test_damaged_state_file_refuses_the_start_and_is_untouched(start_daemon, hom
 def test_damaged_sqlite_state_refuses_the_start(start_daemon, home):
     db = home / "lib" / "TestDaemon.sqlite"
     db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    db.write_bytes(b"SQLite format 3\0" + os.urandom(4080))
+    db.write_bytes(b"SQLite format 3\0" + random.Random(4080).randbytes(4080))
     os.chmod(db, 0o600)
     before = db.read_bytes()
     proc = start_daemon(wait=False, pst_config={"class_name": "PstSqliteStorage"})
