@@ -5,8 +5,9 @@ Handing every request from a socket thread to a worker costs a thread wake-up pe
 it itself ("leader"). A *standby* thread watches the leader: when the leader's call is still
 running one tick later (a slow call), the standby takes over the socket — which sits idle while
 user code runs — and goes on receiving. The standby looks at its own pace, never woken per call:
-every ``TICK_CALM`` while calls come and go, every ``TICK_ACTIVE`` once it has seen one running. The old leader, once its call returns, finds that it no
-longer owns the socket and sends its reply through an inproc PUSH socket to whoever does.
+every ``TICK_CALM`` while calls come and go, every ``TICK_ACTIVE`` once it has seen one
+running. The old leader, once its call returns, finds that it no longer owns the socket and
+sends its reply through an inproc PUSH socket to whoever does.
 
 At most ``workers`` user calls run at once. A request that finds them all busy waits in a
 queue of ``queue`` entries (and ``queue_bytes`` bytes), and one that finds the queue full gets a
