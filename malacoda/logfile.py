@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import threading
 import time
@@ -74,16 +75,20 @@ BLOCK = 64 * 1024
 
 
 def tail(path: Path, lines: int, block: int = BLOCK) -> List[str]:
-    """The last ``lines`` lines of the log, reaching into ``<name>.log.1`` when needed.
+    """The last ``lines`` lines of the log, reaching back into ``<name>.log.1``, ``.2``, … as
+    far as needed and as they go.
 
     Each file is read backwards from its end, ``block`` bytes at a time, only until it holds
     enough lines: a few lines of a large log cost a few blocks, not the whole file.
     """
     result: List[str] = []
-    for file in (path, path.with_name(path.name + ".1")):
+    for generation in itertools.count():
         wanted = max(lines, 0) - len(result)
         if wanted <= 0:
             break
+        file = path.with_name(f"{path.name}.{generation}") if generation else path
+        if generation and not file.exists():
+            break  # the oldest one kept was the one before
         result = _last_lines(file, wanted, block) + result
     return result
 

@@ -39,6 +39,19 @@ def test_many_lines_across_the_rotated_file(tmp_path: Path) -> None:
     assert logfile.tail(log, 3) == older[-3:]
 
 
+def test_lines_from_every_rotated_generation(tmp_path: Path) -> None:
+    log = tmp_path / "Web.log"
+    generations = [[f"gen {g} line {i}" for i in range(10)] for g in range(4)]  # 0 is the live one
+    for g, lines in enumerate(generations):
+        log.with_name(f"Web.log.{g}" if g else "Web.log").write_text(
+            "".join(line + "\n" for line in lines))
+    oldest_first = [line for lines in reversed(generations) for line in lines]
+    assert logfile.tail(log, 25) == oldest_first[-25:]  # the live file, .1 and half of .2
+    assert logfile.tail(log, 1000) == oldest_first
+    log.with_name("Web.log.2").unlink()  # the generations end at the first one missing
+    assert logfile.tail(log, 1000) == generations[1] + generations[0]
+
+
 def test_lines_longer_than_a_block(tmp_path: Path) -> None:
     log = tmp_path / "Big.log"
     long_lines = [c * (3 * logfile.BLOCK + 7) for c in "abc"]
