@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import click
 
 from . import cli_hosts, control, logfile, supervise, units
+from .cli_values import ValueArgs
 from .errors import (
     AccessDenied,
     CommunicationError,
@@ -91,37 +91,6 @@ class Group(click.Group):
             fail(str(exc), exit_code(exc))
         except OSError as exc:
             fail(f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", FAILED)
-
-
-class ValueArgs(click.Command):
-    """A command whose arguments are values, and a value may be negative: ``call d add -5 3``.
-
-    A word that starts with ``-`` and a digit or a dot is an argument; any other unknown word
-    that starts with ``-`` is still a usage error, with the hint to put values after ``--``.
-    """
-
-    NUMBER = re.compile(r"-\.?\d")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("context_settings", {})["ignore_unknown_options"] = True
-        super().__init__(*args, **kwargs)
-
-    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
-        options = {opt: param for param in self.get_params(ctx) if isinstance(param, click.Option)
-                   for opt in param.opts + param.secondary_opts}
-        words = iter(args)
-        for word in words:
-            if word == "--":
-                break
-            name = word.partition("=")[0]
-            if name in options:
-                if "=" not in word and not options[name].is_flag:
-                    next(words, None)
-            elif word.startswith("-") and not self.NUMBER.match(word):
-                raise click.NoSuchOption(
-                    word, message=f"No such option: {word} (a value that starts with '-' "
-                    f"goes after '--': ... -- {word})", ctx=ctx)
-        return super().parse_args(ctx, args)
 
 
 def complete_units(ctx: click.Context, param: click.Parameter, incomplete: str) -> List[str]:

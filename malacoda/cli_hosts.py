@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import click
 
 from . import supervise
+from .cli_values import KeyArgs
 from .errors import ConfigError
 from .resolve import parse
 from .runtime import known_fields
@@ -128,11 +129,7 @@ def keys_show() -> None:
         click.echo(f"  {label}  {key.decode()}")
 
 
-#: A z85 key may start with '-'; the key check itself rejects whatever is not a key or a name.
-KEY_ARGUMENT = {"ignore_unknown_options": True}
-
-
-@keys.command(name="authorize", context_settings=KEY_ARGUMENT)
+@keys.command(name="authorize", cls=KeyArgs)
 @click.argument("public_key")
 @click.option("--name", "label", metavar="NAME", help="A name for the key (default: its digest).")
 def keys_authorize(public_key: str, label: Optional[str]) -> None:
@@ -141,7 +138,7 @@ def keys_authorize(public_key: str, label: Optional[str]) -> None:
     click.echo(f"authorized {path.stem} ({path})")
 
 
-@keys.command(name="revoke", context_settings=KEY_ARGUMENT)
+@keys.command(name="revoke", cls=KeyArgs)
 @click.argument("key_or_name")
 def keys_revoke(key_or_name: str) -> None:
     """Remove a client key (the key itself, or its name) from the allow-list."""

@@ -200,6 +200,7 @@ def test_call_values_and_remote_errors(ctl: Ctl) -> None:
     assert ctl.ok("call", "Echo", "add", "2", "--kw", "b=40") == "42\n"
     assert ctl.ok("call", "Echo", "add", "-5", "-.5", "--timeout", "9") == "-5.5\n"
     assert ctl.ok("call", "Echo", "echo", "--", "-x") == "-x\n"
+    assert ctl.ok("call", "Echo", "echo", "-") == "-\n"
     dashed = ctl("call", "Echo", "echo", "-x")
     assert dashed.returncode == 2 and "goes after '--'" in dashed.stderr, dashed.stderr
     ctl.ok("set", "Echo", "constant", "-3")
@@ -473,6 +474,10 @@ def test_version_paths_and_completion(ctl: Ctl) -> None:
                COMP_CWORD="2")
     result = subprocess.run(ctl.argv(), env=env, capture_output=True, text=True, timeout=60)
     assert "Completable" in result.stdout
+    # Completing after an argument that starts with '-': options offered, no traceback.
+    env.update(COMP_WORDS="malacodactl call Completable add -x --", COMP_CWORD="5")
+    result = subprocess.run(ctl.argv(), env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--timeout" in result.stdout, result.stderr
     shim = subprocess.run([sys.executable, str(ROOT / "bin" / "malacodactl"), "--version"],
                           capture_output=True, text=True, timeout=60)
     assert shim.stdout == f"malacodactl, version {__version__}\n"
