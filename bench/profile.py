@@ -53,18 +53,16 @@ def _threads(pid: int) -> Dict[str, List[float]]:
     return groups
 
 
-def _pin(cpus: Optional[Set[int]]) -> None:
-    """Every thread of this process (zmq's I/O thread included) on ``cpus`` (None: all)."""
+def _pin(cpus: Set[int]) -> None:
+    """Every thread of this process (zmq's I/O thread included) on ``cpus``."""
     for task in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(task), cpus or range(os.cpu_count() or 1))
-        except OSError:
-            pass
+        os.sched_setaffinity(int(task), cpus)
 
 
 def profile(system: str, calls: int, cpus: Optional[Set[int]] = None) -> Dict[str, float]:
     """One client in this process, sequential calls; ``cpus``: client and server pinned there."""
     server = Server(system, cpus=cpus)
+    allowed = os.sched_getaffinity(0)
     try:
         client = Client(system, server.port)
         if cpus is not None:
@@ -89,7 +87,7 @@ def profile(system: str, calls: int, cpus: Optional[Set[int]] = None) -> Dict[st
         return result
     finally:
         if cpus is not None:
-            _pin(None)
+            _pin(allowed)
         server.stop()
 
 
