@@ -34,7 +34,7 @@ from .errors import (
 )
 from .protocol import register_type
 from .proxy import Proxy
-from .storage import PstFileStorage, PstSqliteStorage, PstStorage
+from .storage import PstFileStorage, PstS3Storage, PstSqliteStorage, PstStorage
 from .version import __version__
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "ProtocolError",
     "Proxy",
     "PstFileStorage",
+    "PstS3Storage",
     "PstSqliteStorage",
     "PstStorage",
     "RemoteError",

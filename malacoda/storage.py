@@ -1,18 +1,18 @@
-"""Persisters for ``pst*`` attributes: one small interface, a file and an SQLite backend.
+"""Persisters for ``pst*`` attributes: one small interface; file, SQLite and S3 backends.
 
 A daemon's ``pst_config`` names the persister and its options, as in the original::
 
     pst_config={'class_name': 'PstFileStorage', 'frequency': timedelta(minutes=1),
                 'file_path': '/var/lib/app/state.pst'}
 
-``class_name`` is a built-in name (``PstFileStorage``, ``PstSqliteStorage``) or
+``class_name`` is a built-in name (``PstFileStorage``, ``PstSqliteStorage``, ``PstS3Storage``) or
 ``package.module:Class`` for a subclass of :class:`PstStorage`. ``frequency`` (a
 ``timedelta`` or seconds, default 60) is how often changed state is saved; every other key goes
 to the persister's constructor.
 
-State is serialised with ``dill`` — for a local file the daemon's owner wrote, never for
-anything from the network — and a state file that is not ours or is writable by others is
-refused before it is read.
+State is serialised with ``dill``, and loading it runs code: a state file that is not ours or
+is writable by others is refused before it is read, and state kept in S3 is loaded only with
+this host's signature on it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import hmac
 import importlib
 import io
 import logging
@@ -29,12 +30,12 @@ import sqlite3
 import stat
 import struct
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type, Union
 
 import dill
 
 from .errors import ConfigError, StateError
-from .runtime import Paths, atomic_write, private_dir, remove_leftovers
+from .runtime import Paths, atomic_write, host_name, private_dir, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class PstStorage:
         self._last_digest = digest
         return True
 
-    def _loaded(self, payload: bytes, where: str) -> Dict[str, Any]:
+    def _loaded(self, payload: Union[bytes, memoryview], where: str) -> Dict[str, Any]:
         try:
             state = dill.loads(payload)
         except Exception as exc:
@@ -258,11 +259,146 @@ class PstSqliteStorage(PstStorage):
             self._db = None
 
 
+class PstS3Storage(PstStorage):
+    """State in an S3 object: AWS S3 or any S3-compatible store (MinIO, Ceph, Garage…).
+
+    Options: ``bucket`` (required), ``key`` (default ``malacoda/<host>/<name>.pst``),
+    ``endpoint_url`` and ``region`` (default: boto3's, from the environment or ``~/.aws``),
+    ``signing_key_file`` (default ``<keys>/pst-signing.key``) and ``timeout`` (seconds per S3
+    request, default 30). Credentials come from boto3's usual chain (environment, ``~/.aws``,
+    an instance role), never from ``pst_config``. Needs boto3: ``pip install 'malacoda[s3]'``.
+
+    An S3 PUT replaces an object whole, so a reader sees the old state or the new one, and a
+    failed save leaves the old one. The state is dill bytes, and loading dill runs code, so an
+    object is loaded only when it carries this host's signature: ``b"MLCPSTS1"``, the HMAC-SHA256
+    of the payload under a key kept on this host (32 random bytes, 0600, made on the first
+    save), then the payload. Hosts that share a state object share that key file. An object
+    that is not signed so stops the start, as a corrupt state file does, and so does an S3 that
+    cannot be read: starting from defaults would overwrite the saved state at the first save.
+    """
+
+    MAGIC = b"MLCPSTS1"
+
+    def __init__(self, name: str, paths: Paths, frequency: Any = DEFAULT_FREQUENCY,
+                 bucket: Optional[str] = None, key: Optional[str] = None,
+                 endpoint_url: Optional[str] = None, region: Optional[str] = None,
+                 signing_key_file: Optional[str] = None, timeout: float = 30.0) -> None:
+        super().__init__(name, paths, frequency)
+        if not bucket:
+            raise ConfigError(f"pst_config for {name!r}: PstS3Storage needs a 'bucket'")
+        self.bucket = bucket
+        self.key = key or f"malacoda/{host_name()}/{name}.pst"
+        self.url = f"s3://{bucket}/{self.key}"
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.timeout = float(timeout)
+        self.signing_key_file = (Path(signing_key_file).expanduser() if signing_key_file
+                                 else paths.keys / "pst-signing.key")
+        self._s3: Any = None
+
+    def _client(self) -> Any:
+        if self._s3 is None:
+            try:
+                import boto3  # imported only when state lives in S3
+                from botocore.config import Config
+            except ImportError:
+                raise ConfigError("PstS3Storage needs boto3: pip install 'malacoda[s3]'") from None
+            config = Config(connect_timeout=min(10.0, self.timeout), read_timeout=self.timeout,
+                            retries={"max_attempts": 3, "mode": "standard"})
+            self._s3 = boto3.client("s3", endpoint_url=self.endpoint_url,
+                                    region_name=self.region, config=config)
+        return self._s3
+
+    def _signing_key(self, create: bool) -> Optional[bytes]:
+        """This host's signing key (None if it has none and ``create`` is false)."""
+        path = self.signing_key_file
+        if create and not path.exists():
+            if path.parent == self.paths.keys:
+                private_dir(path.parent)
+            with contextlib.suppress(FileExistsError):  # another daemon made it meanwhile
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(os.urandom(32))
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise StateError(f"signing key {path} must be yours and private (chmod 600): "
+                             "anyone who can read it can make this daemon run their code")
+        data = path.read_bytes()
+        if len(data) < 32:
+            raise StateError(f"signing key {path} is too short (32 bytes or more); it was left "
+                             "untouched")
+        return data
+
+    def _signature(self, key: bytes, payload: Any) -> bytes:
+        return hmac.new(key, payload, hashlib.sha256).digest()
+
+    def load(self) -> Optional[Dict[str, Any]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        s3 = self._client()
+        try:
+            data = s3.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None  # nothing saved yet
+            raise StateError(f"state {self.url} cannot be read: {_s3_reason(exc)}; "
+                             "the start is refused, so that no save overwrites it") from exc
+        except BotoCoreError as exc:
+            raise StateError(f"state {self.url} cannot be read: {exc}; the start is refused, "
+                             "so that no save overwrites it") from exc
+        key = self._signing_key(create=False)
+        if key is None:
+            raise StateError(f"state {self.url} exists but there is no signing key "
+                             f"{self.signing_key_file} to check it with: copy the key file of "
+                             "the host that saved it (or move the object away to start from "
+                             "defaults)")
+        head = len(self.MAGIC) + 32
+        payload = memoryview(data)[head:]
+        if (len(data) < head or not data.startswith(self.MAGIC)
+                or not hmac.compare_digest(data[len(self.MAGIC):head],
+                                           self._signature(key, payload))):
+            raise StateError(f"state {self.url} is not signed with {self.signing_key_file} "
+                             "(written by someone else, or damaged): it is not loaded, since "
+                             "loading runs code, and it was left untouched")
+        return self._loaded(payload, self.url)
+
+    def write(self, payload: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._signing_key(create=True)
+        assert key is not None
+        body = self.MAGIC + self._signature(key, payload) + payload
+        try:
+            self._client().put_object(Bucket=self.bucket, Key=self.key, Body=body)
+        except (BotoCoreError, ClientError) as exc:
+            reason = _s3_reason(exc) if isinstance(exc, ClientError) else str(exc)
+            raise StateError(f"saving state to {self.url} failed: {reason}; the previous "
+                             "state is kept") from exc
+
+    def close(self) -> None:
+        if self._s3 is not None:
+            with contextlib.suppress(Exception):
+                self._s3.close()
+            self._s3 = None
+
+
+def _s3_reason(exc: Any) -> str:
+    """The S3 error code and message of a botocore ``ClientError``, in one line."""
+    error = exc.response.get("Error", {})
+    code, message = error.get("Code", "error"), error.get("Message", "")
+    return f"{code}: {message}" if message else str(code)
+
+
 BUILTIN: Dict[str, Type[PstStorage]] = {
     "PstFileStorage": PstFileStorage,
     "PstSqliteStorage": PstSqliteStorage,
+    "PstS3Storage": PstS3Storage,
     "file": PstFileStorage,
     "sqlite": PstSqliteStorage,
+    "s3": PstS3Storage,
 }
 
 

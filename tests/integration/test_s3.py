@@ -1,0 +1,132 @@
+"""pst state in S3 (the original's "Persister to S3"): real daemons, a real S3 server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, Iterator
+
+import pytest
+
+import malacoda
+from malacoda import StateError
+from malacoda.runtime import Paths, host_name
+from malacoda.storage import PstS3Storage, from_config
+from tests.s3 import CREDENTIALS, S3Server, free_port
+
+pytest.importorskip("boto3")
+pytest.importorskip("moto")
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3") / "s3-server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch,
+       request: pytest.FixtureRequest) -> SimpleNamespace:
+    """A fresh bucket, and credentials in the environment daemons inherit."""
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    bucket = "pst-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    client = s3_server.client()
+    client.create_bucket(Bucket=bucket)
+    config = {"class_name": "PstS3Storage", "bucket": bucket, "endpoint_url": s3_server.url,
+              "frequency": 3600}
+    return SimpleNamespace(client=client, bucket=bucket, config=config, url=s3_server.url,
+                           key=f"malacoda/{host_name()}/TestDaemon.pst")
+
+
+def stored(s3: SimpleNamespace) -> bytes:
+    return s3.client.get_object(Bucket=s3.bucket, Key=s3.key)["Body"].read()
+
+
+class _RunsCode:
+    """Unpickling this creates ``path``: what a planted state object would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (open, (self.path, "w"))
+
+
+def test_pst_state_round_trips_through_s3(start_daemon: Any, home: Path, s3: SimpleNamespace):
+    start_daemon(pst_config=s3.config)
+    d = malacoda.get("TestDaemon")
+    d.pst_counter = 7
+    d.pst_data = {"when": (1, 2), "blob": b"\x00" * 1000}
+    malacoda.stop("TestDaemon")
+    body = stored(s3)
+    assert body.startswith(PstS3Storage.MAGIC)
+    signing_key = home / "keys" / "pst-signing.key"
+    assert stat.S_IMODE(signing_key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(signing_key.parent.stat().st_mode) == 0o700
+
+    start_daemon(pst_config=s3.config)
+    d = malacoda.get("TestDaemon")
+    assert d.pst_counter == 7
+    assert d.pst_data == {"when": (1, 2), "blob": b"\x00" * 1000}
+    malacoda.stop("TestDaemon")
+
+
+def test_an_object_this_host_did_not_sign_is_never_loaded(start_daemon: Any, home: Path,
+                                                          s3: SimpleNamespace, tmp_path: Path):
+    marker = tmp_path / "code-ran"
+    planted = pickle.dumps({"pst_counter": _RunsCode(str(marker))})
+    config_without_key = dict(s3.config, signing_key_file=str(tmp_path / "no-such.key"))
+    s3.client.put_object(Bucket=s3.bucket, Key=s3.key,
+                         Body=PstS3Storage.MAGIC + b"\0" * 32 + planted)
+    before = stored(s3)
+    for config, says in ((config_without_key, "no signing key"), (s3.config, "not signed")):
+        if config is s3.config:  # this host has a key now, and the object is not signed with it
+            (home / "keys").mkdir(mode=0o700, exist_ok=True)
+            (home / "keys" / "pst-signing.key").write_bytes(b"k" * 32)
+            (home / "keys" / "pst-signing.key").chmod(0o600)
+        proc = start_daemon(wait=False, pst_config=config)
+        assert proc.wait(30) != 0
+        out = proc.output()
+        assert "StateError" in out and says in out and f"s3://{s3.bucket}/{s3.key}" in out, out
+        assert not marker.exists()
+        assert stored(s3) == before  # left untouched
+
+
+def test_a_bucket_that_cannot_be_read_refuses_the_start(start_daemon: Any, s3: SimpleNamespace):
+    for config, says in ((dict(s3.config, bucket="no-such-bucket"), "NoSuchBucket"),
+                         (dict(s3.config, endpoint_url=f"http://127.0.0.1:{free_port()}",
+                               timeout=2), "cannot be read")):
+        proc = start_daemon(wait=False, pst_config=config)
+        assert proc.wait(60) != 0
+        out = proc.output()
+        assert "StateError" in out and says in out and "refused" in out, out
+
+
+def test_s3_persister_settings_and_key_checks(home: Path, s3: SimpleNamespace):
+    paths = Paths.default()
+    with pytest.raises(malacoda.ConfigError, match="needs a 'bucket'"):
+        from_config("X", paths, {"class_name": "s3"})
+    storage = from_config("X", paths, dict(s3.config, key="apps/x.pst"))
+    assert isinstance(storage, PstS3Storage) and storage.url == f"s3://{s3.bucket}/apps/x.pst"
+    assert storage.load() is None  # nothing saved yet
+    state: Dict[str, Any] = {"pst_a": [1, 2, 3]}
+    assert storage.save(state) is True and storage.save(state) is False  # unchanged: not sent
+    assert from_config("X", paths, dict(s3.config, key="apps/x.pst")).load() == state
+    key_file = paths.keys / "pst-signing.key"
+    key_file.chmod(0o644)  # others could read it, and so sign state this daemon would load
+    with pytest.raises(StateError, match="must be yours and private"):
+        from_config("X", paths, dict(s3.config, key="apps/x.pst")).load()
+    key_file.chmod(0o600)
+    down = from_config("X", paths, dict(s3.config, endpoint_url=f"http://127.0.0.1:{free_port()}",
+                                        timeout=2))
+    with pytest.raises(StateError, match="the previous state is kept"):
+        down.save({"pst_a": "new"})
+    storage.close()
