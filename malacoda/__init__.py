@@ -5,10 +5,10 @@ The public API is what ``__all__`` lists; every other module is an implementatio
 
 from __future__ import annotations
 
+import importlib
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from .daemon import Malacoda
 from .errors import (
     AccessDenied,
     AlreadyRunning,
@@ -32,10 +32,27 @@ from .errors import (
     ReplyLost,
     StateError,
 )
-from .protocol import register_type
-from .proxy import Proxy
-from .storage import PstFileStorage, PstS3Storage, PstSqliteStorage, PstStorage
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .daemon import Malacoda
+    from .protocol import register_type
+    from .proxy import Proxy
+    from .storage import PstFileStorage, PstS3Storage, PstSqliteStorage, PstStorage
+
+# Imported on first use: a command line (malacodactl) needs none of the daemon's side.
+_LAZY = {"Malacoda": "daemon", "register_type": "protocol", "Proxy": "proxy",
+         "PstFileStorage": "storage", "PstS3Storage": "storage", "PstSqliteStorage": "storage",
+         "PstStorage": "storage"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'malacoda' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AccessDenied",
@@ -79,6 +96,8 @@ def get(name: str, timeout: Optional[float] = None, **ssh_args: Any) -> Proxy:
     timeout of every call made through the proxy; ``ssh_args`` go to paramiko's
     ``SSHClient.connect`` for a remote host.
     """
+    from .proxy import Proxy
+
     return Proxy(name, timeout=timeout, **ssh_args)
 
 
@@ -88,6 +107,8 @@ def stop(name: str, wait: float = 10.0, **ssh_args: Any) -> None:
     Raises :class:`LookupFailed` when it is not running and :class:`ProcessError` when it is
     still there after ``wait`` seconds.
     """
+    from .proxy import Proxy
+
     with Proxy(name, **ssh_args) as proxy:
         incarnation = proxy._request("describe", None, None, wait)["incarnation"]
         proxy.stop(timeout=wait)
