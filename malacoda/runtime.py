@@ -107,13 +107,15 @@ def untrusted(st: os.stat_result) -> bool:
     return st.st_uid != os.geteuid() or bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
-def atomic_write(path: Path, data: Union[bytes, Sequence[bytes]], mode: int = 0o600) -> None:
+def atomic_write(path: Path, data: Union[bytes, Sequence[bytes]], mode: int = 0o600,
+                 replace: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never a torn one.
 
     ``data`` is bytes or a sequence of bytes written one after the other (a large file need
     not be joined into one more copy first). Temporary file in the same folder, fsync, rename
     over the target, fsync of the folder. On any error the temporary file is removed and the
-    old file is untouched.
+    old file is untouched. ``replace=False`` never replaces a file: ``FileExistsError`` when
+    ``path`` exists (or appears meanwhile), and then nothing was written.
     """
     folder = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
@@ -127,7 +129,11 @@ def atomic_write(path: Path, data: Union[bytes, Sequence[bytes]], mode: int = 0o
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path exists: the first writer wins, whole
+            os.unlink(tmp)
     except BaseException:
         if fd >= 0:
             os.close(fd)

@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import hmac
 import importlib
+import importlib.util
 import io
 import logging
 import os
@@ -265,16 +266,20 @@ class PstS3Storage(PstStorage):
     Options: ``bucket`` (required), ``key`` (default ``malacoda/<host>/<name>.pst``),
     ``endpoint_url`` and ``region`` (default: boto3's, from the environment or ``~/.aws``),
     ``signing_key_file`` (default ``<keys>/pst-signing.key``) and ``timeout`` (seconds per S3
-    request, default 30). Credentials come from boto3's usual chain (environment, ``~/.aws``,
-    an instance role), never from ``pst_config``. Needs boto3: ``pip install 'malacoda[s3]'``.
+    request, default 30; each is tried up to 3 times). Credentials come from boto3's usual chain
+    (environment, ``~/.aws``, an instance role), never from ``pst_config``; they need
+    ``s3:GetObject``, ``s3:PutObject`` and ``s3:ListBucket`` (without it S3 answers "access
+    denied", not "no such key", before the first save). Needs boto3: ``malacoda[s3]``.
 
     An S3 PUT replaces an object whole, so a reader sees the old state or the new one, and a
     failed save leaves the old one. The state is dill bytes, and loading dill runs code, so an
-    object is loaded only when it carries this host's signature: ``b"MLCPSTS1"``, the HMAC-SHA256
-    of the payload under a key kept on this host (32 random bytes, 0600, made on the first
-    save), then the payload. Hosts that share a state object share that key file. An object
-    that is not signed so stops the start, as a corrupt state file does, and so does an S3 that
-    cannot be read: starting from defaults would overwrite the saved state at the first save.
+    object is loaded only when it carries this host's signature: ``b"MLCPSTS1"``, then the
+    HMAC-SHA256 of the bucket, the object key and the payload under a key kept on this host (32
+    random bytes, private to its owner, made at the first save), then the payload. Hosts that
+    share a state object share that key file. An object that is not signed so (another daemon's
+    object copied over this one's included) stops the start, as a corrupt state file does, and
+    so does an S3 that cannot be read: starting from defaults would overwrite the saved state at
+    the first save.
     """
 
     MAGIC = b"MLCPSTS1"
@@ -282,58 +287,75 @@ class PstS3Storage(PstStorage):
     def __init__(self, name: str, paths: Paths, frequency: Any = DEFAULT_FREQUENCY,
                  bucket: Optional[str] = None, key: Optional[str] = None,
                  endpoint_url: Optional[str] = None, region: Optional[str] = None,
-                 signing_key_file: Optional[str] = None, timeout: float = 30.0) -> None:
+                 signing_key_file: Optional[str] = None, timeout: Any = 30.0) -> None:
         super().__init__(name, paths, frequency)
+        where = f"pst_config for {name!r}: PstS3Storage"
         if not bucket:
-            raise ConfigError(f"pst_config for {name!r}: PstS3Storage needs a 'bucket'")
+            raise ConfigError(f"{where} needs a 'bucket'")
+        try:
+            self.timeout = float(timeout)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: timeout {timeout!r} is not a number of seconds") from None
+        if not self.timeout > 0:
+            raise ConfigError(f"{where}: timeout must be more than 0 seconds")
+        if importlib.util.find_spec("boto3") is None:  # said before the daemon detaches
+            raise ConfigError(f"{where} needs boto3: pip install 'malacoda[s3]'")
         self.bucket = bucket
         self.key = key or f"malacoda/{host_name()}/{name}.pst"
         self.url = f"s3://{bucket}/{self.key}"
         self.endpoint_url = endpoint_url
         self.region = region
-        self.timeout = float(timeout)
         self.signing_key_file = (Path(signing_key_file).expanduser() if signing_key_file
                                  else paths.keys / "pst-signing.key")
         self._s3: Any = None
 
     def _client(self) -> Any:
         if self._s3 is None:
-            try:
-                import boto3  # imported only when state lives in S3
-                from botocore.config import Config
-            except ImportError:
-                raise ConfigError("PstS3Storage needs boto3: pip install 'malacoda[s3]'") from None
+            import boto3  # imported only when state lives in S3
+            from botocore.config import Config
+
             config = Config(connect_timeout=min(10.0, self.timeout), read_timeout=self.timeout,
                             retries={"max_attempts": 3, "mode": "standard"})
-            self._s3 = boto3.client("s3", endpoint_url=self.endpoint_url,
-                                    region_name=self.region, config=config)
+            try:
+                self._s3 = boto3.client("s3", endpoint_url=self.endpoint_url,
+                                        region_name=self.region, config=config)
+            except Exception as exc:  # a malformed endpoint_url or region
+                raise ConfigError(f"pst_config for {self.name!r}: no S3 client for endpoint "
+                                  f"{self.endpoint_url!r}, region {self.region!r}: {exc}") from exc
         return self._s3
 
     def _signing_key(self, create: bool) -> Optional[bytes]:
         """This host's signing key (None if it has none and ``create`` is false)."""
         path = self.signing_key_file
-        if create and not path.exists():
-            if path.parent == self.paths.keys:
-                private_dir(path.parent)
-            with contextlib.suppress(FileExistsError):  # another daemon made it meanwhile
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(os.urandom(32))
         try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise StateError(f"signing key {path} must be yours and private (chmod 600): "
-                             "anyone who can read it can make this daemon run their code")
-        data = path.read_bytes()
+            if create and not path.exists():
+                if path.parent == self.paths.keys:
+                    private_dir(path.parent)
+                with contextlib.suppress(FileExistsError):  # another daemon made it first
+                    atomic_write(path, os.urandom(32), mode=0o600, replace=False)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                return None
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(fd)
+                if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                    raise StateError(f"signing key {path} must be yours and private (chmod "
+                                     "600): anyone who can read it can make this daemon run "
+                                     "their code")
+                data = f.read()
+        except OSError as exc:
+            raise StateError(f"signing key {path} cannot be read or made: {exc}") from exc
         if len(data) < 32:
-            raise StateError(f"signing key {path} is too short (32 bytes or more); it was left "
-                             "untouched")
+            raise StateError(f"signing key {path} is shorter than 32 bytes; it was left "
+                             "untouched: remove it if nothing was saved with it yet")
         return data
 
     def _signature(self, key: bytes, payload: Any) -> bytes:
-        return hmac.new(key, payload, hashlib.sha256).digest()
+        mac = hmac.new(key, self.MAGIC, hashlib.sha256)
+        mac.update(f"\0{self.bucket}\0{self.key}\0".encode())
+        mac.update(payload)
+        return mac.digest()
 
     def load(self) -> Optional[Dict[str, Any]]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -361,15 +383,17 @@ class PstS3Storage(PstStorage):
                 or not hmac.compare_digest(data[len(self.MAGIC):head],
                                            self._signature(key, payload))):
             raise StateError(f"state {self.url} is not signed with {self.signing_key_file} "
-                             "(written by someone else, or damaged): it is not loaded, since "
-                             "loading runs code, and it was left untouched")
+                             "for this object (written by someone else, copied from another "
+                             "object, or damaged): it is not loaded, since loading runs code, "
+                             "and it was left untouched")
         return self._loaded(payload, self.url)
 
     def write(self, payload: bytes) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         key = self._signing_key(create=True)
-        assert key is not None
+        if key is None:
+            raise StateError(f"signing key {self.signing_key_file} vanished while it was made")
         body = self.MAGIC + self._signature(key, payload) + payload
         try:
             self._client().put_object(Bucket=self.bucket, Key=self.key, Body=body)

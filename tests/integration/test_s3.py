@@ -100,6 +100,22 @@ def test_an_object_this_host_did_not_sign_is_never_loaded(start_daemon: Any, hom
         assert stored(s3) == before  # left untouched
 
 
+def test_an_object_copied_from_another_daemon_or_cut_short_is_refused(home: Path,
+                                                                     s3: SimpleNamespace):
+    paths = Paths.default()
+    first = from_config("First", paths, dict(s3.config, key="apps/first.pst"))
+    second = from_config("Second", paths, dict(s3.config, key="apps/second.pst"))
+    assert first.save({"pst_who": "first"}) and second.save({"pst_who": "second"})
+    mine = s3.client.get_object(Bucket=s3.bucket, Key="apps/first.pst")["Body"].read()
+    for planted in (mine, mine[:20], b""):  # the same host's signature, for another object
+        s3.client.put_object(Bucket=s3.bucket, Key="apps/second.pst", Body=planted)
+        with pytest.raises(StateError, match="not signed .* for this object"):
+            second.load()
+    assert first.load() == {"pst_who": "first"}
+    first.close()
+    second.close()
+
+
 def test_a_bucket_that_cannot_be_read_refuses_the_start(start_daemon: Any, s3: SimpleNamespace):
     for config, says in ((dict(s3.config, bucket="no-such-bucket"), "NoSuchBucket"),
                          (dict(s3.config, endpoint_url=f"http://127.0.0.1:{free_port()}",
@@ -114,6 +130,11 @@ def test_s3_persister_settings_and_key_checks(home: Path, s3: SimpleNamespace):
     paths = Paths.default()
     with pytest.raises(malacoda.ConfigError, match="needs a 'bucket'"):
         from_config("X", paths, {"class_name": "s3"})
+    for timeout in ("soon", 0):
+        with pytest.raises(malacoda.ConfigError, match="timeout"):
+            from_config("X", paths, dict(s3.config, timeout=timeout))
+    with pytest.raises(malacoda.ConfigError, match="no S3 client"):
+        from_config("X", paths, dict(s3.config, endpoint_url="not a url")).load()
     storage = from_config("X", paths, dict(s3.config, key="apps/x.pst"))
     assert isinstance(storage, PstS3Storage) and storage.url == f"s3://{s3.bucket}/apps/x.pst"
     assert storage.load() is None  # nothing saved yet
@@ -125,8 +146,15 @@ def test_s3_persister_settings_and_key_checks(home: Path, s3: SimpleNamespace):
     with pytest.raises(StateError, match="must be yours and private"):
         from_config("X", paths, dict(s3.config, key="apps/x.pst")).load()
     key_file.chmod(0o600)
+    good = key_file.read_bytes()
+    key_file.write_bytes(b"short")
+    with pytest.raises(StateError, match="shorter than 32 bytes"):
+        from_config("X", paths, dict(s3.config, key="apps/x.pst")).save({"pst_a": "new"})
+    key_file.write_bytes(good)
     down = from_config("X", paths, dict(s3.config, endpoint_url=f"http://127.0.0.1:{free_port()}",
                                         timeout=2))
     with pytest.raises(StateError, match="the previous state is kept"):
         down.save({"pst_a": "new"})
+    assert storage.load() == state
     storage.close()
+    down.close()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from malacoda.errors import ConfigError
-from malacoda.runtime import Paths, process_start_time, same_process
+from malacoda.runtime import Paths, atomic_write, process_start_time, same_process
 from tests.support import wait_for
 
 
@@ -49,3 +49,13 @@ def test_log_file_is_named_after_the_daemon(home) -> None:
     assert paths.log_file("Web.1") == paths.log / "Web.1.log"
     with pytest.raises(ConfigError, match="invalid daemon name"):
         paths.log_file("../escape")
+
+
+def test_atomic_write_without_replace_never_overwrites(tmp_path):
+    target = tmp_path / "key"
+    atomic_write(target, b"first", mode=0o600, replace=False)
+    assert target.read_bytes() == b"first" and (target.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(FileExistsError):
+        atomic_write(target, b"second", replace=False)
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]  # no temporary file left
