@@ -12,15 +12,17 @@ cache instead of executing the request again:
 - anything else runs as usual.
 
 Only ``call`` and ``set`` are remembered (``get``, ``describe`` and ``ping`` change nothing, so
-running them again is harmless). A request is the same request when its id, operation, name,
-timeout and body are equal, so a client reusing an id for another request is not answered with
-a stale reply. What ran is remembered for :data:`TTL` seconds, the last :data:`MAX_ENTRIES`
-requests; of their replies only the newest :data:`MAX_BYTES`, each at most :data:`MAX_REPLY`,
-are kept. Holding large replies costs every later call: each one received lands in memory the
-CPU caches have lost (a 1 MiB echo took 1.6x as long with 64 MiB of replies kept). Requests
-still executing are bounded by the server's worker pool and queue. Not thread-safe on its own:
-the server calls it under the lock that already guards its queue (one lock per call instead
-of two).
+running them again is harmless), and only with an id of :data:`MIN_ID` bytes or more: the
+protocol asks such ids to be unique across clients (random bytes), while a client numbering its
+requests 1, 2, 3 must not be answered with another client's reply. A request is the same request
+when its id, operation, name, timeout and body are equal, so a client reusing an id for another
+request is not answered with a stale reply. What ran is remembered for :data:`TTL` seconds, the
+last :data:`MAX_ENTRIES` requests; of their replies only the newest :data:`MAX_BYTES`, each at
+most :data:`MAX_REPLY`, are kept. Holding large replies costs every later call: each one
+received lands in memory the CPU caches have lost (a 1 MiB echo took 1.6x as long with 64 MiB of
+replies kept). Requests still executing are bounded by the server's worker pool and queue. Not
+thread-safe on its own: the server calls it under the lock that already guards its queue (one
+lock per call instead of two).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ MAX_BYTES = 8 << 20  # the replies kept of them, newest first
 MAX_REPLY = 256 << 10  # a larger reply is never kept (its request is still remembered)
 SMALL_HEAD = 512  # first frames up to this size are the key as they are, not hashed
 TTL = 60.0  # seconds a request is remembered after it ran
+
+MIN_ID = 8  # shorter request ids are not unique across clients: never remembered
 
 _REMEMBERED = (p.CALL, p.SET)
 
@@ -89,7 +93,7 @@ class ReplyCache:
 
     def begin(self, request: p.Request, identity: bytes) -> Optional[List[Message]]:
         """None: run ``request``. Otherwise the messages to send now (maybe none): it ran."""
-        if request.op not in _REMEMBERED:
+        if request.op not in _REMEMBERED or len(request.rid) < MIN_ID:
             return None
         key = request.cache_key or request_key(request)
         done = self._done.get(key)
@@ -115,7 +119,7 @@ class ReplyCache:
 
     def finish(self, request: p.Request, frames: Optional[Message]) -> List[Message]:
         """Remember ``frames`` (None: dropped unanswered); the messages for re-senders."""
-        if request.op not in _REMEMBERED:
+        if request.op not in _REMEMBERED or len(request.rid) < MIN_ID:
             return _NONE
         key = request.cache_key or request_key(request)
         running = self._running
@@ -143,7 +147,7 @@ class ReplyCache:
 
     def abandon(self, request: p.Request) -> None:
         """``request`` will not run after all (the daemon was busy): forget it."""
-        if request.op in _REMEMBERED:
+        if request.op in _REMEMBERED and len(request.rid) >= MIN_ID:
             self._running.pop(request.cache_key or request_key(request), None)
 
     def __len__(self) -> int:

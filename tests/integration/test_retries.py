@@ -69,6 +69,18 @@ def test_same_id_twice_runs_once(raw):
     assert malacoda.get("HostileDaemon").tallies == 1
 
 
+def test_short_ids_are_per_client_and_never_answered_from_the_cache(raw):
+    """Two clients numbering their requests from 1 (as the protocol's example did) each get
+    their call run; only ids of 8 bytes or more, unique across clients, are remembered."""
+    first_client, second_client = raw(), raw()
+    frames = p.request_frames(b"1", p.CALL, "tally", [[], {}], None)
+    first_client.send(frames)
+    assert first_client.recv().value() == 1
+    second_client.send(frames)
+    assert second_client.recv().value() == 2
+    assert malacoda.get("HostileDaemon").tallies == 2
+
+
 def test_same_id_while_running_gets_the_one_reply(raw):
     first_client, second_client = raw(), raw()
     d = malacoda.get("HostileDaemon")
@@ -191,15 +203,15 @@ def test_a_resent_call_whose_reply_was_not_kept_is_gone_not_run_again(raw):
     lost — and does not run again. A copy of a call whose reply was kept gets that reply."""
     client = raw()
     part = b"m" * (200 << 10)
-    calls = [p.request_frames(b"call-%d" % i, p.CALL, "record", [["part", i, part], {}], None)
+    calls = [p.request_frames(b"call-%04d" % i, p.CALL, "record", [["part", i, part], {}], None)
              for i in range(48)]  # 9.6 MB of replies
-    big = p.request_frames(b"big", p.CALL, "record", [["big", 0, b"b" * (1 << 20)], {}], None)
+    big = p.request_frames(b"big-call", p.CALL, "record", [["big", 0, b"b" * (1 << 20)], {}], None)
     for frames in [*calls, big]:
         client.send(frames)
         assert client.recv(30).status == p.OK
     client.send(big)  # 1 MiB: never kept
     gone = client.recv(30)
-    assert gone.rid == b"big" and gone.status == p.GONE and "ran already" in gone.value()["message"]
+    assert gone.rid == b"big-call" and gone.status == p.GONE and "ran already" in gone.value()["message"]
     client.send(calls[0])  # pushed out by the newer ones
     assert client.recv(30).status == p.GONE
     client.send(calls[-1])  # the newest: kept
