@@ -18,10 +18,12 @@ import builtins
 import inspect
 import itertools
 import logging
+import math
+import numbers
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from . import protocol as p
 from .channel import Channel, NotSent
@@ -29,6 +31,7 @@ from .errors import (
     AccessDenied,
     Busy,
     CommunicationError,
+    ConfigError,
     ConnectionLost,
     LookupFailed,
     ProtocolError,
@@ -40,6 +43,9 @@ from .resolve import Target, resolve
 _NO_DEFAULT = inspect.Parameter.empty
 RESEND_ATTEMPTS = 3  # re-sends of one request after dropped connections
 RESEND_PROBE = 2.0  # seconds to wait for the ping that tells which daemon answers now
+#: The most milliseconds a request says its caller waits (2**32 - 1, about 49 days): a longer
+#: wait is sent as this (the daemon then drops a request it cannot start within 49 days).
+WIRE_TIMEOUT_MS_MAX = 2**32 - 1
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +108,43 @@ def _signature(params: List[Any]) -> inspect.Signature:
     return inspect.Signature(parameters)
 
 
+def check_timeout(value: Any) -> Optional[float]:
+    """A call timeout as seconds, or None (wait for ever: ``None`` or ``float('inf')``).
+
+    Raises :class:`~.errors.ConfigError` naming the value for anything else than a number of
+    seconds more than 0: a call with no time at all to run would still be sent and run.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"timeout={value!r}: a timeout is a number of seconds (or None)")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float: for ever, or less than 0
+        seconds = math.inf if cast(Any, value) > 0 else -math.inf
+    if math.isnan(seconds):
+        raise ConfigError(f"timeout={value!r}: a timeout is a number of seconds, not NaN")
+    if seconds <= 0:
+        raise ConfigError(f"timeout={value!r}: a timeout must be more than 0 seconds "
+                          "(None waits for ever)")
+    return None if math.isinf(seconds) else seconds
+
+
 class Proxy:
     """A stand-in for the daemon ``spec`` names (``NAME[:HOST][:PORT]``).
 
     ``timeout`` is the default for every call (None: wait as long as the call takes, failing
     with :class:`~.errors.ConnectionLost` if the daemon dies meanwhile); a call's own
     ``timeout=`` keyword overrides it. Other keywords go to the SSH connection of a remote
-    spec (paramiko's ``SSHClient.connect``).
+    spec (paramiko's ``SSHClient.connect``). A timeout is a number of seconds more than 0;
+    ``None`` or ``float('inf')`` waits for ever; anything else raises
+    :class:`~.errors.ConfigError`.
     """
 
     def __init__(self, spec: str, timeout: Optional[float] = None, **ssh_args: Any) -> None:
         d = self.__dict__
         d["_spec"] = spec
-        d["_timeout"] = timeout
+        d["_timeout"] = check_timeout(timeout)
         d["_ssh_args"] = ssh_args
         d["_lock"] = threading.Lock()
         d["_target"] = None
@@ -148,7 +178,7 @@ class Proxy:
         if channel is None or channel.broken is not None or not self._target.current():
             channel = self._connect()
         rid = self._rid_prefix + next(self._counter).to_bytes(8, "big")
-        timeout_ms = None if timeout is None else max(0, int(timeout * 1000))
+        timeout_ms = None if timeout is None else min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX)
         frames = p.request_frames(rid, op, name, body, timeout_ms, encoded)
         started = time.monotonic()
         try:
@@ -231,7 +261,9 @@ class Proxy:
         proxy = self
 
         def method(*args: Any, **kwargs: Any) -> Any:
-            timeout = kwargs.pop("timeout", proxy._timeout) if kwargs else proxy._timeout
+            timeout = proxy._timeout
+            if kwargs and "timeout" in kwargs:
+                timeout = check_timeout(kwargs.pop("timeout"))
             return proxy._request(p.CALL, name, None, timeout, p.encode_call(args, kwargs))
 
         method.__name__ = method.__qualname__ = name
