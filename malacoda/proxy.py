@@ -49,6 +49,18 @@ WIRE_TIMEOUT_MS_MAX = 2**32 - 1
 
 log = logging.getLogger(__name__)
 
+#: How many times this process is a fork's child: a proxy made in a parent compares it on each
+#: call (a global read, not a getpid call) and starts afresh in the child.
+_fork_generation = 0
+
+
+def _forked() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 class _RemoteTraceback(Exception):
     """Carries the remote traceback text as the ``__cause__`` of a re-raised exception."""
@@ -154,11 +166,32 @@ class Proxy:
         d["_incarnation"] = None
         d["_rid_prefix"] = os.urandom(8)
         d["_counter"] = itertools.count(1)
+        d["_generation"] = _fork_generation
         self._connect()
 
     # ------------------------------------------------------------------ plumbing
 
+    def _start_afresh_after_fork(self) -> None:
+        """In a fork's child: forget the parent's connection without closing it (its ZeroMQ
+        sockets, tunnel and locks belong to the parent), and take request ids of its own:
+        the parent's would be answered from the daemon's reply cache with the parent's replies.
+        """
+        d = self.__dict__
+        channel = d["_channel"]
+        if channel is not None:
+            # Left to the garbage collector, Channel.__del__ would close the parent's sockets
+            # (and wait for a lock a parent's thread may have held at the fork).
+            channel._closed = True
+        d["_generation"] = _fork_generation
+        d["_lock"] = threading.Lock()
+        d["_channel"] = None
+        d["_target"] = None
+        d["_rid_prefix"] = os.urandom(8)
+        d["_counter"] = itertools.count(1)
+
     def _connect(self) -> Channel:
+        if self._generation != _fork_generation:
+            self._start_afresh_after_fork()
         with self._lock:
             channel = self._channel
             if channel is not None and channel.poll_broken() is None and self._target.current():
@@ -175,7 +208,8 @@ class Proxy:
     def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float],
                  encoded: Optional[Tuple[bytes, List[bytes]]] = None) -> Any:
         channel = self._channel
-        if channel is None or channel.broken is not None or not self._target.current():
+        if (channel is None or self._generation != _fork_generation or channel.broken is not None
+                or not self._target.current()):
             channel = self._connect()
         rid = self._rid_prefix + next(self._counter).to_bytes(8, "big")
         timeout_ms = None if timeout is None else min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX)
@@ -274,6 +308,8 @@ class Proxy:
 
     def _close(self) -> None:
         """Close the connection (a later call opens a new one)."""
+        if self._generation != _fork_generation:
+            self._start_afresh_after_fork()  # the parent's connection is the parent's to close
         with self._lock:
             if self._channel is not None:
                 self._channel.close()

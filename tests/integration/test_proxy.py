@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+from typing import Callable
+
 import pytest
 
 import malacoda
+from tests.support import pid_alive, wait_for
 
 BAD_TIMEOUTS = [float("nan"), 0, 0.0, -1, -0.5, -(10**400), "5", b"5", True, [1]]
 
@@ -28,3 +34,47 @@ def test_an_endless_timeout_waits_for_the_reply(start_daemon, endless):
     assert d.slow(0.2) == "slept 0.2"
     assert d.slow(0.2, timeout=endless) == "slept 0.2"
     assert d.bump(timeout=endless) == 1
+
+
+def _in_forked_child(fn: Callable[[], object]) -> object:
+    """Run ``fn`` in a fork of this process; its result (or error, as text) comes back."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            os.close(read_end)
+            try:
+                result: object = ["ok", fn()]
+            except BaseException as exc:  # noqa: B902 - reported to the parent
+                result = ["error", f"{type(exc).__name__}: {exc}"]
+            os.write(write_end, json.dumps(result).encode())
+        except BaseException:  # noqa: B902
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        status = wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid or None, timeout=30,
+                          what="the forked child to finish")
+        assert status
+        with os.fdopen(read_end, "rb") as f:
+            kind, value = json.loads(f.read() or b'["error", "no result"]')
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert kind == "ok", value
+    return value
+
+
+def test_a_proxy_works_in_a_forked_child_with_request_ids_of_its_own(start_daemon):
+    start_daemon()
+    d = malacoda.get("TestDaemon", timeout=5)
+    assert d.bump() == 1
+    # The child's first request would be the parent's next (same id, same frames): answered
+    # from the daemon's reply cache, it would not run.
+    assert _in_forked_child(d.bump) == 2
+    assert d.bump() == 3
+    assert _in_forked_child(lambda: d.pst_counter) == 3
+    assert d.pst_counter == 3
