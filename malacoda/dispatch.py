@@ -6,6 +6,8 @@ into ``(status, body)``. The rules, the same for every operation:
 - a name must be an identifier that does not start with ``_``: no private names, no dunders,
   no dotted paths (supervisord CVE-2017-11610 walked a dotted name to ``os.system``);
 - only methods defined on the daemon's class can be called — not callables stored in attributes;
+  a method is what the class defines as one: a function, a static or class method, or a
+  decorated one (``functools.lru_cache``, ``singledispatchmethod``, ``partialmethod``…);
 - names the base class reserves (``name``, ``running``, ``finished``) are read-only, and a
   method cannot be replaced by ``set``.
 """
@@ -30,11 +32,25 @@ def _public_identifier(name: Any) -> bool:
 
 
 def _is_method(cls: type, name: str) -> bool:
+    """Whether ``name`` is a method of ``cls``: a function, a static or class method, a
+    callable (an ``lru_cache`` wrapper), or a non-data descriptor that yields a callable
+    (``singledispatchmethod``, ``partialmethod``). Not a class (no instance of an arbitrary
+    class made through a proxy), not a property, not a callable stored in an instance."""
     try:
         attr = inspect.getattr_static(cls, name)
     except AttributeError:
         return False
-    return isinstance(attr, (staticmethod, classmethod)) or inspect.isfunction(attr)
+    if isinstance(attr, (staticmethod, classmethod)) or inspect.isfunction(attr):
+        return True
+    if isinstance(attr, type):
+        return False
+    kind = type(attr)
+    if hasattr(kind, "__get__") and not (hasattr(kind, "__set__") or hasattr(kind, "__delete__")):
+        try:
+            return callable(attr.__get__(None, cls))
+        except Exception:
+            return False
+    return callable(attr)
 
 
 def _param_row(param: inspect.Parameter) -> List[Any]:

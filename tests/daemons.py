@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -181,3 +182,29 @@ class Stubborn(TestDaemon):
 
     def child_pid(self):
         return self.child
+
+
+class Decorated(TestDaemon):
+    """Methods made by decorators, not plain functions."""
+
+    @functools.lru_cache  # noqa: B019 - the daemon object lives as long as its cache
+    def square(self, x):
+        """The square of x, remembered."""
+        return x * x
+
+    @functools.singledispatchmethod
+    def kind(self, value):
+        return "something"
+
+    @kind.register
+    def _kind_int(self, value: int):
+        return "an int"
+
+    def _plus(self, a, b):
+        return a + b
+
+    plus_one = functools.partialmethod(_plus, 1)
+
+    @functools.cached_property
+    def computed(self):
+        return 7

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -78,3 +79,21 @@ def test_a_proxy_works_in_a_forked_child_with_request_ids_of_its_own(start_daemo
     assert d.bump() == 3
     assert _in_forked_child(lambda: d.pst_counter) == 3
     assert d.pst_counter == 3
+
+
+def test_decorated_methods_are_methods(start_daemon):
+    start_daemon("Decorated")
+    d = malacoda.get("Decorated", timeout=10)
+    assert d.square(4) == 16 and d.square(4) == 16  # functools.lru_cache
+    assert d.kind(3) == "an int" and d.kind("x") == "something"  # singledispatchmethod
+    assert d.plus_one(2) == 3  # partialmethod
+    assert d.computed == 7  # a cached_property is an attribute
+    assert {"square", "kind", "plus_one", "computed"} <= set(dir(d))
+    assert "x" in inspect.signature(d.square).parameters
+    assert inspect.getdoc(d.square) == "The square of x, remembered."
+    for name in ("square", "kind", "plus_one"):
+        with pytest.raises(malacoda.AccessDenied):
+            setattr(d, name, 5)
+    assert d.square(5) == 25  # not replaced
+    with pytest.raises(malacoda.AccessDenied):
+        d._kind_int(3)  # private names stay unreachable
