@@ -116,6 +116,8 @@ class Server:
         if self._configure is not None:
             cleanup = self._configure(router)
             self._cleanup = cleanup if callable(cleanup) else None
+        if ":" in self.address:  # an IPv6 address: ZeroMQ binds IPv4 only unless told
+            router.setsockopt(zmq.IPV6, 1)
         try:
             host = f"[{self.address}]" if ":" in self.address else self.address
             if self.requested_port:

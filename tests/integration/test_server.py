@@ -76,3 +76,22 @@ def test_a_call_ending_after_a_take_over_leaves_the_new_leaders_call_watched():
             s.close(0)
         ctx.term()
         server.close()
+
+
+def test_a_server_binds_and_answers_on_ipv6_loopback():
+    server = Server(Dispatcher(TwoCalls(), "incarnation", "1"), address="::1")
+    port = server.start()  # ZMQError "No such device" without the IPv6 option
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    try:
+        assert server.endpoint == f"tcp://[::1]:{port}"
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVTIMEO, 10000)
+        s.setsockopt(zmq.IPV6, 1)
+        s.connect(f"tcp://[::1]:{port}")
+        s.send_multipart(p.request_frames(b"ping-over-ipv6", p.PING, None, None, None))
+        assert p.parse_reply(s.recv_multipart()).value() == "pong"
+    finally:
+        s.close(0)
+        ctx.term()
+        server.close()
