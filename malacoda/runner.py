@@ -7,10 +7,12 @@ the class, which serves until it is stopped. It is used twice: by the monitor's 
 by ``malacodactl run`` (systemd mode, readiness sent to ``$NOTIFY_SOCKET``).
 
 Under a monitor, the daemon watches its parent. If the monitor dies (``kill -9``, the OOM
-killer), nothing would restart the daemon and nobody reads its log pipe: so the daemon stops as
-on SIGTERM (its pst state saved), then starts its unit again under a new monitor and exits. A
-daemon is never left unsupervised for more than about :data:`ORPHAN_CHECK` seconds plus its
-stop and start.
+killer), nothing would restart the daemon and nobody reads its log pipe: so the daemon points its
+stdout and stderr at its log file (a print must not fail on the broken pipe), stops as on SIGTERM
+(its pst state saved), then starts its unit again under a new monitor and exits. That hand-over
+happens however the daemon ended (a print that met the broken pipe first may have failed it): a
+daemon is never left unsupervised for more than about :data:`ORPHAN_CHECK` seconds plus its stop
+and start.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 from . import daemon as daemon_module
 from .runtime import Entry, Paths
@@ -61,11 +63,22 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _watch_monitor(monitor: int, orphaned: threading.Event) -> None:
+def _output_to_log(name: str) -> None:
+    """Point stdout and stderr (fds 1 and 2) at the unit's log file: the pipe to the monitor is
+    broken once it died, and a print into it would fail the daemon."""
+    with contextlib.suppress(OSError):
+        fd = os.open(Paths.default().log_file(name),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def _watch_monitor(monitor: int, name: str) -> None:
     """Stop this daemon (as SIGTERM does) once its monitor, our parent, is gone."""
     while os.getppid() == monitor:
         time.sleep(ORPHAN_CHECK)
-    orphaned.set()
+    _output_to_log(name)
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -74,15 +87,10 @@ def _hand_over(unit_file: str, monitor: int) -> None:
     from .supervise import start  # here only: supervise sits above the runner
 
     unit = load_file(Path(unit_file))
-    note = (f"[runner] the monitor (pid {monitor}) of {unit.name} died: the daemon (pid "
-            f"{os.getpid()}) stopped and starts again under a new monitor\n")
-    try:
-        fd = os.open(Paths.default().log_file(unit.name),
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(fd, note.encode())
-        os.close(fd)
-    except OSError:
-        pass
+    _output_to_log(unit.name)
+    with contextlib.suppress(OSError):
+        print(f"[runner] the monitor (pid {monitor}) of {unit.name} died: the daemon (pid "
+              f"{os.getpid()}) stopped and starts again under a new monitor", flush=True)
     start(unit)
 
 
@@ -90,30 +98,45 @@ def child_main(unit_file: str, fd: int) -> int:
     """The monitor's child: run the unit; ``READY {json}`` or ``ERROR text`` goes to ``fd``."""
     channel = os.fdopen(fd, "w")
     monitor = os.getppid()
-    orphaned = threading.Event()
-    watcher: Optional[threading.Thread] = None
+    name = ""
+    served = False
 
     def ready(entry: Entry) -> None:
-        nonlocal watcher
+        nonlocal served
         channel.write("READY " + json.dumps({"pid": entry.pid, "port": entry.port,
                                              "address": entry.address}) + "\n")
         channel.close()
-        watcher = threading.Thread(target=_watch_monitor, args=(monitor, orphaned),
-                                   name="malacoda-orphan", daemon=True)
-        watcher.start()
+        served = True
+        threading.Thread(target=_watch_monitor, args=(monitor, name),
+                         name="malacoda-orphan", daemon=True).start()
 
+    def on_term(signum: int, frame: object) -> None:
+        # While the daemon serves, its own handler stops it; this one is back once it ended:
+        # the orphan watcher's late SIGTERM must not kill it before the hand-over.
+        if not served:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    code = 0
     try:
-        run_unit(load_file(Path(unit_file)), [ready])
+        unit = load_file(Path(unit_file))
+        name = unit.name
+        run_unit(unit, [ready])
     except BaseException as exc:  # noqa: B902 - reported to the monitor, then the exit code
-        traceback.print_exc()
+        if served and os.getppid() != monitor:
+            _output_to_log(name)
+        with contextlib.suppress(OSError):
+            traceback.print_exc()
         if not channel.closed:
-            channel.write("ERROR " + describe_error(exc) + "\n")
-            channel.close()
-        return 1
-    if orphaned.is_set():
+            with contextlib.suppress(OSError):
+                channel.write("ERROR " + describe_error(exc) + "\n")
+                channel.close()
+        code = 1
+    if served and os.getppid() != monitor:  # however the daemon ended: README, process model
         with contextlib.suppress(Exception):
             _hand_over(unit_file, monitor)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -208,3 +208,13 @@ class Decorated(TestDaemon):
     @functools.cached_property
     def computed(self):
         return 7
+
+
+class Chatty(TestDaemon):
+    """Prints all the time: its output meets the broken log pipe the moment its monitor dies."""
+
+    def _run(self):
+        while self.running:
+            print(f"chatty {self.loops}", flush=True)
+            self.loops += 1
+            self._wait(0.05)

@@ -67,6 +67,26 @@ def test_killed_monitor_hands_its_daemon_over_to_a_new_one(ctl: Ctl) -> None:
 
 
 @pytest.mark.slow
+def test_killed_monitor_of_a_daemon_that_prints_hands_it_over(ctl: Ctl) -> None:
+    """A daemon printing every 50 ms meets the broken log pipe as soon as its monitor is killed:
+    it is handed over all the same (pst saved), and what it prints afterwards is logged."""
+    ctl.unit("Chatty", cls="tests.daemons:Chatty")
+    ctl.ok("start", "Chatty")
+    ctl.ok("set", "Chatty", "pst_counter", "5")
+    row = ctl.status("Chatty")
+    os.kill(row["monitor_pid"], signal.SIGKILL)
+    new = wait_for(running_again(ctl, "Chatty", row["pid"], row["monitor_pid"]), timeout=30,
+                   what="a new monitor and daemon")
+    wait_for(lambda: not pid_alive(row["pid"]), what="the orphan to exit")
+    assert ctl.ok("get", "Chatty", "pst_counter") == "5\n"
+    assert "[runner] the monitor" in ctl.ok("logs", "Chatty", "-n", "1000")
+    wait_for(lambda: "chatty" in ctl.ok("logs", "Chatty", "-n", "1").split("\n")[0],
+             what="the new daemon's prints in the log")
+    assert ctl.ok("stop", "Chatty") == "Chatty stopped\n"
+    assert not pid_alive(new["pid"]) and not pid_alive(new["monitor_pid"])
+
+
+@pytest.mark.slow
 def test_daemon_restarted_on_a_new_port_behind_a_live_proxy(ctl: Ctl) -> None:
     """The monitor restarts a killed daemon (new pid, new port): a proxy made before follows it;
     the call in flight during the kill fails as lost and is not run again by the new daemon."""
