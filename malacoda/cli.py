@@ -131,11 +131,11 @@ def _selected(c: Context, names: Sequence[str], all_: bool) -> List[units.Unit]:
     return [c.unit(name) for name in names]
 
 
-def _start_units(c: Context, chosen: List[units.Unit], verb: str) -> None:
-    """Start ``chosen`` and their requirements, requirements first; a unit whose requirement
-    did not start is not started. Exits with the worst code."""
+def _start_units(c: Context, order: List[units.Unit], verb: str) -> None:
+    """Start ``order`` (from :func:`units.ordered`: requirements first); a unit whose
+    requirement did not start is not started. Exits with the worst code."""
     code, failed = OK, set()
-    for unit in units.ordered({u.name: u for u in chosen}, c.search):
+    for unit in order:
         missing = [name for name in unit.requires if name in failed]
         if missing:
             click.echo(f"malacodactl: {unit.name} not started: it requires "
@@ -164,7 +164,8 @@ def start(c: Context, names: Tuple[str, ...], all_: bool) -> None:
 
     Exit 0 when all run, 1 when one failed to start (its error is printed), 2 bad unit.
     """
-    _start_units(c, _selected(c, names, all_), "started")
+    chosen = _selected(c, names, all_)
+    _start_units(c, units.ordered({u.name: u for u in chosen}, c.search), "started")
 
 
 def _stop_order(c: Context, names: List[str]) -> List[Tuple[str, float]]:
@@ -213,9 +214,10 @@ def stop(c: Context, names: Tuple[str, ...], all_: bool) -> None:
 def restart(c: Context, names: Tuple[str, ...], all_: bool) -> None:
     """Stop, then start units. Exit codes as for start."""
     chosen = _selected(c, names, all_)
+    order = units.ordered({u.name: u for u in chosen}, c.search)  # a bad 'requires': none stop
     for name, timeout in _stop_order(c, [u.name for u in chosen]):
         supervise.stop(name, c.paths, timeout)
-    _start_units(c, chosen, "restarted")
+    _start_units(c, order, "restarted")
 
 
 def _duration(seconds: Optional[float]) -> str:

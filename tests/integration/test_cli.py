@@ -408,6 +408,19 @@ def test_requires_start_first_and_stop_last(ctl: Ctl) -> None:
     one_line_error(ctl("start", "Loop1"), 2, "cycle", "Loop1 -> Loop2 -> Loop1")
 
 
+def test_restart_checks_requires_before_it_stops_anything(ctl: Ctl) -> None:
+    """A unit requiring a missing one makes restart fail (exit 2) with every daemon untouched."""
+    ctl.unit("Kept")
+    ctl.ok("start", "Kept")
+    pid = ctl.status("Kept")["pid"]
+    ctl.unit("Needy", requires=["Absent"])
+    one_line_error(ctl("restart", "Kept", "Needy"), 2, "Absent")
+    one_line_error(ctl("restart", "--all"), 2, "Absent")
+    row = ctl.status("Kept")
+    assert row["state"] == "running" and row["pid"] == pid
+    ctl.ok("stop", "Kept")
+
+
 def _notify_socket(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
