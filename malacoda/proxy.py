@@ -147,10 +147,11 @@ class Proxy:
 
     ``timeout`` is the default for every call (None: wait as long as the call takes, failing
     with :class:`~.errors.ConnectionLost` if the daemon dies meanwhile); a call's own
-    ``timeout=`` keyword overrides it. Other keywords go to the SSH connection of a remote
-    spec (paramiko's ``SSHClient.connect``). A timeout is a number of seconds more than 0;
-    ``None`` or ``float('inf')`` waits for ever; anything else raises
-    :class:`~.errors.ConfigError`.
+    ``timeout=`` keyword overrides it, except for a remote method that has a ``timeout``
+    parameter of its own: the keyword is then that method's. A timeout is a number of seconds
+    more than 0; ``None`` or ``float('inf')`` waits for ever; anything else raises
+    :class:`~.errors.ConfigError`. Other keywords go to the SSH connection of a remote spec
+    (paramiko's ``SSHClient.connect``).
     """
 
     def __init__(self, spec: str, timeout: Optional[float] = None, **ssh_args: Any) -> None:
@@ -293,10 +294,12 @@ class Proxy:
 
     def _method(self, name: str, info: Dict[str, Any]) -> Callable[..., Any]:
         proxy = self
+        # A method with a parameter of that name gets its timeout= keyword itself.
+        own_timeout = any(row[0] == "timeout" for row in info.get("params", []))
 
         def method(*args: Any, **kwargs: Any) -> Any:
             timeout = proxy._timeout
-            if kwargs and "timeout" in kwargs:
+            if kwargs and "timeout" in kwargs and not own_timeout:
                 timeout = check_timeout(kwargs.pop("timeout"))
             return proxy._request(p.CALL, name, None, timeout, p.encode_call(args, kwargs))
 

@@ -218,3 +218,14 @@ class Chatty(TestDaemon):
             print(f"chatty {self.loops}", flush=True)
             self.loops += 1
             self._wait(0.05)
+
+
+class OwnTimeout(TestDaemon):
+    """A method with a ``timeout`` parameter of its own."""
+
+    def fetch(self, url, timeout=10):
+        return [url, timeout]
+
+    def nap(self, seconds, timeout=None):
+        time.sleep(seconds)
+        return timeout

@@ -97,3 +97,15 @@ def test_decorated_methods_are_methods(start_daemon):
     assert d.square(5) == 25  # not replaced
     with pytest.raises(malacoda.AccessDenied):
         d._kind_int(3)  # private names stay unreachable
+
+
+def test_a_methods_own_timeout_parameter_gets_the_keyword(start_daemon):
+    start_daemon("OwnTimeout")
+    d = malacoda.get("OwnTimeout")
+    assert d.fetch("u", timeout=30) == ["u", 30]
+    assert d.fetch("u") == ["u", 10]
+    assert d.nap(0.2, timeout=0.01) == 0.01  # the method's value, not a call timeout
+    assert list(inspect.signature(d.fetch).parameters) == ["url", "timeout"]
+    with pytest.raises(malacoda.CallTimeout):  # the call timeout is the proxy's
+        malacoda.get("OwnTimeout", timeout=0.3).nap(10, timeout=1)
+    assert d.add(1, timeout=5) == 3  # the others still take it as their call timeout
