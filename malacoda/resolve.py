@@ -56,6 +56,12 @@ class Target:
     current: Callable[[], bool] = field(default=lambda: True)
 
 
+def _port(spec: str, text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"{spec!r}: the port must be a number (digits 0-9), got {text!r}")
+    return int(text)
+
+
 def parse(spec: str) -> Spec:
     """``'NAME'``, ``'NAME:PORT'``, ``'NAME:HOST'`` or ``'NAME:HOST:PORT'`` → :class:`Spec`."""
     if not isinstance(spec, str) or not spec:
@@ -66,15 +72,13 @@ def parse(spec: str) -> Spec:
     host: Optional[str] = None
     port: Optional[int] = None
     if len(rest) == 1:
-        if rest[0].isdigit():
-            port = int(rest[0])
+        if rest[0].isdigit():  # any script's digits: a port, or a mistyped one
+            port = _port(spec, rest[0])
         else:
             host = rest[0]
     elif len(rest) == 2:
         host = rest[0]
-        if not rest[1].isdigit():
-            raise ConfigError(f"{spec!r}: the port after the host must be a number")
-        port = int(rest[1])
+        port = _port(spec, rest[1])
     elif rest:
         raise ConfigError(f"{spec!r}: expected NAME[:HOST][:PORT]")
     if host is not None and not host:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+import malacoda
 from malacoda.errors import ConfigError
-from malacoda.resolve import client_curve, connect_address, is_wildcard, tcp_endpoint
+from malacoda.resolve import Spec, client_curve, connect_address, is_wildcard, parse, tcp_endpoint
 from malacoda.runtime import Paths
 from malacoda.security import Keys
 
@@ -36,3 +37,20 @@ def test_client_curve_only_for_an_entry_with_a_server_key(home) -> None:
     pair = keys.pair("client")
     assert pair is not None and curve == {"secret": pair.secret, "public": pair.public,
                                           "server": server_key.encode()}
+
+
+@pytest.mark.parametrize("spec", ["td:²", "td:١٢٣", "td:web1:²", "td:web1:x", "td:web1:"])
+def test_a_port_not_of_ascii_digits_is_a_config_error(spec: str) -> None:
+    with pytest.raises(ConfigError, match="the port must be a number"):
+        parse(spec)
+
+
+def test_ports_and_hosts_parse() -> None:
+    assert parse("td:51003") == Spec("td", None, 51003)
+    assert parse("td:web1") == Spec("td", "web1", None)
+    assert parse("td:web1:51003") == Spec("td", "web1", 51003)
+
+
+def test_get_with_a_non_ascii_port_is_a_config_error(home) -> None:
+    with pytest.raises(ConfigError, match="'²'"):
+        malacoda.get("td:²")
