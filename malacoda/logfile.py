@@ -8,6 +8,7 @@ shift up to ``.N``) and a new one is started. :func:`follow` keeps reading acros
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import itertools
@@ -16,6 +17,9 @@ import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, List, Optional
+
+#: The most :meth:`LogFile.pump` reads and writes at a time of a line that does not end.
+PIECE = 64 * 1024
 
 
 def timestamp(now: Optional[float] = None) -> str:
@@ -31,6 +35,7 @@ class LogFile:
         self.max_bytes = max_bytes
         self.backups = backups
         self._lock = threading.Lock()
+        self._open_line = False  # the last piece the pump wrote did not end its line
         self._file = self._open()
 
     def _open(self) -> BinaryIO:
@@ -39,12 +44,17 @@ class LogFile:
 
     def write(self, line: str) -> None:
         """Write one line (a trailing newline is added), with the time in front."""
-        data = f"{timestamp()} {line.rstrip(chr(10))}\n".encode("utf-8", "replace")
         with self._lock:
-            if self.max_bytes and self._file.tell() + len(data) > self.max_bytes \
-                    and self._file.tell() > 0:
-                self._rotate()
-            self._file.write(data)
+            # a note never joins the end of a line the daemon has not finished
+            head = "\n" if self._open_line else ""
+            self._append(f"{head}{timestamp()} {line.rstrip(chr(10))}\n".encode("utf-8", "replace"))
+            self._open_line = False
+
+    def _append(self, data: bytes) -> None:
+        if self.max_bytes and self._file.tell() + len(data) > self.max_bytes \
+                and self._file.tell() > 0:
+            self._rotate()
+        self._file.write(data)
 
     def _rotate(self) -> None:
         self._file.close()
@@ -60,9 +70,23 @@ class LogFile:
         self._file = self._open()
 
     def pump(self, stream: BinaryIO, prefix: str = "") -> None:
-        """Copy ``stream`` line by line into the log until it ends (run it in a thread)."""
-        for raw in iter(stream.readline, b""):
-            self.write(prefix + raw.decode("utf-8", "replace"))
+        """Copy ``stream`` line by line into the log until it ends (run it in a thread).
+
+        Lines are read in pieces of at most :data:`PIECE` bytes, each written as it comes: a
+        line without an end (200 MiB of output without a newline) costs no more memory than a
+        piece and is rotated like the rest. The time goes in front of each line's first piece.
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for raw in iter(lambda: stream.readline(PIECE), b""):
+            text = decoder.decode(raw)
+            with self._lock:
+                head = "" if self._open_line else f"{timestamp()} {prefix}"
+                self._append((head + text).encode("utf-8", "replace"))
+                self._open_line = not raw.endswith(b"\n")
+        with self._lock:
+            if self._open_line:
+                self._append(b"\n")
+                self._open_line = False
         stream.close()
 
     def close(self) -> None:

@@ -90,3 +90,35 @@ def test_agrees_with_reading_the_files_whole(tmp_path: Path, live: List[bytes],
     else:
         older.write_bytes(b"".join(rotated))
     assert logfile.tail(log, lines, block=block) == whole_file_tail(log, lines)
+
+
+def test_pump_writes_a_line_without_end_in_pieces_and_rotates_it(tmp_path: Path) -> None:
+    """5 MiB without a newline (then two short lines) through a pipe, max_bytes 1 MiB: the line
+    arrives whole across the rotated files, none of which grew past max_bytes and a piece, and
+    the time is in front of each line only."""
+    import re
+    import threading
+
+    log = tmp_path / "Big.log"
+    lf = logfile.LogFile(log, max_bytes=1 << 20, backups=10)
+    read_fd, write_fd = os.pipe()
+    big = ("é" * (5 << 19)).encode()  # 5 MiB, a character cut at each piece's edge
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as out:
+            out.write(big + b"\nshort\nlast")
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    with os.fdopen(read_fd, "rb") as stream:
+        lf.pump(stream)
+    feeder.join()
+    lf.close()
+    files = sorted(tmp_path.glob("Big.log.*"), key=lambda p: -int(p.suffix[1:])) + [log]
+    assert len(files) >= 5
+    for file in files:
+        assert file.stat().st_size <= (1 << 20) + logfile.PIECE + 64, file
+    text = b"".join(f.read_bytes() for f in files).decode()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} "
+    assert re.fullmatch(f"{stamp}(é+)\n{stamp}short\n{stamp}last\n", text)
+    assert re.match(f"{stamp}(é+)\n", text).group(1) == "é" * (5 << 19)
