@@ -471,6 +471,32 @@ def test_systemd_unit_passes_systemd_analyze_verify(ctl: Ctl, tmp_path: Path) ->
     assert "malacoda-Svc.service" not in result.stderr, result.stderr
 
 
+def test_systemd_unit_quotes_by_systemds_rules(ctl: Ctl, tmp_path: Path) -> None:
+    """A working directory with a blank and '%', '$' and quotes in a value, a '$' in the unit
+    path and a sub-second backoff_reset: written as systemd.exec(5) and systemd.syntax(7) read
+    them (only '%' escaped in WorkingDirectory= and Environment=; '$' also in ExecStart=), the
+    start limit kept on, and systemd-analyze verify accepts it."""
+    odd = Ctl(ctl.home, tmp_path / "conf $HOME%n")
+    odd.conf.mkdir(mode=0o700)
+    workdir = tmp_path / "work dir%h"
+    workdir.mkdir()
+    odd.unit("Odd", workdir=str(workdir), backoff_reset=0.5,
+             env={"PASSWORD": 'a$b "q" \\ 5%', "PLAIN": "x"})
+    text = odd.ok("systemd", "Odd")
+    lines = text.splitlines()
+    assert f"WorkingDirectory={tmp_path}/work dir%%h" in lines
+    assert 'Environment="PASSWORD=a$b \\"q\\" \\\\ 5%%"' in lines
+    assert "Environment=PLAIN=x" in lines
+    assert "StartLimitIntervalSec=1" in lines
+    assert f' --unit-path "{tmp_path}/conf $$HOME%%n" run Odd' in text
+    service = tmp_path / "malacoda-Odd.service"
+    service.write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", str(service)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "malacoda-Odd.service" not in result.stderr, result.stderr
+
+
 def test_version_paths_and_completion(ctl: Ctl) -> None:
     from malacoda import __version__
 
