@@ -92,7 +92,7 @@ code  type         payload
 8     Decimal      its text (``str(d)``, which includes ``NaN``/``Infinity``)
 9     UUID         the 16 bytes
 10    complex      msgpack array ``[real, imag]`` of floats
-11    int          decimal text of an integer outside the 64-bit range
+11    int          decimal text of an integer outside the 64-bit range, at most 4300 digits
 12    buffer       msgpack uint: the index of a buffer frame (0 = frame 1) holding a
                    ``bytes`` value
 13    named        msgpack array ``[name, data]``: a type registered by name on both ends
@@ -151,6 +151,10 @@ MAX_DEPTH = 64  # nesting of containers, extension types included
 MAX_REQUEST_ITEMS = 1 << 20  # items in all containers of one request body, as a daemon decodes it
 _COUNT_FROM = 4096  # bodies smaller than this cannot amplify much: their items are not counted
 MAX_ID = 64  # request id bytes
+#: Digits of an int outside 64 bits (extension 11): Python's own default limit of int <-> str
+#: conversion (``sys.get_int_max_str_digits()``), the same on both ends whatever either sets.
+MAX_INT_DIGITS = 4300
+_MAX_INT_BITS = 14300  # 2**14300 has 4305 digits: an int this long is refused without str()
 BUFFER_THRESHOLD = 32 * 1024  # bytes values from this size travel as their own frame
 
 EXT_TUPLE, EXT_SET, EXT_FROZENSET = 1, 2, 3
@@ -259,7 +263,7 @@ class Encoder:
         if t is frozenset:
             return self._ext(EXT_FROZENSET, list(obj))
         if t is int:
-            return msgpack.ExtType(EXT_BIGINT, str(obj).encode())
+            return msgpack.ExtType(EXT_BIGINT, _int_text(obj))
         if t is dt.datetime:
             return msgpack.ExtType(EXT_DATETIME, obj.isoformat().encode())
         if t is dt.date:
@@ -287,6 +291,19 @@ class Encoder:
             f"cannot send a value of type {t.__module__}.{t.__qualname__}: "
             "register it with malacoda.register_type() on both ends"
         )
+
+
+def _int_text(value: int) -> bytes:
+    """The decimal text of an int outside 64 bits; ValueError beyond MAX_INT_DIGITS digits."""
+    if value.bit_length() <= _MAX_INT_BITS:
+        try:
+            text = str(value).encode()
+        except ValueError:  # beyond this process's sys.get_int_max_str_digits()
+            text = b""
+        if text and len(text.lstrip(b"-")) <= MAX_INT_DIGITS:
+            return text
+    raise ValueError(f"cannot send an int of {value.bit_length()} bits: an int travels as at "
+                     f"most {MAX_INT_DIGITS} decimal digits; send it as bytes (int.to_bytes)")
 
 
 class Decoder:
@@ -349,8 +366,8 @@ class Decoder:
         if code == EXT_FROZENSET:
             return frozenset(self._nested(data))
         if code == EXT_BIGINT:
-            if len(data) > 5000:
-                raise ValueError("integer text too long")
+            if len(data.lstrip(b"-")) > MAX_INT_DIGITS:
+                raise ValueError(f"an int of more than {MAX_INT_DIGITS} digits")
             return int(data.decode("ascii"))
         if code == EXT_DATETIME:
             return dt.datetime.fromisoformat(data.decode())

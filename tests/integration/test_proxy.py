@@ -8,6 +8,7 @@ import os
 import signal
 from typing import Callable
 
+import msgpack
 import pytest
 
 import malacoda
@@ -109,3 +110,25 @@ def test_a_methods_own_timeout_parameter_gets_the_keyword(start_daemon):
     with pytest.raises(malacoda.CallTimeout):  # the call timeout is the proxy's
         malacoda.get("OwnTimeout", timeout=0.3).nap(10, timeout=1)
     assert d.add(1, timeout=5) == 3  # the others still take it as their call timeout
+
+
+def test_ints_up_to_the_wires_4300_digits_round_trip_and_longer_ones_are_refused(start_daemon):
+    start_daemon()
+    d = malacoda.get("TestDaemon", timeout=10)
+    longest = 10**4300 - 1
+    assert d.echo(longest) == longest and d.echo(-longest) == -longest
+    with pytest.raises(ValueError, match="at most 4300 decimal digits"):
+        d.echo(10**4300)  # not sent: before, Python's own str() limit, raw
+    with pytest.raises(ValueError, match="at most 4300 decimal digits"):
+        d.echo(10**100000)
+    with pytest.raises(TypeError, match="the result cannot be sent: .*4300 decimal digits"):
+        d.add(longest, 1)
+    assert d.add(1) == 3  # the daemon serves on
+
+
+def test_a_daemon_refuses_int_text_beyond_4300_digits_from_another_client(start_daemon):
+    start_daemon()
+    d = malacoda.get("TestDaemon", timeout=10)
+    body = msgpack.packb([[msgpack.ExtType(11, b"9" * 4301)], {}])
+    with pytest.raises(malacoda.ProtocolError, match="more than 4300 digits"):
+        d._request("call", "echo", None, 10, (body, []))
