@@ -13,6 +13,7 @@ code to import, so a unit file or folder that other users can write is refused.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import sys
@@ -170,6 +171,8 @@ def load_file(file: Path) -> Unit:
             wanted = " or ".join(_toml_type(t) for t in types)
             raise ConfigError(f"{file}: {key!r} must be {wanted}, not {_toml_type(type(value))} "
                               f"{value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{file}: {key!r} must be a finite number, not {value!r}")
         values[key] = value
     if "class" not in values:
         raise ConfigError(f"{file}: the key 'class' is required, e.g. class = \"module:Class\"")

@@ -334,6 +334,9 @@ def test_two_starts_racing_leave_one_daemon(ctl: Ctl) -> None:
     ('class = "tests.daemons:TestDaemon"\nport = "80"\n', ["'port' must be an integer", "'80'"]),
     ('class = "tests.daemons:TestDaemon"\nrestart = "sometimes"\n', ["'restart' must be one of"]),
     ('path = ["."]\n', ["'class' is required"]),
+    ('class = "tests.daemons:TestDaemon"\nstart_timeout = nan\n',
+     ["'start_timeout' must be a finite number", "nan"]),
+    ('class = "tests.daemons:TestDaemon"\nbackoff_max = inf\n', ["'backoff_max'", "finite"]),
 ])
 def test_bad_unit_files(ctl: Ctl, text: str, fragments: List[str]) -> None:
     (ctl.conf / "Bad.toml").write_text(text)
