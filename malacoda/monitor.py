@@ -281,7 +281,7 @@ class Monitor:
                 pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
                 cwd=str(unit.workdir), env=env, start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: an environment the OS refuses
             for fd in (ready_r, ready_w, out_r, out_w):
                 os.close(fd)
             return None, "error", f"cannot start it in {unit.workdir}: {exc}"

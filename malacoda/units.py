@@ -197,6 +197,13 @@ def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
     for key in ("env",):
         if not all(isinstance(x, str) for x in v.get(key, {}).values()):
             raise fail(f"every value of {key!r} must be a string")
+    for env_name, env_value in v.get("env", {}).items():
+        if not env_name or "=" in env_name or "\0" in env_name:
+            raise fail(f"'env': {env_name!r} cannot name an environment variable "
+                       "(it must not be empty or hold '=' or a NUL)")
+        if "\0" in env_value:
+            raise fail(f"'env': the value of {env_name!r} holds a NUL, which no environment "
+                       "variable can")
     if v.get("restart", "on-failure") not in RESTART_POLICIES:
         raise fail(f"'restart' must be one of {', '.join(RESTART_POLICIES)}, not {v['restart']!r}")
     for key in ("backoff", "backoff_max", "backoff_reset", "start_timeout", "stop_timeout"):
