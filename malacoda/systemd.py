@@ -7,6 +7,7 @@ written ``@name``), so no libsystemd binding is needed. :func:`service_unit` ren
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -18,17 +19,24 @@ from typing import List, Optional
 from .errors import ConfigError
 from .units import Unit
 
+log = logging.getLogger(__name__)
+
 
 def notify(message: str) -> bool:
-    """Send ``message`` (e.g. ``"READY=1"``) to systemd; False when not run by systemd."""
+    """Send ``message`` (e.g. ``"READY=1"``) to systemd; False when not run by systemd, or when
+    ``$NOTIFY_SOCKET`` cannot be reached: as ``sd_notify``, a failed notification is only
+    warned about, never fatal to the daemon."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
+    target = "\0" + address[1:] if address.startswith("@") else address
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(target)
+            sock.sendall(message.encode())
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        log.warning("cannot notify systemd at NOTIFY_SOCKET=%s: %s", address, exc)
+        return False
     return True
 
 

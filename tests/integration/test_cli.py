@@ -459,6 +459,27 @@ def test_run_in_the_foreground_notifies_systemd(ctl: Ctl, tmp_path: Path, abstra
             proc.communicate()
 
 
+def test_run_serves_on_when_notify_socket_cannot_be_reached(ctl: Ctl, tmp_path: Path) -> None:
+    """As sd_notify: a $NOTIFY_SOCKET nobody listens on is warned about, the daemon serves."""
+    ctl.unit("Deaf")
+    address = str(tmp_path / "nobody.sock")
+    proc = ctl.popen("run", "Deaf", env={"NOTIFY_SOCKET": address}, start_new_session=True)
+    try:
+        wait_for(lambda: ctl.status("Deaf")["state"] == "running" or proc.poll() is not None,
+                 timeout=30, what="Deaf to serve or exit")
+        assert proc.poll() is None, proc.communicate()
+        assert ctl.ok("call", "Deaf", "pid") == f"{proc.pid}\n"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert f"cannot notify systemd at NOTIFY_SOCKET={address}" in err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_run_reports_the_daemons_error(ctl: Ctl) -> None:
     ctl.unit("ForeBad", cls="tests.daemons:FailInit")
     one_line_error(ctl("run", "ForeBad"), 1, "ForeBad failed: ValueError: bad setting: 42")
