@@ -115,9 +115,9 @@ class Malacoda:
         name = check_name(opts.name or name or type(self).__name__)
         bind_address = opts.bind_address or bind_address
         port = opts.port if opts.port is not None else port
-        workers = opts.workers or workers
+        workers = opts.workers if opts.workers is not None else workers
         queue = opts.queue if opts.queue is not None else queue
-        max_message = opts.max_message or max_message
+        max_message = opts.max_message if opts.max_message is not None else max_message
         insecure = opts.insecure if opts.insecure is not None else insecure
         require_curve = opts.curve if opts.curve is not None else curve
         if opts.pst_config is not None:

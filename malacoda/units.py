@@ -209,6 +209,9 @@ def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
     for key in ("backoff", "backoff_max", "backoff_reset", "start_timeout", "stop_timeout"):
         if key in v and v[key] <= 0:
             raise fail(f"{key!r} must be positive, not {v[key]!r}")
+    for key in ("workers", "max_message"):
+        if key in v and v[key] < 1:
+            raise fail(f"{key!r} must be at least 1, not {v[key]!r}")
     for key in ("start_limit", "log_max_bytes", "log_backups"):
         if key in v and v[key] < 0:
             raise fail(f"{key!r} must not be negative, not {v[key]!r}")

@@ -337,6 +337,8 @@ def test_two_starts_racing_leave_one_daemon(ctl: Ctl) -> None:
     ('class = "tests.daemons:TestDaemon"\nstart_timeout = nan\n',
      ["'start_timeout' must be a finite number", "nan"]),
     ('class = "tests.daemons:TestDaemon"\nbackoff_max = inf\n', ["'backoff_max'", "finite"]),
+    ('class = "tests.daemons:TestDaemon"\nworkers = 0\n', ["'workers' must be at least 1"]),
+    ('class = "tests.daemons:TestDaemon"\nmax_message = 0\n', ["'max_message' must be at least 1"]),
     ('class = "tests.daemons:TestDaemon"\n[env]\n"A=B" = "x"\n', ["'A=B' cannot name"]),
     ('class = "tests.daemons:TestDaemon"\n[env]\n"" = "x"\n', ["'' cannot name"]),
     ('class = "tests.daemons:TestDaemon"\n[env]\nA = "x\\u0000y"\n', ["'A' holds a NUL"]),
