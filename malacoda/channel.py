@@ -8,6 +8,10 @@ every reply it reads to the waiter whose request id it carries. When the reader'
 come it passes the role to a waiting thread. Replies to ids nobody waits for (calls that timed
 out) are dropped, so a timeout never poisons the next call.
 
+Requests go out only over a connection that is up (``IMMEDIATE``): a request that finds none
+waits for one until its deadline and is then withdrawn, never left queued in the socket to run
+when the daemon appears after its caller gave up.
+
 A socket monitor reports a dropped connection (the daemon died): every waiting call then fails
 with :class:`~.errors.ConnectionLost` instead of waiting for ever, and the channel is marked
 broken so that its proxy resolves the name again. A call without a timeout also pings the
@@ -30,13 +34,14 @@ from . import protocol as p
 from .errors import CallTimeout, ConnectionLost, ProtocolError
 from .frames import (
     COPY_BELOW,
+    NOBLOCK,
     RCVMORE,
     get_option,
     recv_frames,
     recv_one,
     recv_rest,
-    send_frames,
     send_one,
+    try_send,
 )
 
 HEARTBEAT = 5.0
@@ -118,6 +123,10 @@ class Channel:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)
         sock.setsockopt(zmq.RCVTIMEO, int(DIRECT_WAIT * 1000))
+        # Queue requests only for a connection that is up: see _send_when_connected.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        if endpoint.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)
         self._client_key = curve["public"].decode() if curve else "<client key>"
         if curve:
             sock.curve_secretkey = curve["secret"]
@@ -142,6 +151,7 @@ class Channel:
         os.set_blocking(self._wake_w, False)
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
+        self._polling_out = False  # the poller also watches sock for POLLOUT (a backlog)
         self._poller.register(self._monitor, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
         self.broken: Optional[BaseException] = None
@@ -174,9 +184,12 @@ class Channel:
                     raise NotSent(str(self.broken))
                 sock = self._sock
                 if len(frames) == 1:  # a small request: one frame (see frames.send_frames)
-                    send_one(sock, frames[0], 0, len(frames[0]) < COPY_BELOW)
-                else:
-                    send_frames(sock, frames)
+                    try:
+                        send_one(sock, frames[0], NOBLOCK, len(frames[0]) < COPY_BELOW)
+                    except zmq.Again:
+                        self._send_when_connected(frames, deadline, timeout)
+                elif not try_send(sock, frames):
+                    self._send_when_connected(frames, deadline, timeout)
                 reply = None
                 if not self._pending and (deadline is None or deadline - now >= DIRECT_WAIT):
                     reply = self._recv_direct(sock, rid, now)
@@ -191,6 +204,39 @@ class Channel:
         if reply is None:
             raise CallTimeout(f"no reply from {self.endpoint} within {timeout} s")
         return reply
+
+    def _send_when_connected(self, frames: List[bytes], deadline: Optional[float],
+                             timeout: Optional[float]) -> None:
+        """Send ``frames`` once the socket takes them: it has no connection yet (``IMMEDIATE``),
+        or its send queue is full.
+
+        Raises :class:`~.errors.CallTimeout` when ``deadline`` passes first: the request was
+        not sent and never will be. Raises :class:`NotSent` when the link fails, or when a call
+        without a deadline finds no connection for two heartbeats; the channel is then broken,
+        so that its proxy resolves the name again.
+        """
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLOUT)
+        poller.register(self._monitor, zmq.POLLIN)
+        give_up = deadline if deadline is not None else time.monotonic() + 2 * self.heartbeat
+        while True:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                break
+            for source, _ in poller.poll(max(1, int(left * 1000))):
+                if source is self._monitor:
+                    self._read_monitor()
+                    if self.broken is not None:
+                        raise NotSent(str(self.broken))
+                elif try_send(self._sock, frames):
+                    return
+        if deadline is not None:
+            raise CallTimeout(f"no connection to {self.endpoint} within {timeout} s: the "
+                              "request was not sent")
+        error = NotSent(f"no connection to {self.endpoint} for {2 * self.heartbeat:.0f} s "
+                        "(the daemon is stopped or unreachable); the request was not sent")
+        self._fail_all(error)
+        raise error
 
     def poll_broken(self) -> Optional[BaseException]:
         """Read pending monitor events without waiting; the error if the link dropped."""
@@ -260,8 +306,18 @@ class Channel:
         finally:
             with self._mu:
                 self._pending.pop(rid, None)
+                try:
+                    self._outbox.remove(frames)  # still unsent: withdrawn, it will never run
+                    unsent = True
+                except ValueError:
+                    unsent = False
         if waiter.error is not None:
+            if unsent and isinstance(waiter.error, ConnectionLost):
+                raise NotSent(str(waiter.error))  # it never left: safe to send elsewhere
             raise waiter.error
+        if waiter.reply is None and unsent:
+            raise CallTimeout(f"no connection to {self.endpoint} within the call's timeout: "
+                              "the request was not sent")
         return waiter.reply
 
     def _nudge(self) -> None:
@@ -277,13 +333,18 @@ class Channel:
                     other.wake()
                     return
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Send what the other threads queued; False if some must wait for the connection."""
         while True:
             with self._mu:
                 if not self._outbox:
-                    return
-                frames = self._outbox.popleft()
-            send_frames(self._sock, frames)
+                    return True
+                frames = self._outbox[0]
+                # Sent under the lock, so that a waiter that gives up either finds its request
+                # still queued (and withdraws it) or knows it went out.
+                if not try_send(self._sock, frames):
+                    return False
+                self._outbox.popleft()
 
     def _read_until(self, rid: bytes, deadline: Optional[float],
                     waiter: Optional[_Waiter]) -> Optional[p.Reply]:
@@ -292,12 +353,17 @@ class Channel:
         None when ``deadline`` passes first; raises ConnectionLost when the link drops.
         """
         sock, monitor = self._sock, self._monitor
-        poll = self._poller.poll
+        poller = self._poller
+        poll = poller.poll
         quiet_since = time.monotonic()
         pinged = False
         while True:
             if waiter is not None and waiter.done:
                 return waiter.reply
+            if self._polling_out != bool(self._outbox):
+                # Requests queued that the socket did not take yet (no link): watch for it.
+                self._polling_out = not self._polling_out
+                poller.modify(sock, zmq.POLLIN | (zmq.POLLOUT if self._polling_out else 0))
             if deadline is None:
                 wait = self.heartbeat
             else:
@@ -316,9 +382,11 @@ class Channel:
                         self._ping()
                         pinged = True
                 continue
-            for source, _ in events:
+            for source, what in events:
                 if source is sock:
-                    while True:  # every reply that is in, with one poll
+                    if what & zmq.POLLOUT:
+                        self._flush()
+                    while what & zmq.POLLIN:  # every reply that is in, with one poll
                         try:
                             reply = self._read_reply(zmq.NOBLOCK)
                         except zmq.Again:
@@ -390,7 +458,7 @@ class Channel:
     def _ping(self) -> None:
         self._ping_seq += 1
         rid = b"\xffping" + self._ping_seq.to_bytes(8, "big")
-        send_frames(self._sock, p.request_frames(rid, p.PING, None, None, None))
+        try_send(self._sock, p.request_frames(rid, p.PING, None, None, None))  # not if no link
 
     def _read_monitor(self) -> None:
         while True:

@@ -15,6 +15,7 @@ import zmq
 COPY_BELOW = 65536
 SNDMORE = int(zmq.SNDMORE)  # plain ints: pyzmq's enum members are slow to pass
 RCVMORE = int(zmq.RCVMORE)
+NOBLOCK = int(zmq.NOBLOCK)
 
 # The compiled socket methods, without the Python layer pyzmq wraps around send/getsockopt:
 # send_one(sock, frame, flags, copy), recv_one(sock, flags), get_option(sock, option).
@@ -32,6 +33,19 @@ def send_frames(sock: zmq.Socket, frames: Sequence[bytes]) -> None:
         return
     for i, frame in enumerate(frames):
         send_one(sock, frame, 0 if i == last else SNDMORE, len(frame) < COPY_BELOW)
+
+
+def try_send(sock: zmq.Socket, frames: Sequence[bytes]) -> bool:
+    """Send ``frames`` as one message if the socket takes it now; False (nothing sent) if not:
+    no connection yet on a socket with ``IMMEDIATE``, or its send queue is full."""
+    first, last = frames[0], len(frames) - 1
+    try:
+        send_one(sock, first, NOBLOCK | (SNDMORE if last else 0), len(first) < COPY_BELOW)
+    except zmq.Again:
+        return False
+    for i in range(1, last + 1):  # the rest of a message whose first frame was taken
+        send_one(sock, frames[i], 0 if i == last else SNDMORE, len(frames[i]) < COPY_BELOW)
+    return True
 
 
 def send_routed(sock: zmq.Socket, identity: bytes, frames: Sequence[bytes]) -> None:
