@@ -155,22 +155,25 @@ def read_word(fd: int, timeout: float,
     return word, detail
 
 
-def stop_sequence(name: str, pid: int, timeout: float, exited: Callable[[float], bool]) -> None:
+def stop_sequence(name: str, pid: int, timeout: float, exited: Callable[[float], bool],
+                  ready: bool = True) -> None:
     """Stop the daemon ``pid``: ask it (pst saved), SIGTERM at half ``timeout``, then SIGKILL.
 
     ``exited(seconds)`` waits up to ``seconds`` for the process to end and says whether it has.
+    A daemon that never became ``ready`` cannot be asked (it serves no socket): SIGTERM at once.
     Signals go to the daemon's process group when it leads one (the monitor starts it so).
     """
     start = time.monotonic()
-    try:
-        from .proxy import Proxy
+    if ready:
+        try:
+            from .proxy import Proxy
 
-        with Proxy(name, timeout=min(2.0, timeout / 2)) as proxy:
-            proxy.stop()
-    except (MalacodaError, OSError) as exc:
-        log.info("%s: asking it to stop failed (%s); sending SIGTERM", name, exc)
-    if exited(max(0.0, start + timeout / 2 - time.monotonic())):
-        return
+            with Proxy(name, timeout=min(2.0, timeout / 2)) as proxy:
+                proxy.stop()
+        except (MalacodaError, OSError) as exc:
+            log.info("%s: asking it to stop failed (%s); sending SIGTERM", name, exc)
+        if exited(max(0.0, start + timeout / 2 - time.monotonic())):
+            return
     _signal(pid, signal.SIGTERM)
     _signal(pid, signal.SIGCONT)
     if exited(max(0.0, start + timeout - time.monotonic())):
@@ -230,7 +233,7 @@ class Monitor:
                 code = self.watch(proc)
             else:
                 if proc is not None and proc.poll() is None:
-                    self.stop_child(proc)
+                    self.stop_child(proc, ready=False)
                 code = proc.wait() if proc is not None else 1
                 if outcome != "stopped":
                     self.note(f"{unit.name} failed to start: {detail}")
@@ -324,7 +327,7 @@ class Monitor:
             if self.stopping.is_set():
                 return self.stop_child(proc)
 
-    def stop_child(self, proc: subprocess.Popen) -> int:
+    def stop_child(self, proc: subprocess.Popen, ready: bool = True) -> int:
         self.note(f"stopping {self.unit.name} (pid {proc.pid})")
 
         def exited(seconds: float) -> bool:
@@ -334,7 +337,7 @@ class Monitor:
             except subprocess.TimeoutExpired:
                 return False
 
-        stop_sequence(self.unit.name, proc.pid, self.unit.stop_timeout, exited)
+        stop_sequence(self.unit.name, proc.pid, self.unit.stop_timeout, exited, ready)
         return proc.wait()
 
 

@@ -232,7 +232,7 @@ def start(unit: Unit, paths: Optional[Paths] = None) -> Tuple[str, UnitStatus]:
         os.close(write_fd)
     try:
         starter.wait(timeout=30)
-        word, detail = read_word(read_fd, unit.start_timeout + 10)
+        word, detail = read_word(read_fd, _start_wait(unit))
     finally:
         os.close(read_fd)
     if word == "READY":
@@ -246,10 +246,16 @@ def start(unit: Unit, paths: Optional[Paths] = None) -> Tuple[str, UnitStatus]:
                        f"see 'malacodactl logs {unit.name}'")
 
 
+def _start_wait(unit: Unit) -> float:
+    """How long a start may take to end, either way: a daemon not ready in ``start_timeout`` is
+    then stopped, which may take ``stop_timeout``; plus a margin for the monitor itself."""
+    return unit.start_timeout + unit.stop_timeout + 10
+
+
 def _wait_started(unit: Unit, paths: Paths) -> UnitStatus:
     """Wait for a start someone else began; its outcome is ours."""
     began = time.time()
-    deadline = time.monotonic() + unit.start_timeout + 10
+    deadline = time.monotonic() + _start_wait(unit)
     while True:
         current = status(unit.name, paths)
         if current.state in ("running", "hung"):

@@ -229,3 +229,16 @@ class OwnTimeout(TestDaemon):
     def nap(self, seconds, timeout=None):
         time.sleep(seconds)
         return timeout
+
+
+class SlowInit(TestDaemon):
+    """Its constructor takes 100 s: never ready within any test's start_timeout. With
+    ``ignore_term`` it also ignores SIGTERM, so only the SIGKILL at stop_timeout ends it."""
+
+    def __init__(self, ignore_term=False, **kwargs):
+        import signal
+
+        if ignore_term:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(100)
+        super().__init__(**kwargs)

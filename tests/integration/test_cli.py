@@ -316,6 +316,29 @@ def test_start_fails_with_the_daemons_own_error(ctl: Ctl) -> None:
     ctl.ok("stop", "Open")
 
 
+def test_a_daemon_not_ready_in_start_timeout_is_stopped_at_once(ctl: Ctl) -> None:
+    """Never ready, it serves no socket to be asked on: the monitor sends SIGTERM at once
+    (not after half of stop_timeout) and start reports the daemon's timeout, not its own."""
+    ctl.unit("Sluggish", cls="tests.daemons:SlowInit", start_timeout=2, stop_timeout=30)
+    one_line_error(ctl("start", "Sluggish"), 1, "Sluggish did not start",
+                   "not ready within start_timeout = 2 s")
+    assert ctl.status("Sluggish")["state"] == "failed"
+    assert ctl.daemons("Sluggish") == []
+
+
+@pytest.mark.slow
+def test_start_waits_for_the_stop_of_a_daemon_not_ready(ctl: Ctl) -> None:
+    """A daemon not ready in start_timeout that ignores SIGTERM ends by SIGKILL at
+    stop_timeout: start waits for that (start_timeout + stop_timeout and a margin) and reports
+    the daemon's own timeout rather than its monitor's silence."""
+    ctl.unit("Mulish", cls="tests.daemons:SlowInit", start_timeout=1, stop_timeout=12,
+             args={"ignore_term": True})
+    one_line_error(ctl("start", "Mulish"), 1, "Mulish did not start",
+                   "not ready within start_timeout = 1 s")
+    assert ctl.status("Mulish")["state"] == "failed"
+    assert ctl.daemons("Mulish") == []
+
+
 def test_two_starts_racing_leave_one_daemon(ctl: Ctl) -> None:
     ctl.unit("Once")
     racers = [ctl.popen("start", "Once") for _ in range(3)]
