@@ -352,3 +352,10 @@ def test_a_supervisors_zero_workers_is_an_error_not_the_default(start_daemon) ->
     proc = start_daemon("TestDaemon", wait=False, prelude=prelude)
     assert proc.wait(timeout=30) != 0
     assert "workers must be at least 1" in proc.output()
+
+
+def test_a_daemon_bound_to_ipv6_loopback_is_called_through_a_proxy(start_daemon):
+    start_daemon(bind_address="::1")
+    with malacoda.get("TestDaemon", timeout=10) as d:
+        assert d.add(1, 2) == 3
+        assert d._channel.endpoint.startswith("tcp://[::1]:")
