@@ -260,6 +260,11 @@ class Channel:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
+    def abandon(self) -> None:
+        """In a fork's child: never touch this channel again, not even to close it. Its ZeroMQ
+        sockets and locks belong to the parent (a lock may have been held at the fork)."""
+        self._closed = True
+
     def __del__(self) -> None:
         # Dropped without close(): close in the order close() uses. Left to the garbage
         # collector, the monitor socket may go first, and a monitored socket closed after its

@@ -180,9 +180,7 @@ class Proxy:
         d = self.__dict__
         channel = d["_channel"]
         if channel is not None:
-            # Left to the garbage collector, Channel.__del__ would close the parent's sockets
-            # (and wait for a lock a parent's thread may have held at the fork).
-            channel._closed = True
+            channel.abandon()  # else its __del__ would close the parent's sockets
         d["_generation"] = _fork_generation
         d["_lock"] = threading.Lock()
         d["_channel"] = None
