@@ -223,7 +223,7 @@ class Channel:
             left = give_up - time.monotonic()
             if left <= 0:
                 break
-            for source, _ in poller.poll(max(1, int(left * 1000))):
+            for source, _ in poller.poll(max(1, int(min(left, self.heartbeat) * 1000))):
                 if source is self._monitor:
                     self._read_monitor()
                     if self.broken is not None:
