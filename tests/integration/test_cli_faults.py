@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -43,20 +43,28 @@ def pythonpath(pid: int) -> List[str]:
     return env[b"PYTHONPATH"].decode().split(os.pathsep)
 
 
+def handed_over(ctl: Ctl, name: str, cls: str) -> Dict[str, Any]:
+    """Start ``name``, set its pst_counter to 7, kill -9 its monitor: once a new monitor and
+    daemon run, the old daemon is gone, the 7 was saved on its way out and the log says why.
+    Returns the new status row."""
+    ctl.unit(name, cls=cls)
+    ctl.ok("start", name)
+    ctl.ok("set", name, "pst_counter", "7")
+    row = ctl.status(name)
+    os.kill(row["monitor_pid"], signal.SIGKILL)
+    new = wait_for(running_again(ctl, name, row["pid"], row["monitor_pid"]), timeout=30,
+                   what="a new monitor and daemon")
+    wait_for(lambda: not pid_alive(row["pid"]), what="the orphan to exit")
+    assert ctl.ok("get", name, "pst_counter") == "7\n"
+    assert "[runner] the monitor" in ctl.ok("logs", name, "-n", "1000")
+    return new
+
+
 @pytest.mark.slow
 def test_killed_monitor_hands_its_daemon_over_to_a_new_one(ctl: Ctl) -> None:
     """kill -9 of the monitor: the daemon notices, stops as on SIGTERM (pst saved) and starts
     again under a new monitor — never left running without one."""
-    ctl.unit("Orphaned", cls="tests.daemons:HostileDaemon")
-    ctl.ok("start", "Orphaned")
-    ctl.ok("set", "Orphaned", "pst_counter", "7")
-    row = ctl.status("Orphaned")
-    os.kill(row["monitor_pid"], signal.SIGKILL)
-    new = wait_for(running_again(ctl, "Orphaned", row["pid"], row["monitor_pid"]), timeout=30,
-                   what="a new monitor and daemon")
-    assert not pid_alive(row["pid"])
-    assert ctl.ok("get", "Orphaned", "pst_counter") == "7\n"  # saved by the orphan on its way out
-    assert "[runner] the monitor" in ctl.ok("logs", "Orphaned", "-n", "200")
+    new = handed_over(ctl, "Orphaned", "tests.daemons:HostileDaemon")
     # Each hand-over passes the environment on: the package folder is still there once, first.
     for pid in (new["pid"], new["monitor_pid"]):
         entries = pythonpath(pid)
@@ -70,16 +78,7 @@ def test_killed_monitor_hands_its_daemon_over_to_a_new_one(ctl: Ctl) -> None:
 def test_killed_monitor_of_a_daemon_that_prints_hands_it_over(ctl: Ctl) -> None:
     """A daemon printing every 50 ms meets the broken log pipe as soon as its monitor is killed:
     it is handed over all the same (pst saved), and what it prints afterwards is logged."""
-    ctl.unit("Chatty", cls="tests.daemons:Chatty")
-    ctl.ok("start", "Chatty")
-    ctl.ok("set", "Chatty", "pst_counter", "5")
-    row = ctl.status("Chatty")
-    os.kill(row["monitor_pid"], signal.SIGKILL)
-    new = wait_for(running_again(ctl, "Chatty", row["pid"], row["monitor_pid"]), timeout=30,
-                   what="a new monitor and daemon")
-    wait_for(lambda: not pid_alive(row["pid"]), what="the orphan to exit")
-    assert ctl.ok("get", "Chatty", "pst_counter") == "5\n"
-    assert "[runner] the monitor" in ctl.ok("logs", "Chatty", "-n", "1000")
+    new = handed_over(ctl, "Chatty", "tests.daemons:Chatty")
     wait_for(lambda: "chatty" in ctl.ok("logs", "Chatty", "-n", "1").split("\n")[0],
              what="the new daemon's prints in the log")
     assert ctl.ok("stop", "Chatty") == "Chatty stopped\n"
