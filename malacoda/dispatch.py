@@ -33,9 +33,11 @@ def _public_identifier(name: Any) -> bool:
 
 def _is_method(cls: type, name: str) -> bool:
     """Whether ``name`` is a method of ``cls``: a function, a static or class method, a
-    callable (an ``lru_cache`` wrapper), or a non-data descriptor that yields a callable
-    (``singledispatchmethod``, ``partialmethod``). Not a class (no instance of an arbitrary
-    class made through a proxy), not a property, not a callable stored in an instance."""
+    decorator's wrapper of a function (``lru_cache``: it has ``__wrapped__``), or a non-data
+    descriptor that yields a callable (``singledispatchmethod``, ``partialmethod``). Not a
+    class (no instance of an arbitrary class made through a proxy), not a property, not a
+    callable stored in an instance, and not any other callable the class happens to hold
+    (``system = os.system`` is no method of the daemon's)."""
     try:
         attr = inspect.getattr_static(cls, name)
     except AttributeError:
@@ -50,7 +52,7 @@ def _is_method(cls: type, name: str) -> bool:
             return callable(attr.__get__(None, cls))
         except Exception:
             return False
-    return callable(attr)
+    return callable(attr) and hasattr(attr, "__wrapped__")
 
 
 def _param_row(param: inspect.Parameter) -> List[Any]:

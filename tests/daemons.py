@@ -205,6 +205,8 @@ class Decorated(TestDaemon):
 
     plus_one = functools.partialmethod(_plus, 1)
 
+    system = os.system  # a callable the class holds: not a method of the daemon's
+
     @functools.cached_property
     def computed(self):
         return 7

@@ -12,6 +12,7 @@ import msgpack
 import pytest
 
 import malacoda
+from malacoda.control import describe
 from tests.support import pid_alive, wait_for
 
 BAD_TIMEOUTS = [float("nan"), 0, 0.0, -1, -0.5, -(10**400), "5", b"5", True, [1]]
@@ -98,6 +99,9 @@ def test_decorated_methods_are_methods(start_daemon):
     assert d.square(5) == 25  # not replaced
     with pytest.raises(malacoda.AccessDenied):
         d._kind_int(3)  # private names stay unreachable
+    assert "system" not in describe(d)["methods"]  # os.system held by the class
+    with pytest.raises(TypeError):  # not callable through the proxy: the attribute it is
+        malacoda.get("Decorated", timeout=10)._request("call", "system", [["true"], {}], 10)
 
 
 def test_a_methods_own_timeout_parameter_gets_the_keyword(start_daemon):
