@@ -22,6 +22,7 @@ unanswered (a hung or unreachable daemon).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import struct
 import threading
@@ -156,6 +157,7 @@ class Channel:
         self._poller.register(self._wake_r, zmq.POLLIN)
         self.broken: Optional[BaseException] = None
         self._closed = False
+        self._pid = os.getpid()  # in a fork's child the channel is the parent's: never touched
         self._ping_seq = 0
         self._last_heard = 0.0
 
@@ -233,10 +235,12 @@ class Channel:
         if deadline is not None:
             raise CallTimeout(f"no connection to {self.endpoint} within {timeout} s: the "
                               "request was not sent")
-        error = NotSent(f"no connection to {self.endpoint} for {2 * self.heartbeat:.0f} s "
-                        "(the daemon is stopped or unreachable); the request was not sent")
-        self._fail_all(error)
-        raise error
+        gone = (f"no connection to {self.endpoint} for {2 * self.heartbeat:.0f} s (the "
+                "daemon is stopped, hung or unreachable)")
+        # Others' requests may have gone out before the queue filled: for them the link is
+        # lost (a re-send is checked against the daemon's incarnation), ours never left.
+        self._fail_all(ConnectionLost(gone))
+        raise NotSent(f"{gone}; the request was not sent")
 
     def poll_broken(self) -> Optional[BaseException]:
         """Read pending monitor events without waiting; the error if the link dropped."""
@@ -251,6 +255,9 @@ class Channel:
         return self.broken
 
     def close(self) -> None:
+        if self._pid != os.getpid():
+            self.abandon()
+            return
         with self._io:
             if self._closed:
                 return
@@ -262,8 +269,14 @@ class Channel:
 
     def abandon(self) -> None:
         """In a fork's child: never touch this channel again, not even to close it. Its ZeroMQ
-        sockets and locks belong to the parent (a lock may have been held at the fork)."""
+        sockets and locks belong to the parent (a lock may have been held at the fork); only
+        the child's copies of the wake-up pipe are closed."""
+        if self._closed:
+            return
         self._closed = True
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __del__(self) -> None:
         # Dropped without close(): close in the order close() uses. Left to the garbage
@@ -298,6 +311,8 @@ class Channel:
                         self._flush()
                         if not waiter.done:
                             waiter.reply = self._read_until(rid, deadline, waiter)
+                    except ConnectionLost as lost:  # as the reader: the error is ours too
+                        waiter.error = lost
                     finally:
                         self._io.release()
                         self._pass_reader_role(waiter)

@@ -30,6 +30,7 @@ from .channel import Channel, NotSent
 from .errors import (
     AccessDenied,
     Busy,
+    CallTimeout,
     CommunicationError,
     ConfigError,
     ConnectionLost,
@@ -211,14 +212,19 @@ class Proxy:
                 or not self._target.current()):
             channel = self._connect()
         rid = self._rid_prefix + next(self._counter).to_bytes(8, "big")
-        timeout_ms = None if timeout is None else min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX)
+        timeout_ms = (None if timeout is None  # at least 1: 0 ms would be dropped unrun
+                      else max(1, min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX)))
         frames = p.request_frames(rid, op, name, body, timeout_ms, encoded)
         started = time.monotonic()
         try:
             try:
                 reply = channel.request(frames, rid, timeout)
             except NotSent:  # the link was down before the request left: resolve, send
-                reply = self._connect().request(frames, rid, timeout)
+                left = None if timeout is None else timeout - (time.monotonic() - started)
+                if left is not None and left <= 0:
+                    raise CallTimeout(f"no connection to {self._spec} within {timeout} s: "
+                                      "the request was not sent") from None
+                reply = self._connect().request(frames, rid, left)
         except ConnectionLost as lost:
             reply = self._resend(frames, rid, timeout, started, lost)
         if reply.incarnation != self._incarnation:

@@ -83,6 +83,24 @@ def test_a_proxy_works_in_a_forked_child_with_request_ids_of_its_own(start_daemo
     assert d.pst_counter == 3
 
 
+def test_a_child_closing_its_parents_connection_leaves_it_alone(start_daemon):
+    """What a proxy the child never uses does when the child drops it (Channel.__del__ ->
+    close): it must not wait for a lock some parent thread held at the fork (here: for ever),
+    nor close the parent's sockets."""
+    start_daemon()
+    d = malacoda.get("TestDaemon", timeout=5)
+    assert d.bump() == 1
+    channel = d._channel
+
+    def close() -> str:
+        channel.close()
+        return "closed"
+
+    with channel._io:  # held at the fork, as by a parent thread in the middle of a call
+        assert _in_forked_child(close) == "closed"
+    assert d.bump() == 2
+
+
 def test_decorated_methods_are_methods(start_daemon):
     start_daemon("Decorated")
     d = malacoda.get("Decorated", timeout=10)
