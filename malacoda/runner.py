@@ -74,11 +74,16 @@ def _output_to_log(name: str) -> None:
         os.close(fd)
 
 
+#: Set once the orphan watcher stops this daemon to hand it over to a new monitor.
+_handing_over = threading.Event()
+
+
 def _watch_monitor(monitor: int, name: str) -> None:
     """Stop this daemon (as SIGTERM does) once its monitor, our parent, is gone."""
     while os.getppid() == monitor:
         time.sleep(ORPHAN_CHECK)
     _output_to_log(name)
+    _handing_over.set()
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -112,18 +117,21 @@ def child_main(unit_file: str, fd: int) -> int:
 
     def on_term(signum: int, frame: object) -> None:
         # While the daemon serves, its own handler stops it; this one is back once it ended:
-        # the orphan watcher's late SIGTERM must not kill it before the hand-over.
-        if not served:
+        # the orphan watcher's late SIGTERM must not kill it before the hand-over, anyone
+        # else's does (a user's stop of a daemon whose monitor died).
+        if not (served and _handing_over.is_set()):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
     signal.signal(signal.SIGTERM, on_term)
     code = 0
+    failed = False
     try:
         unit = load_file(Path(unit_file))
         name = unit.name
         run_unit(unit, [ready])
     except BaseException as exc:  # noqa: B902 - reported to the monitor, then the exit code
+        failed = True
         if served and os.getppid() != monitor:
             _output_to_log(name)
         with contextlib.suppress(OSError):
@@ -133,7 +141,9 @@ def child_main(unit_file: str, fd: int) -> int:
                 channel.write("ERROR " + describe_error(exc) + "\n")
                 channel.close()
         code = 1
-    if served and os.getppid() != monitor:  # however the daemon ended: README, process model
+    # Orphaned: started again under a new monitor when the watcher stopped it for that, or
+    # when it failed (as its monitor would have restarted it); not when someone stopped it.
+    if served and os.getppid() != monitor and (failed or _handing_over.is_set()):
         with contextlib.suppress(Exception):
             _hand_over(unit_file, monitor)
     return code
