@@ -83,9 +83,11 @@ class LogFile:
                 head = "" if self._open_line else f"{timestamp()} {prefix}"
                 self._append((head + text).encode("utf-8", "replace"))
                 self._open_line = not raw.endswith(b"\n")
+        rest = decoder.decode(b"", final=True)  # a character cut off by the end of output
         with self._lock:
-            if self._open_line:
-                self._append(b"\n")
+            if rest or self._open_line:
+                head = "" if self._open_line or not rest else f"{timestamp()} {prefix}"
+                self._append((head + rest + "\n").encode("utf-8", "replace"))
                 self._open_line = False
         stream.close()
 

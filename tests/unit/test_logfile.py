@@ -122,3 +122,17 @@ def test_pump_writes_a_line_without_end_in_pieces_and_rotates_it(tmp_path: Path)
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} "
     assert re.fullmatch(f"{stamp}(é+)\n{stamp}short\n{stamp}last\n", text)
     assert re.match(f"{stamp}(é+)\n", text).group(1) == "é" * (5 << 19)
+
+
+def test_pump_keeps_a_character_cut_off_by_the_end_of_output(tmp_path: Path) -> None:
+    """Output that ends in the middle of a UTF-8 character: the bytes it has are logged (as a
+    replacement character), not dropped."""
+    log = tmp_path / "Cut.log"
+    lf = logfile.LogFile(log)
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "wb") as out:
+        out.write("done é".encode()[:-1])  # the é's first byte only
+    with os.fdopen(read_fd, "rb") as stream:
+        lf.pump(stream)
+    lf.close()
+    assert log.read_text().endswith(" done \ufffd\n")
