@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from tests.support import pid_alive, wait_for
+from tests.support import stop_process, wait_for
 
 ETCD = shutil.which("etcd") or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
 
@@ -81,14 +81,7 @@ class EtcdServer:
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            os.kill(proc.pid, sig)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        wait_for(lambda: not pid_alive(proc.pid), what="etcd to exit")
+        stop_process(proc, "etcd", sig)
         self._log.close()
 
 

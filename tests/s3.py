@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from tests.support import pid_alive, wait_for
+from tests.support import stop_process, wait_for
 
 #: What boto3 reads from the environment; moto accepts any credentials.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "malacoda-test", "AWS_SECRET_ACCESS_KEY": "malacoda-secret",
@@ -67,11 +67,4 @@ class S3Server:
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        wait_for(lambda: not pid_alive(proc.pid), what="the S3 server to exit")
+        stop_process(proc, "the S3 server", signal.SIGTERM)

@@ -120,3 +120,16 @@ class InThread:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), f"still running after {timeout} s"
         return self
+
+
+def stop_process(proc: subprocess.Popen, what: str, sig: int = signal.SIGTERM) -> None:
+    """Stop the server process ``proc`` by pid: ``sig``, then SIGKILL after 10 s; wait until
+    its pid is gone."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    wait_for(lambda: not pid_alive(proc.pid), what=f"{what} to exit")
