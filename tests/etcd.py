@@ -5,23 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from tests.support import stop_process, wait_for
+from tests.support import free_port, stop_process, wait_for
 
 ETCD = shutil.which("etcd") or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
-
-
-def free_port() -> int:
-    """A port free right now (etcd cannot report a port it picked; it retries on a clash)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EtcdServer:

@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from tests.support import stop_process, wait_for
+from tests.support import free_port, stop_process, wait_for
 
 #: What boto3 reads from the environment; moto accepts any credentials.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "malacoda-test", "AWS_SECRET_ACCESS_KEY": "malacoda-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class S3Server:

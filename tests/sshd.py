@@ -24,16 +24,10 @@ from typing import Iterator, Optional
 import psutil
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, free_port
 
 SSHD = "/usr/sbin/sshd"
 KEYGEN = "/usr/bin/ssh-keygen"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def keygen(path: Path) -> str:
@@ -82,7 +76,7 @@ class SSHServer:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation
         for _attempt in range(5):
             if not self.port or _attempt:
-                self.port = _free_port()
+                self.port = free_port()
             with open(self.log, "ab") as log:
                 self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self._config())],
                                              stdout=log, stderr=log, stdin=subprocess.DEVNULL)

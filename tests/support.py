@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -133,3 +134,11 @@ def stop_process(proc: subprocess.Popen, what: str, sig: int = signal.SIGTERM) -
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
     wait_for(lambda: not pid_alive(proc.pid), what=f"{what} to exit")
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a server that cannot report the port it bound
+    (etcd, sshd, the S3 server) or an address where nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -52,7 +52,7 @@ def test_calls_that_timed_out_before_the_daemon_was_up_never_run(start_daemon):
     import threading
 
     from malacoda.errors import CallTimeout
-    from tests.s3 import free_port
+    from tests.support import free_port
 
     port = free_port()
     channel = Channel(f"tcp://127.0.0.1:{port}")

@@ -15,7 +15,8 @@ import malacoda
 from malacoda import StateError
 from malacoda.runtime import Paths, host_name
 from malacoda.storage import PstS3Storage, from_config
-from tests.s3 import CREDENTIALS, S3Server, free_port
+from tests.s3 import CREDENTIALS, S3Server
+from tests.support import free_port
 
 pytest.importorskip("boto3")
 pytest.importorskip("moto")
