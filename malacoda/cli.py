@@ -29,6 +29,7 @@ from .errors import (
 )
 from .resolve import Spec, parse
 from .runtime import Paths, host_name
+from .terminal import visible, visible_json
 from .version import __version__
 
 OK, FAILED, BAD_INPUT, NOT_RUNNING, NO_ANSWER = 0, 1, 2, 3, 4
@@ -40,7 +41,18 @@ class Context:
     def __init__(self, unit_path: Optional[str], verbose: bool) -> None:
         self.unit_path = unit_path
         self.verbose = verbose
+        self.raw = False  # --raw: print what came from daemons, logs and etcd as it is
         self.paths = Paths.default()
+
+    def shown(self, text: str, newlines: bool = True) -> str:
+        """``text`` from a daemon, a log or etcd as it is printed: control characters made
+        visible (:func:`~.terminal.visible`) unless ``--raw``."""
+        return text if self.raw else visible(text, newlines)
+
+    def echo(self, text: str, newlines: bool = True) -> None:
+        """Print :meth:`shown` ``text`` (with ``--raw`` exactly as it is: click would strip
+        ANSI sequences from it when stdout is not a terminal)."""
+        click.echo(self.shown(text, newlines), color=True if self.raw else None)
 
     @property
     def search(self) -> List[Path]:
@@ -76,8 +88,14 @@ def exit_code(exc: BaseException) -> int:
     return FAILED
 
 
+def complain(message: str) -> None:
+    """One error line on stderr; control characters made visible, even with ``--raw``: an
+    error message may quote a daemon, a log or etcd."""
+    click.echo(f"malacodactl: {visible(message, newlines=True)}", err=True)
+
+
 def fail(message: str, code: int) -> None:
-    click.echo(f"malacodactl: {message}", err=True)
+    complain(message)
     sys.exit(code)
 
 
@@ -103,6 +121,14 @@ NAME = click.argument("name", shell_complete=complete_units)
 NAMES = click.argument("names", nargs=-1, shell_complete=complete_units)
 ALL = click.option("--all", "all_", is_flag=True, help="Every unit in the unit search path.")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def _set_raw(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and isinstance(ctx.obj, Context):
+        ctx.obj.raw = True
+
+
+RAW = click.option("--raw", is_flag=True, expose_value=False, callback=_set_raw,
+                   help="Print what came from the daemon, its log or etcd as it is (control "
+                        "characters not made visible).")
 TIMEOUT = click.option("--timeout", type=float, default=None, metavar="S",
                        help="Give up after S seconds (exit 4).")
 
@@ -138,15 +164,15 @@ def _start_units(c: Context, order: List[units.Unit], verb: str) -> None:
     for unit in order:
         missing = [name for name in unit.requires if name in failed]
         if missing:
-            click.echo(f"malacodactl: {unit.name} not started: it requires "
-                       f"{', '.join(missing)}, which did not start", err=True)
+            complain(f"{unit.name} not started: it requires {', '.join(missing)}, which did "
+                     "not start")
             failed.add(unit.name)
             code = max(code, FAILED)
             continue
         try:
             outcome, st = supervise.start(unit, c.paths)
         except MalacodaError as exc:
-            click.echo(f"malacodactl: {exc}", err=True)
+            complain(str(exc))
             failed.add(unit.name)
             code = max(code, exit_code(exc))
             continue
@@ -202,7 +228,7 @@ def stop(c: Context, names: Tuple[str, ...], all_: bool) -> None:
     for name, timeout in _stop_order(c, chosen):
         outcome = supervise.stop(name, c.paths, timeout)
         if names or outcome == "stopped":
-            click.echo(f"{name} {outcome}")
+            click.echo(visible(f"{name} {outcome}"))
     sys.exit(max([cli_hosts.stop_there(host, there) for host, there in remote.items()],
                  default=OK))
 
@@ -259,6 +285,7 @@ def _exit_text(last: Optional[Dict[str, Any]]) -> str:
               help="A daemon that does not answer a ping in S seconds is 'hung'.")
 @click.option("--cluster", is_flag=True,
               help="Every daemon in the cluster registry (etcd), with its host.")
+@RAW
 @pass_ctx
 def status(c: Context, names: Tuple[str, ...], all_: bool, hosts: Tuple[str, ...],
            as_json: bool, ping_timeout: float, cluster: bool) -> None:
@@ -279,7 +306,7 @@ def status(c: Context, names: Tuple[str, ...], all_: bool, hosts: Tuple[str, ...
         if as_json:
             click.echo(supervise.cluster_to_json(rows))
         else:
-            _status_table([(r, host) for host, r in rows], c.verbose)
+            _status_table(c, [(r, host) for host, r in rows])
         sys.exit(max((r.code for _, r in rows), default=NOT_RUNNING))
     local, remote = cli_hosts.split_names(names, hosts)
     results: List[Tuple[str, supervise.UnitStatus]] = []
@@ -302,27 +329,29 @@ def status(c: Context, names: Tuple[str, ...], all_: bool, hosts: Tuple[str, ...
         click.echo(supervise.cluster_to_json(results) if remote else
                    supervise.to_json([r for _, r in results]))
     else:
-        _status_table([(r, host if remote else None) for host, r in results], c.verbose)
+        _status_table(c, [(r, host if remote else None) for host, r in results])
     sys.exit(code if results or code else NOT_RUNNING)
 
 
-def _status_table(results: List[Tuple[supervise.UnitStatus, Optional[str]]], verbose: bool) -> None:
-    """The status table; a HOST column when the rows carry hosts (``--cluster``)."""
+def _status_table(c: Context, results: List[Tuple[supervise.UnitStatus, Optional[str]]]) -> None:
+    """The status table; a HOST column when the rows carry hosts (``--cluster``). Names, hosts
+    and messages may come from etcd or another host: each cell is shown on one line."""
     hosts = any(host is not None for _, host in results)
     rows = [("NAME", *(("HOST",) if hosts else ()), "STATE", "PID", "PORT", "UPTIME", "CPU%", "RSS",
              "RESTARTS", "LAST EXIT")]
     for r, host in results:
-        rows.append((r.name, *((host or "-",) if hosts else ()), r.state, str(r.pid or "-"),
-                     str(r.port or "-"), _duration(r.uptime), "-" if r.cpu is None else f"{r.cpu:.1f}",
-                     _size(r.rss), "-" if r.restarts is None else str(r.restarts),
-                     _exit_text(r.last_exit)))
+        rows.append(tuple(c.shown(str(cell), newlines=False) for cell in (
+            r.name, *((host or "-",) if hosts else ()), r.state, str(r.pid or "-"),
+            str(r.port or "-"), _duration(r.uptime), "-" if r.cpu is None else f"{r.cpu:.1f}",
+            _size(r.rss), "-" if r.restarts is None else str(r.restarts),
+            _exit_text(r.last_exit))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-    if verbose:
+        c.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), newlines=False)
+    if c.verbose:
         for r, host in results:
             if r.message:
-                click.echo(f"{r.name}{':' + host if host else ''}: {r.message}")
+                c.echo(f"{r.name}{':' + host if host else ''}: {r.message}", False)
 
 
 # ---------------------------------------------------------------------- talking to a daemon
@@ -339,9 +368,9 @@ def _remote(c: Context, action: Callable[[], Any]) -> Any:
     except Exception as exc:  # the remote method's own built-in exception, re-raised here
         detail = getattr(exc, "remote_traceback", "")
         message = f"{type(exc).__name__}: {exc}"
-    click.echo(f"malacodactl: remote {message}", err=True)
+    complain(f"remote {visible(message)}")  # one line, whatever the message holds
     if c.verbose and detail:
-        click.echo(detail.rstrip(), err=True)
+        click.echo(visible(detail.rstrip(), newlines=True), err=True)
     sys.exit(FAILED)
 
 
@@ -358,6 +387,7 @@ def _proxy(name: str, timeout: Optional[float]) -> Any:
 @click.option("--kw", "kwargs", multiple=True, metavar="K=V", help="A keyword argument (repeat).")
 @TIMEOUT
 @JSON
+@RAW
 @pass_ctx
 def call(c: Context, name: str, method: str, args: Tuple[str, ...], kwargs: Tuple[str, ...],
          timeout: Optional[float], as_json: bool) -> None:
@@ -375,7 +405,14 @@ def call(c: Context, name: str, method: str, args: Tuple[str, ...], kwargs: Tupl
         keywords[key] = control.parse_value(value)
     with _proxy(name, timeout) as proxy:
         result = _remote(c, lambda: getattr(proxy, method)(*values, **keywords))
-    click.echo(control.as_text(result, as_json))
+    _print_value(c, result, as_json)
+
+
+def _print_value(c: Context, value: Any, as_json: bool) -> None:
+    text = control.as_text(value, as_json)
+    if as_json and not c.raw:
+        text = visible_json(text)  # then nothing is left for visible() to change
+    c.echo(text)
 
 
 @cli.command()
@@ -383,6 +420,7 @@ def call(c: Context, name: str, method: str, args: Tuple[str, ...], kwargs: Tupl
 @click.argument("attr")
 @TIMEOUT
 @JSON
+@RAW
 @pass_ctx
 def get(c: Context, name: str, attr: str, timeout: Optional[float], as_json: bool) -> None:
     """Print the attribute ATTR of the daemon NAME. Exit codes as for call."""
@@ -390,7 +428,7 @@ def get(c: Context, name: str, attr: str, timeout: Optional[float], as_json: boo
 
     with _proxy(name, timeout) as proxy:
         result = _remote(c, lambda: proxy._request(p.GET, attr, None, timeout))
-    click.echo(control.as_text(result, as_json))
+    _print_value(c, result, as_json)
 
 
 @cli.command(name="set", cls=ValueArgs)
@@ -413,6 +451,7 @@ def set_(c: Context, name: str, attr: str, value: str, timeout: Optional[float])
 @NAME
 @TIMEOUT
 @JSON
+@RAW
 @pass_ctx
 def describe(c: Context, name: str, timeout: Optional[float], as_json: bool) -> None:
     """List the methods (signatures, docstrings) and attributes of the daemon NAME.
@@ -426,19 +465,19 @@ def describe(c: Context, name: str, timeout: Optional[float], as_json: bool) -> 
         if as_json:
             click.echo(json.dumps(info, indent=2))
             return
-        click.echo(f"{info['name']}  ({info['class']}, malacoda {info['version']})")
+        c.echo(f"{info['name']}  ({info['class']}, malacoda {info['version']})", False)
         if info.get("doc"):
-            click.echo("    " + info["doc"].replace("\n", "\n    "))
+            c.echo("    " + str(info["doc"]).replace("\n", "\n    "))
         click.echo("\nmethods:")
         for method in info["methods"]:
             signature = inspect.signature(getattr(proxy, method))
             doc = info["methods"][method].get("doc") or ""
-            click.echo(f"  {method}{signature}")
+            c.echo(f"  {method}{signature}", False)
             if doc:
-                click.echo("      " + doc.replace("\n", "\n      "))
+                c.echo("      " + str(doc).replace("\n", "\n      "))
         click.echo("\nattributes:")
         for attr in info["attributes"]:
-            click.echo(f"  {attr}")
+            c.echo(f"  {attr}", False)
 
 
 @cli.command()
@@ -447,6 +486,7 @@ def describe(c: Context, name: str, timeout: Optional[float], as_json: bool) -> 
               help="Show the last N lines.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (across rotation).")
 @click.option("--host", metavar="HOST", help="The log on HOST (over SSH); or name NAME:HOST.")
+@RAW
 @pass_ctx
 def logs(c: Context, name: str, lines: int, follow: bool, host: Optional[str]) -> None:
     """Print the daemon's log: its stdout, stderr and logging, timestamped.
@@ -457,17 +497,17 @@ def logs(c: Context, name: str, lines: int, follow: bool, host: Optional[str]) -
     if len(remote) > 1:
         raise ConfigError(f"{name!r} names a host already: drop --host {host}, or name NAME only")
     for where, [there] in remote.items():
-        sys.exit(cli_hosts.logs_there(where, there, lines, follow))
+        sys.exit(cli_hosts.logs_there(where, there, lines, follow, c.raw))
     name = local[0]
     path = c.paths.log_file(name)
     if not path.exists():
         raise LookupFailed(f"no log for {name!r} on this host (expected {path})")
     for line in logfile.tail(path, lines):
-        click.echo(line)
+        c.echo(line, newlines=False)
     if follow:
         try:
             for line in logfile.follow(path, stop=_reader_gone):
-                click.echo(line)
+                c.echo(line, newlines=False)
         except KeyboardInterrupt:
             pass
 
@@ -543,7 +583,7 @@ def check(c: Context, names: Tuple[str, ...]) -> None:
             units.check_class(unit)
             units.ordered({unit.name: unit}, c.search)
         except ConfigError as exc:
-            click.echo(f"malacodactl: {exc}", err=True)
+            complain(str(exc))
             code = BAD_INPUT
             continue
         click.echo(f"{name}: ok ({unit.file})")
@@ -580,7 +620,16 @@ def completion(shell: str) -> None:
 cli.add_command(cli_hosts.keys)
 
 
+class _VisibleFormatter(logging.Formatter):
+    """Log records on stderr with control characters made visible: a warning may quote etcd."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record), newlines=True)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """The ``malacodactl`` entry point."""
-    logging.basicConfig(level=logging.WARNING, format="malacodactl: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_VisibleFormatter("malacodactl: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     cli.main(args=argv, prog_name="malacodactl")

@@ -19,8 +19,9 @@ from . import supervise
 from .cli_values import KeyArgs
 from .errors import ConfigError
 from .resolve import parse
-from .runtime import known_fields
+from .runtime import check_host, known_fields
 from .security import Keys
+from .terminal import visible
 
 
 def split_names(names: Tuple[str, ...],
@@ -30,7 +31,7 @@ def split_names(names: Tuple[str, ...],
     With ``--host`` options, a bare NAME means that NAME on each of those hosts.
     """
     local: List[str] = []
-    remote: Dict[str, List[str]] = {host: [] for host in hosts}
+    remote: Dict[str, List[str]] = {check_host(host, "--host"): [] for host in hosts}
     for text in names:
         spec = parse(text)
         if spec.port is not None:
@@ -45,17 +46,23 @@ def split_names(names: Tuple[str, ...],
     return local, remote
 
 
-def run_there(host: str, args: List[str], stream: bool = False) -> Tuple[int, bytes]:
+def run_there(host: str, args: List[str], stream: bool = False,
+              raw: bool = False) -> Tuple[int, bytes]:
     """Run ``malacodactl args`` on ``host``; print its stderr here (prefixed with the host).
 
-    Returns its exit status and stdout (empty when ``stream``: stdout was printed as it came).
+    Returns its exit status and stdout (empty when ``stream``: stdout was printed as it came,
+    with control characters made visible unless ``raw``: that host's malacodactl may be an
+    older one that prints them as they are).
     """
+    import codecs
+
     from .remote import RemoteHost
 
     out = sys.stdout.buffer
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character cut between chunks
 
     def echo(chunk: bytes) -> None:
-        out.write(chunk)
+        out.write(chunk if raw else visible(decoder.decode(chunk), newlines=True).encode())
         out.flush()
 
     status, stdout, stderr = RemoteHost(host).malacodactl(
@@ -63,7 +70,7 @@ def run_there(host: str, args: List[str], stream: bool = False) -> Tuple[int, by
     for line in stderr.decode(errors="replace").splitlines():
         if line.strip():
             message = line[len("malacodactl: "):] if line.startswith("malacodactl: ") else line
-            click.echo(f"malacodactl: {host}: {message}", err=True)
+            click.echo(visible(f"malacodactl: {host}: {message}", newlines=False), err=True)
     return status, stdout
 
 
@@ -84,15 +91,15 @@ def remote_statuses(host: str, names: List[str],
 def stop_there(host: str, names: List[str]) -> int:
     """``malacodactl stop NAMEs`` on ``host``; its output is shown here."""
     status, out = run_there(host, ["stop", *names])
-    click.echo(out.decode(errors="replace"), nl=False)
+    click.echo(visible(out.decode(errors="replace"), newlines=True), nl=False)
     return status
 
 
-def logs_there(host: str, name: str, lines: int, follow: bool) -> int:
-    """``malacodactl logs NAME -n LINES [-f]`` on ``host``, printed here as it comes."""
-    args = ["logs", name, "-n", str(lines)] + (["-f"] if follow else [])
+def logs_there(host: str, name: str, lines: int, follow: bool, raw: bool = False) -> int:
+    """``malacodactl logs NAME -n LINES [-f] [--raw]`` on ``host``, printed here as it comes."""
+    args = ["logs", name, "-n", str(lines)] + (["-f"] if follow else []) + (["--raw"] if raw else [])
     try:
-        status, _ = run_there(host, args, stream=True)
+        status, _ = run_there(host, args, stream=True, raw=raw)
     except KeyboardInterrupt:
         return 0
     return status

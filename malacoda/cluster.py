@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ClusterError, ConfigError
-from .runtime import Entry, Paths, host_name, known_fields
+from .runtime import Entry, Paths, check_host, check_name, host_name, known_fields
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,27 @@ class Member:
 
     @classmethod
     def from_json(cls, data: bytes) -> Member:
-        return cls(**known_fields(cls, json.loads(data)))
+        """The entry ``data`` holds; :class:`ValueError` (saying why) for one that is not a
+        daemon's: anyone who can write to etcd wrote it, and its name and host become file
+        names, SSH host names and endpoints here."""
+        member = cls(**known_fields(cls, json.loads(data)))
+        for check, key, what in ((check_name, "name", "a daemon name"),
+                                 (check_host, "host", "a host name")):
+            try:
+                check(getattr(member, key))
+            except ConfigError:
+                raise ValueError(f"{key} {getattr(member, key)!r} is not {what}") from None
+        for key in ("address", "incarnation", "user", "version"):
+            if not isinstance(getattr(member, key), str):
+                raise ValueError(f"{key} is not a string")
+        if not all(type(getattr(member, key)) is int for key in ("port", "pid")) \
+                or not 0 < member.port < 65536:
+            raise ValueError("port or pid is not a number")
+        if type(member.start_time) not in (int, float):
+            raise ValueError("start_time is not a number")
+        if member.server_key is not None and not isinstance(member.server_key, str):
+            raise ValueError("server_key is not a string")
+        return member
 
     @classmethod
     def from_entry(cls, entry: Entry, host: str) -> Member:
@@ -217,8 +237,10 @@ def _members(kvs: List[Tuple[bytes, Dict[str, Any]]]) -> List[Member]:
     for value, meta in kvs:
         try:
             found.append(Member.from_json(value))
-        except (ValueError, TypeError):
-            log.warning("ignoring a malformed cluster entry %r", meta.get("key"))
+        except (ValueError, TypeError) as exc:
+            key = meta.get("key")
+            log.warning("ignoring cluster entry %r: %s", key.decode(errors="replace")
+                        if isinstance(key, bytes) else key, exc)
     return found
 
 

@@ -120,8 +120,8 @@ def tail(path: Path, lines: int, block: int = BLOCK) -> List[str]:
 
 
 def _last_lines(file: Path, count: int, block: int) -> List[str]:
-    """The last ``count`` (> 0) lines of ``file`` ([] when it does not exist), split and decoded
-    as reading it whole in text mode would (universal newlines, UTF-8 with replacement)."""
+    """The last ``count`` (> 0) lines of ``file`` ([] when it does not exist), split at each
+    newline (only there: see :func:`_line`) and decoded as UTF-8 with replacement."""
     try:
         f = open(file, "rb")  # noqa: SIM115
     except FileNotFoundError:
@@ -139,8 +139,19 @@ def _last_lines(file: Path, count: int, block: int) -> List[str]:
             chunks.append(f.read(size))
             newlines += chunks[-1].count(b"\n")
     data = b"".join(reversed(chunks))
-    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace")
-    return [line.rstrip("\n") for line in text][-count:]
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace", newline="\n")
+    return [_line(line) for line in text][-count:]
+
+
+def _line(text: str) -> str:
+    """A line read from a log without its end (``\\n``, or ``\\r\\n``).
+
+    Lines end at a newline only: a ``\\r`` inside a line is the daemon's output, not a line
+    break (universal newlines would make ``x\\r[monitor] ... ready`` two lines, the second
+    a forgery of the monitor's own); ``malacodactl logs`` shows it as ``\\r``.
+    """
+    text = text[:-1] if text.endswith("\n") else text
+    return text[:-1] if text.endswith("\r") else text
 
 
 def follow(path: Path, stop: Callable[[], bool] = lambda: False,
@@ -155,7 +166,7 @@ def follow(path: Path, stop: Callable[[], bool] = lambda: False,
     while not stop():
         line = f.readline() if f else ""
         if line:
-            yield line.rstrip("\n")
+            yield _line(line)
             continue
         try:
             st = os.stat(path)
@@ -163,12 +174,12 @@ def follow(path: Path, stop: Callable[[], bool] = lambda: False,
             time.sleep(interval)
             continue
         if f is None:
-            f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+            f = open(path, encoding="utf-8", errors="replace", newline="\n")  # noqa: SIM115
             continue
         current = os.fstat(f.fileno())
         if (st.st_ino, st.st_dev) != (current.st_ino, current.st_dev) or st.st_size < f.tell():
             for rest in f:  # what was written to the old file before it was renamed
-                yield rest.rstrip("\n")
+                yield _line(rest)
             f.close()
             f = _next_generation(path, (current.st_ino, current.st_dev))
             continue
@@ -192,7 +203,7 @@ def _next_generation(path: Path, done: tuple):  # type: ignore[no-untyped-def]
     start = ids.index(done) + 1 if done in ids else 0
     for candidate in generations[start:]:
         try:
-            return open(candidate, encoding="utf-8", errors="replace")  # noqa: SIM115
+            return open(candidate, encoding="utf-8", errors="replace", newline="\n")  # noqa: SIM115
         except FileNotFoundError:
             continue
     return None
@@ -200,7 +211,7 @@ def _next_generation(path: Path, done: tuple):  # type: ignore[no-untyped-def]
 
 def _open_at_end(path: Path):  # type: ignore[no-untyped-def]
     try:
-        f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+        f = open(path, encoding="utf-8", errors="replace", newline="\n")  # noqa: SIM115
     except FileNotFoundError:
         return None
     f.seek(0, os.SEEK_END)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional
 
 from . import cluster, cluster_watch
 from .errors import AmbiguousName, ClusterError, ConfigError, LookupFailed
-from .runtime import Entry, Registry, check_name, host_name
+from .runtime import Entry, Registry, check_host, check_name, host_name
 from .security import Keys, is_loopback
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ def parse(spec: str) -> Spec:
         raise ConfigError(f"{spec!r}: expected NAME[:HOST][:PORT]")
     if host is not None and not host:
         raise ConfigError(f"{spec!r}: the host is empty")
+    if host is not None:
+        check_host(host, repr(spec))
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"{spec!r}: port {port} is out of range")
     return Spec(name, host, port)

@@ -45,6 +45,31 @@ def check_name(name: str) -> str:
     return name
 
 
+#: One label of a host name: letters, digits, '-' and '_' (some ``~/.ssh/config`` aliases and
+#: internal names have one), neither first nor last a '-'; at most 63 characters.
+HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def check_host(host: str, what: str = "") -> str:
+    """Return ``host`` if it can be a host name, an IPv4 address or an SSH alias; else a
+    :class:`ConfigError` naming it (``what`` says where it was given).
+
+    Labels of letters, digits, '-' and '_' between single dots, 253 characters at most; an
+    internationalised name is checked in its IDNA (``xn--``) form. ``..``, ``../../etc`` or an
+    option such as ``-oProxyCommand=...`` are refused here, before any lookup, rather than
+    failing deep in the resolver (``..`` raised ``UnicodeError``).
+    """
+    try:
+        ascii_form = host.encode("idna").decode("ascii") if isinstance(host, str) else ""
+    except UnicodeError:
+        ascii_form = ""
+    labels = ascii_form[:-1].split(".") if ascii_form.endswith(".") else ascii_form.split(".")
+    if not ascii_form or len(ascii_form) > 253 or not all(HOST_LABEL_RE.match(x) for x in labels):
+        raise ConfigError(f"{what}{': ' if what else ''}{host!r} is not a host name (letters, "
+                          "digits, '-' and '_', with single dots between labels)")
+    return host
+
+
 @dataclass(frozen=True)
 class Paths:
     """The folders Malacoda uses on this host, for the current user."""

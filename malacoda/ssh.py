@@ -241,6 +241,8 @@ def _translate(exc: BaseException, c: HostConfig, where: str) -> BaseException:
     host = c.alias
     if isinstance(exc, TypeError):
         return ConfigError(f"{host}: invalid SSH option: {exc}")
+    if isinstance(exc, UnicodeError):  # the idna codec: a HostName such as '..' in ~/.ssh/config
+        return HostUnreachable(f"{host}: {c.hostname!r} is not a host name", host)
     if isinstance(exc, socket.gaierror):
         return HostUnreachable(f"{host}: unknown host (not in DNS, /etc/hosts or ~/.ssh/config)", host)
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):

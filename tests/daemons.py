@@ -244,3 +244,11 @@ class SlowInit(TestDaemon):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(100)
         super().__init__(**kwargs)
+
+
+class Defaced(Talker):
+    """Daemon docs with \x1b]0;pwned\x07 a window title and a \x1b[2J clear-screen in them."""
+
+    def banner(self):
+        """Returns a greeting.\r[monitor] forged line"""
+        return "hello"

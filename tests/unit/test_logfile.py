@@ -15,12 +15,14 @@ from malacoda import logfile
 
 
 def whole_file_tail(path: Path, lines: int) -> List[str]:
-    """What tail returned when it read both files whole: the reference to agree with."""
+    """What tail returned when it read both files whole: the reference to agree with. Lines
+    end at a newline only (a CR inside a line is the daemon's, not a line end), without their
+    "\\n" or "\\r\\n"."""
     result: deque = deque(maxlen=max(lines, 0))
     for file in (path.with_name(path.name + ".1"), path):
         if file.exists():
-            with open(file, encoding="utf-8", errors="replace") as f:
-                result.extend(line.rstrip("\n") for line in f)
+            with open(file, encoding="utf-8", errors="replace", newline="\n") as f:
+                result.extend(line.removesuffix("\n").removesuffix("\r") for line in f)
     return list(result)
 
 
