@@ -24,6 +24,7 @@ registers there: :mod:`malacoda.cluster`), each in a thread of its own. When the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import zmq
 
@@ -50,6 +51,13 @@ log = logging.getLogger(__name__)
 
 READ_ONLY = frozenset({"name", "running", "finished"})
 MAX_MESSAGE = 64 << 20  # the largest request a daemon reads (ZMQ_MAXMSGSIZE), by default
+#: python-daemon's ``DaemonContext`` options (PEP 3143), which the original passed through its
+#: ``**kwargs``. With ``daemonize=True`` they go to ``DaemonContext``; in the foreground,
+#: :data:`FOREGROUND_KEYWORDS` act as they would have when detached and the others are ignored.
+DAEMON_CONTEXT_KEYWORDS = frozenset({
+    "chroot_directory", "working_directory", "umask", "uid", "gid", "initgroups", "prevent_core",
+    "detach_process", "files_preserve", "pidfile", "stdin", "stdout", "stderr", "signal_map"})
+FOREGROUND_KEYWORDS = frozenset({"stdout", "stderr", "working_directory", "umask"})
 
 
 @dataclass
@@ -91,8 +99,11 @@ class Malacoda:
     64 MiB), ``insecure`` (serve a non-loopback ``bind_address`` without CURVE — see
     :mod:`malacoda.security`; default False: such a daemon serves CURVE or refuses to start),
     ``curve`` (serve CURVE on a loopback address too, for a host shared with other users, who
-    can all connect to loopback ports; default False). Any other keyword goes to
-    ``daemon.DaemonContext`` when ``daemonize`` is true.
+    can all connect to loopback ports; default False). The ``daemon.DaemonContext`` options
+    (:data:`DAEMON_CONTEXT_KEYWORDS`) go to it when ``daemonize`` is true; in the foreground
+    ``stdout``, ``stderr``, ``working_directory`` and ``umask`` act as they would have when
+    detached (see :func:`_as_if_detached`) and the others are ignored. Any other keyword is a
+    :class:`ConfigError`.
     """
 
     def __init__(
@@ -111,6 +122,10 @@ class Malacoda:
     ) -> None:
         if name is self:  # the original README's ``super().__init__(self)``
             name = None
+        unknown = sorted(set(daemon_kwargs) - DAEMON_CONTEXT_KEYWORDS)
+        if unknown:
+            raise ConfigError(f"unknown keyword argument(s) {', '.join(unknown)}: neither a "
+                              "Malacoda keyword nor a daemon.DaemonContext option")
         opts = run_options or RunOptions()
         name = check_name(opts.name or name or type(self).__name__)
         bind_address = opts.bind_address or bind_address
@@ -138,10 +153,12 @@ class Malacoda:
 
         if daemonize:
             self._malacoda_detach(daemon_kwargs)
-        elif daemon_kwargs:
-            raise ConfigError(f"unknown keyword arguments {sorted(daemon_kwargs)} (they are "
-                              "daemon.DaemonContext options, used only with daemonize=True)")
-        self._malacoda_serve(bind_address, port or 0, workers, queue, max_message, serve_curve, opts)
+            self._malacoda_serve(bind_address, port or 0, workers, queue, max_message,
+                                 serve_curve, opts)
+            return
+        with _as_if_detached(daemon_kwargs):
+            self._malacoda_serve(bind_address, port or 0, workers, queue, max_message,
+                                 serve_curve, opts)
 
     # ------------------------------------------------------------------ public API
 
@@ -307,6 +324,59 @@ class Malacoda:
     def _malacoda_restore_signals(previous: Dict[int, Any]) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _as_if_detached(options: Dict[str, Any]) -> Iterator[None]:
+    """A foreground daemon given ``DaemonContext`` options: what ``DaemonContext.open()`` would
+    have done with ``stdout``, ``stderr`` (file descriptors 1 and 2 pointed at those files, so
+    that C code and child processes write there too), ``working_directory`` and ``umask`` is
+    done for as long as the daemon runs, then undone: in the foreground the program goes on
+    after the daemon returns. The other options (``files_preserve``, ``pidfile``, ``uid``,
+    ``signal_map``, ...) are about detaching, and ignored.
+    """
+    undo: List[Callable[[], object]] = []
+    try:
+        if options.get("umask") is not None:
+            try:
+                old_umask = os.umask(options["umask"])
+            except (TypeError, ValueError):
+                raise ConfigError(f"umask={options['umask']!r}: give a number such as "
+                                  "0o077") from None
+            undo.append(lambda: os.umask(old_umask))
+        if options.get("working_directory") is not None:
+            old_cwd = os.getcwd()
+            try:
+                os.chdir(options["working_directory"])
+            except (OSError, TypeError) as exc:
+                raise ConfigError(f"working_directory={options['working_directory']!r}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+            undo.append(lambda: os.chdir(old_cwd))
+        for fd, key in ((1, "stdout"), (2, "stderr")):
+            target = options.get(key)
+            if target is None:
+                continue
+            try:
+                target_fd = target.fileno()
+            except (AttributeError, OSError, ValueError):
+                raise ConfigError(f"{key}={target!r}: give an open file (it needs a file "
+                                  "descriptor)") from None
+            with contextlib.suppress(Exception):  # sys.stdout may be None, or closed
+                getattr(sys, key).flush()
+            saved = os.dup(fd)
+            os.dup2(target_fd, fd)
+
+            def restore(fd: int = fd, saved: int = saved, key: str = key) -> None:
+                with contextlib.suppress(Exception):
+                    getattr(sys, key).flush()
+                os.dup2(saved, fd)
+                os.close(saved)
+
+            undo.append(restore)
+        yield
+    finally:
+        for step in reversed(undo):
+            step()
 
 
 def _own_start_time() -> float:
