@@ -60,6 +60,23 @@ def _param_row(param: inspect.Parameter) -> List[Any]:
     return [param.name, int(param.kind), default]
 
 
+def _annotation_text(annotation: Any) -> str:
+    """An annotation as its source reads: a string one (``from __future__ import
+    annotations``) as it is, an object as ``inspect`` shows it (``int``, ``List[int]``)."""
+    return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+
+
+def _annotations(signature: inspect.Signature) -> Dict[str, str]:
+    """``{parameter: text, "return": text}`` of the annotated ones (``return`` is a keyword:
+    no parameter has that name)."""
+    found = {name: _annotation_text(param.annotation)
+             for name, param in signature.parameters.items()
+             if param.annotation is not inspect.Parameter.empty}
+    if signature.return_annotation is not inspect.Signature.empty:
+        found["return"] = _annotation_text(signature.return_annotation)
+    return found
+
+
 class Dispatcher:
     """Runs the operations of the protocol on ``target``."""
 
@@ -156,11 +173,16 @@ class Dispatcher:
                 continue
             if _is_method(self._cls, name):
                 method = getattr(self.target, name)
+                annotations: Dict[str, str] = {}
                 try:
-                    params = [_param_row(x) for x in inspect.signature(method).parameters.values()]
+                    signature = inspect.signature(method)
+                    params = [_param_row(x) for x in signature.parameters.values()]
+                    annotations = _annotations(signature)
                 except (TypeError, ValueError):
                     params = [["args", 2, None], ["kwargs", 4, None]]
                 methods[name] = {"doc": inspect.getdoc(method), "params": params}
+                if annotations:  # a key more, only when there are some: older clients skip it
+                    methods[name]["annotations"] = annotations
             else:
                 attributes.append(name)
         return {

@@ -35,6 +35,7 @@ from .errors import (
     ConfigError,
     ConnectionLost,
     LookupFailed,
+    MalacodaError,
     ProtocolError,
     RemoteError,
     ReplyLost,
@@ -104,13 +105,27 @@ def remote_exception(body: Any) -> BaseException:
     return exc
 
 
-def _signature(params: List[Any]) -> inspect.Signature:
+class _Text(str):
+    """A remote annotation: the text the daemon's source has (``int``, ``List[int]``), shown
+    without quotes in a signature; it is a ``str`` (nothing is evaluated here)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _signature(params: List[Any], annotations: Optional[Dict[str, Any]] = None) -> inspect.Signature:
     parameters = []
     has_timeout = False
+    notes = annotations if isinstance(annotations, dict) else {}
+
+    def annotation(key: str) -> Any:
+        text = notes.get(key)
+        return _Text(text) if isinstance(text, str) else _NO_DEFAULT
+
     for name, kind, default in params:
         kind = inspect._ParameterKind(kind)
         value = _NO_DEFAULT if default is None else _Default(default)
-        parameters.append(inspect.Parameter(name, kind, default=value))
+        parameters.append(inspect.Parameter(name, kind, default=value, annotation=annotation(name)))
         has_timeout = has_timeout or name == "timeout"
     if not has_timeout:
         timeout = inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY, default=None)
@@ -118,7 +133,29 @@ def _signature(params: List[Any]) -> inspect.Signature:
             parameters.insert(len(parameters) - 1, timeout)
         else:
             parameters.append(timeout)
-    return inspect.Signature(parameters)
+    return inspect.Signature(parameters, return_annotation=annotation("return"))
+
+
+class _DaemonDoc:
+    """``Proxy.__doc__``: on the class, the Proxy class's own docs (``help(malacoda.Proxy)``);
+    on a proxy, the daemon's class docstring (``proxy.__doc__``, ``help(proxy)``,
+    ``inspect.getdoc(proxy)``), from its description. None when the daemon cannot be asked:
+    introspection (help, IPython) must not fail for it."""
+
+    def __init__(self, own: Optional[str]) -> None:
+        self.own = own
+
+    def __get__(self, proxy: Optional[Proxy], owner: Optional[type] = None) -> Optional[str]:
+        if proxy is None:
+            return self.own
+        try:
+            doc = proxy._describe().get("doc")
+        except MalacodaError:
+            return None
+        return doc if isinstance(doc, str) else None
+
+    def __set__(self, proxy: Proxy, value: Any) -> None:
+        raise AccessDenied("'__doc__' is private: names starting with '_' are never reachable")
 
 
 def check_timeout(value: Any) -> Optional[float]:
@@ -153,7 +190,12 @@ class Proxy:
     more than 0; ``None`` or ``float('inf')`` waits for ever; anything else raises
     :class:`~.errors.ConfigError`. Other keywords go to the SSH connection of a remote spec
     (paramiko's ``SSHClient.connect``).
+
+    On a proxy, ``__doc__`` (and so ``help(proxy)``) is the daemon's class docstring, and each
+    ``dir(proxy)`` asks the daemon again: attributes it made since are listed.
     """
+
+    __doc__ = _DaemonDoc(__doc__)  # type: ignore[assignment]
 
     def __init__(self, spec: str, timeout: Optional[float] = None, **ssh_args: Any) -> None:
         d = self.__dict__
@@ -289,8 +331,10 @@ class Proxy:
         d["_description"] = None
         d["_methods"] = {}
 
-    def _describe(self) -> Dict[str, Any]:
-        description = self._description
+    def _describe(self, fresh: bool = False) -> Dict[str, Any]:
+        """The daemon's description, asked once (methods change only with the incarnation),
+        or again when ``fresh`` (attributes come and go)."""
+        description = None if fresh else self._description
         if description is None:
             description = self._request(p.DESCRIBE, None, None, self._timeout)
             self.__dict__["_description"] = description
@@ -309,7 +353,8 @@ class Proxy:
 
         method.__name__ = method.__qualname__ = name
         method.__doc__ = info.get("doc")
-        method.__signature__ = _signature(info.get("params", []))  # type: ignore[attr-defined]
+        method.__signature__ = _signature(  # type: ignore[attr-defined]
+            info.get("params", []), info.get("annotations"))
         method.__module__ = "malacoda.remote_method"
         return method
 
@@ -348,7 +393,7 @@ class Proxy:
         raise AccessDenied("attributes of a daemon cannot be deleted through a proxy")
 
     def __dir__(self) -> List[str]:
-        description = self._describe()
+        description = self._describe(fresh=True)  # attributes made since the last describe too
         return sorted([*description["methods"], *description["attributes"]])
 
     def __repr__(self) -> str:

@@ -132,7 +132,7 @@ def test_dir_doc_and_signature(start_daemon):
     import pydoc
 
     text = pydoc.render_doc(d.add, renderer=pydoc.plaintext)
-    assert "Add two numbers." in text and "add(a, b=2, *, timeout=None)" in text
+    assert "Add two numbers." in text and "add(a: int, b: int = 2, *, timeout=None) -> int" in text
 
 
 def test_one_proxy_many_threads(start_daemon):
