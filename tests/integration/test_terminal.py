@@ -202,3 +202,23 @@ def test_a_cluster_entry_whose_host_is_no_host_name_is_ignored(hosts: Hosts,
                                           f"the cluster (etcd at {etcd.url})")
     listed = cluster_ctl(hosts, "status", "--all", "--cluster")
     assert listed.returncode == 3 and "Traceback" not in listed.stderr, listed.stderr
+
+
+# ---------------------------------------------------------------------- another host's log
+
+@pytest.mark.slow
+def test_another_hosts_log(web1, home, tmp_path) -> None:
+    """``logs NAME:HOST`` streams that host's malacodactl output: shown here made visible."""
+    from malacoda.runtime import Paths
+
+    conf = tmp_path / "conf"
+    conf.mkdir(mode=0o700)
+    remote = Ctl(home, conf)  # its environment reaches web1, as the web1 fixture set it
+    log = Paths.default().log_file("Evil")
+    log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log.write_text(f"2026-01-02 03:04:05.678 {HOSTILE}\n")
+    for spec in (("Evil:web1",), ("Evil", "--host", "web1")):
+        out = ok(remote, "logs", *spec)
+        clean(out)
+        assert out == f"2026-01-02 03:04:05.678 {SHOWN}\n"
+    assert ok(remote, "logs", "Evil:web1", "--raw") == f"2026-01-02 03:04:05.678 {HOSTILE}\n"
