@@ -67,7 +67,7 @@ def run_there(host: str, args: List[str], stream: bool = False,
 
     status, stdout, stderr = RemoteHost(host).malacodactl(
         args, timeout=None if stream else 120.0, on_output=echo if stream else None)
-    for line in stderr.decode(errors="replace").splitlines():
+    for line in stderr.decode(errors="replace").split("\n"):  # not at \r: see logfile._line
         if line.strip():
             message = line[len("malacodactl: "):] if line.startswith("malacodactl: ") else line
             click.echo(visible(f"malacodactl: {host}: {message}", newlines=False), err=True)
