@@ -95,6 +95,10 @@ class Malacoda:
     ``daemon.DaemonContext`` when ``daemonize`` is true.
     """
 
+    #: Whether a ``set`` through a proxy may create a ``pst*`` attribute the daemon does not have
+    #: (it would be saved, and loaded at every later start); setting an existing one always is.
+    _allow_new_pst: bool = False
+
     def __init__(
         self,
         name: Optional[str] = None,

@@ -108,6 +108,9 @@ Limits (a receiver's defaults, each a message it refuses): the whole message
 over ``MAX_LENGTH`` and nesting deeper than ``MAX_DEPTH``. A daemon also caps the items of all
 containers of one request body together (``MAX_REQUEST_ITEMS``): decoding turns each byte of
 msgpack into up to ~80 bytes of Python objects, and this keeps a body's decoded size bounded.
+Set items and map keys whose hashes collide (integers ``k * (2**61 - 1)`` all hash alike) are
+refused past ``MAX_COLLISIONS`` in one value: building a set of n of them costs n²/2
+comparisons while holding the GIL.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import operator
 import uuid
 from decimal import Decimal
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -122,6 +126,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import msgpack
 
 from .errors import ProtocolError
+
+_first = operator.itemgetter(0)
 
 VERSION = 2
 SIGNATURE = b"MLC\x02"
@@ -151,6 +157,11 @@ MAX_DEPTH = 64  # nesting of containers, extension types included
 MAX_REQUEST_ITEMS = 1 << 20  # items in all containers of one request body, as a daemon decodes it
 _COUNT_FROM = 4096  # bodies smaller than this cannot amplify much: their items are not counted
 MAX_ID = 64  # request id bytes
+#: Keys of the sets, frozensets and maps of one decoded value that may share their hash with
+#: another key, all together. Integers ``k * (2**61 - 1)`` all hash alike, and building a set of
+#: n such keys costs n²/2 comparisons under the GIL (60,000 of them froze a daemon for 25 s):
+#: past this budget the value is refused before any set or map is built of it.
+MAX_COLLISIONS = 64
 #: Digits of an int outside 64 bits (extension 11): Python's own default limit of int <-> str
 #: conversion (``sys.get_int_max_str_digits()``), the same on both ends whatever either sets.
 MAX_INT_DIGITS = 4300
@@ -309,7 +320,8 @@ def _int_text(value: int) -> bytes:
 class Decoder:
     """Decodes one body with its buffer frames, within the codec's limits."""
 
-    __slots__ = ("_buffers", "_depth", "_max_length", "_items_left")
+    __slots__ = ("_buffers", "_depth", "_max_length", "_items_left", "_collisions_left",
+                 "_pairs")
 
     def __init__(self, buffers: Sequence[bytes] = (), max_length: int = MAX_LENGTH,
                  max_items: Optional[int] = None) -> None:
@@ -317,19 +329,41 @@ class Decoder:
         self._depth = 0
         self._max_length = max_length
         self._items_left = max_items  # None: containers are not counted
+        self._collisions_left = MAX_COLLISIONS
+        self._pairs = False  # maps come as pairs, checked (a map had a key not str or bin)
 
     def unpack(self, data: bytes) -> Any:
+        if self._pairs:
+            return self._unpack(data, True)
+        # Maps whose keys are all str or bin are built by msgpack itself, the fast way: their
+        # hashes are salted per process, so no collision can be aimed at them. A map with any
+        # other key makes this decoder take maps as (key, value) pairs from then on, checked
+        # before a dict is built of them, and this payload is decoded again that way (at most
+        # twice the work in all: only work done before the first such key is repeated).
+        items_left, collisions_left = self._items_left, self._collisions_left
+        try:
+            return self._unpack(data, False)
+        except ValueError as exc:
+            if "strict_map_key" not in str(exc):
+                raise
+        self._pairs = True
+        self._items_left, self._collisions_left = items_left, collisions_left
+        return self._unpack(data, True)
+
+    def _unpack(self, data: bytes, pairs: bool) -> Any:
         limit = min(self._max_length, len(data))
         items = MAX_ITEMS
-        hooks: Dict[str, Any] = {}
+        hooks: Dict[str, Any] = {"object_pairs_hook": self._map} if pairs else {}
         if self._items_left is not None and (self._depth or len(data) >= _COUNT_FROM):
             items = min(items, self._items_left)
-            hooks = {"list_hook": self._count, "object_hook": self._count}
+            hooks["list_hook"] = self._count
+            if not pairs:
+                hooks["object_hook"] = self._count
         return msgpack.unpackb(
             data,
             ext_hook=self._ext_hook,
             raw=False,
-            strict_map_key=False,
+            strict_map_key=not pairs,
             max_str_len=limit,
             max_bin_len=limit,
             max_ext_len=limit,
@@ -343,6 +377,27 @@ class Decoder:
         if left < 0:
             raise ValueError("more container items than this receiver accepts in one message")
         return container
+
+    def _map(self, pairs: List[Tuple[Any, Any]]) -> Dict[Any, Any]:
+        if self._items_left is not None:
+            self._count(pairs)
+        if len(pairs) > 1:
+            self._distinct_hashes(list(map(_first, pairs)))
+        return dict(pairs)
+
+    def _distinct_hashes(self, keys: List[Any]) -> None:
+        """Refuse ``keys`` when too many of them (with earlier ones) share a hash.
+
+        A set of the keys' hashes costs one probe each (distinct ints hash to themselves), so
+        it is safe to build whatever the keys are; the set or dict of the keys themselves is
+        built only when it is as cheap.
+        """
+        shared = len(keys) - len(set(map(hash, keys)))
+        if shared:
+            left = self._collisions_left = self._collisions_left - shared
+            if left < 0:
+                raise ValueError(f"more than {MAX_COLLISIONS} set items or map keys whose hashes "
+                                 "collide (or that repeat)")
 
     def _nested(self, data: bytes) -> Any:
         self._depth += 1
@@ -361,10 +416,13 @@ class Decoder:
             if type(index) is not int or not 0 <= index < len(self._buffers):
                 raise ValueError(f"buffer reference {index!r} out of range")
             return self._buffers[index]
-        if code == EXT_SET:
-            return set(self._nested(data))
-        if code == EXT_FROZENSET:
-            return frozenset(self._nested(data))
+        if code == EXT_SET or code == EXT_FROZENSET:
+            items = self._nested(data)
+            if type(items) is not list:
+                raise ValueError("a set's payload is an array")
+            if len(items) > 1:
+                self._distinct_hashes(items)
+            return set(items) if code == EXT_SET else frozenset(items)
         if code == EXT_BIGINT:
             if len(data.lstrip(b"-")) > MAX_INT_DIGITS:
                 raise ValueError(f"an int of more than {MAX_INT_DIGITS} digits")

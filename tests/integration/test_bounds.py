@@ -1,0 +1,84 @@
+"""Bounded work and memory under hostile input (issue 12): hash collisions, whole messages,
+waiters of a running call, file descriptors, and replies from a hostile daemon.
+
+Each test talks to a real daemon process (or, for the client's side, a real hostile ROUTER)
+over real sockets. Figures are printed as ``FIGURES {...}`` lines for docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import msgpack
+
+from malacoda import protocol as p
+from malacoda.runtime import Registry
+from tests.integration.test_hostile_wire import Wire, msg
+
+P = 2**61 - 1  # integers k * P all hash alike
+
+
+def colliding(code: int, count: int) -> bytes:
+    """A body holding ``count`` colliding integers: a set (``code`` 2, ext 2), else a map of
+    them to nil. Made by hand: building the set here would cost the test what it costs a
+    daemon."""
+    items = [k * P for k in range(1, count + 1)]
+    if code == p.EXT_SET:
+        return msgpack.packb(msgpack.ExtType(code, p.Encoder().pack(items)), use_bin_type=True)
+    enc = p.Encoder()
+    return b"\xdf" + count.to_bytes(4, "big") + b"".join(enc.pack(k) + b"\xc0" for k in items)
+
+
+MAP = 0
+
+
+def figures(**values: object) -> None:
+    print("\nFIGURES " + json.dumps(values))
+
+
+def test_a_hash_collision_flood_leaves_the_daemon_answering(start_daemon):
+    """A set of 60,000 colliding ints (a 1.6 MB message) froze a daemon for 25 s; a map of
+    40,000 held a worker 18 s. Now refused as BAD_REQUEST, and an echo sent meanwhile is
+    answered within 2 s."""
+    start_daemon("HostileDaemon")
+    port = Registry().lookup("HostileDaemon").port
+    flood, probe = Wire(port), Wire(port)
+    try:
+        evil_set = colliding(p.EXT_SET, 60000)
+        evil_map = b"\x92\x91" + colliding(MAP, 40000) + b"\x80"  # [[the map], {}]
+        flood.send(msg(evil_set, rid=b"flood-set", op=p.SET, name="stash", timeout=None))
+        flood.send(msg(evil_map, rid=b"flood-map", op=p.CALL, name="echo", timeout=None))
+        slowest = 0.0
+        for n in range(5):
+            started = time.monotonic()
+            rid = b"echo-%d" % n
+            reply = probe.ask(p.request_frames(rid, p.CALL, "echo", [[n], {}], 2000), timeout=2.0)
+            slowest = max(slowest, time.monotonic() - started)
+            assert reply.status == p.OK and reply.value() == n
+        assert flood._reply_to(b"flood-set", 30).status == p.BAD_REQUEST
+        assert flood._reply_to(b"flood-map", 30).status == p.BAD_REQUEST
+        figures(test="collision flood", set_bytes=len(evil_set), map_bytes=len(evil_map),
+                slowest_echo_ms=round(slowest * 1000, 1))
+    finally:
+        flood.close()
+        probe.close()
+
+
+def test_no_new_pst_attribute_through_set(start_daemon):
+    """A saved ``pst_evil`` of 80,000 colliding ints made every later start fail: a set can
+    create no new pst attribute, and an existing one cannot be given a colliding value."""
+    start_daemon("HostileDaemon")
+    w = Wire(Registry().lookup("HostileDaemon").port)
+    try:
+        reply = w.ask(p.request_frames(b"evil-pst", p.SET, "pst_evil", 1, 10000))
+        assert reply.status == p.DENIED, reply.value()
+        assert "pst_evil" in reply.value()["message"]
+        reply = w.ask(msg(colliding(p.EXT_SET, 80000), rid=b"evil-val", op=p.SET,
+                          name="pst_counter"), timeout=30)
+        assert reply.status == p.BAD_REQUEST
+        assert w.ask(p.request_frames(b"get", p.GET, "pst_evil", None, 10000)).status == p.ERROR
+        assert w.ask(p.request_frames(b"ok-set", p.SET, "pst_counter", 7, 10000)).status == p.OK
+        assert w.ask(p.request_frames(b"get2", p.GET, "pst_counter", None, 10000)).value() == 7
+    finally:
+        w.close()
