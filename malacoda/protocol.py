@@ -33,9 +33,9 @@ Retries: a client whose connection dropped mid-request may send the very same fr
 (same id). A daemon remembers the replies of recent ``call``/``set`` requests (by their whole
 first frame — id, operation, name, timeout and body — and their buffers; bounded, about a
 minute): a copy of one that ran is answered from there, a copy of one still running gets the
-reply once it is ready; neither runs it again. The daemon's incarnation id (in every reply, and
-the ``ping`` reply) tells a client whether it is talking to the daemon that received the first
-copy; another incarnation never saw it.
+reply once it is ready (8 copies at most; further ones get BUSY); neither runs it again. The
+daemon's incarnation id (in every reply, and the ``ping`` reply) tells a client whether it is
+talking to the daemon that received the first copy; another incarnation never saw it.
 
 Reply envelope (daemon → client): ``[id, status, incarnation, body]``
 -----------------------------------------------------------------------

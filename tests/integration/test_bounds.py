@@ -11,6 +11,7 @@ import json
 import time
 
 import msgpack
+import psutil
 
 from malacoda import protocol as p
 from malacoda.runtime import Registry
@@ -80,5 +81,42 @@ def test_no_new_pst_attribute_through_set(start_daemon):
         assert w.ask(p.request_frames(b"get", p.GET, "pst_evil", None, 10000)).status == p.ERROR
         assert w.ask(p.request_frames(b"ok-set", p.SET, "pst_counter", 7, 10000)).status == p.OK
         assert w.ask(p.request_frames(b"get2", p.GET, "pst_counter", None, 10000)).value() == 7
+    finally:
+        w.close()
+
+
+def test_copies_waiting_for_a_running_call_are_bounded(start_daemon):
+    """Re-sending the frames of a running request 5 million times grew its waiters to 736 MB:
+    now MAX_WAITERS copies wait for the reply, every further copy is told BUSY at once."""
+    from malacoda import replycache
+
+    MAX_WAITERS = getattr(replycache, "MAX_WAITERS", 8)  # noqa: N806 - (8 on main, to see it fail)
+    proc = start_daemon("HostileDaemon")
+    daemon = psutil.Process(proc.pid)
+    w = Wire(Registry().lookup("HostileDaemon").port)
+    try:
+        frames = p.request_frames(b"running-call-1", p.CALL, "tally", [[3.0], {}], None)
+        w.send(frames)
+        copies, batch = 50000, 500  # in batches: the daemon's send queue holds 1000 replies
+        before = daemon.memory_info().rss
+        statuses: list = []
+
+        def receive(count: int) -> None:
+            deadline = time.monotonic() + 30
+            while len(statuses) < count and w.sock.poll(max(0, deadline - time.monotonic()) * 1000):
+                statuses.append(p.parse_reply(w.sock.recv_multipart()).status)
+
+        for n in range(0, copies, batch):
+            for _ in range(batch):
+                w.send(frames)
+            receive(n + batch - MAX_WAITERS)  # all but the waiting copies are answered at once
+        receive(copies + 1)
+        rss_after = daemon.memory_info().rss
+        busy, ok = statuses.count(p.BUSY), statuses.count(p.OK)
+        figures(test="waiters", copies=copies, busy=busy, ok=ok,
+                rss_mib_before=round(before / 2**20, 1), rss_mib_after=round(rss_after / 2**20, 1))
+        assert busy == copies - MAX_WAITERS
+        assert ok == MAX_WAITERS + 1  # the first and the copies that waited
+        assert w.ask(p.request_frames(b"tally-count", p.CALL, "tally", [[], {}], 10000)).value() == 2
     finally:
         w.close()
