@@ -656,24 +656,35 @@ def reply_frames(rid: bytes, status: int, incarnation: str, body: Any) -> List[b
 
 
 class Reply:
-    """A decoded reply envelope; :meth:`value` decodes the body."""
+    """A decoded reply envelope; :meth:`value` decodes the body (or raises :attr:`error`, set
+    when the reply was refused whole: over the receiver's ``max_message``)."""
 
-    __slots__ = ("rid", "status", "incarnation", "body", "buffers")
+    __slots__ = ("rid", "status", "incarnation", "body", "buffers", "max_items", "error")
 
     def __init__(self, rid: bytes, status: int, incarnation: str, body: bytes,
-                 buffers: Sequence[bytes]) -> None:
+                 buffers: Sequence[bytes], max_items: Optional[int] = None) -> None:
         self.rid = rid
         self.status = status
         self.incarnation = incarnation
         self.body = body
         self.buffers = buffers
+        self.max_items = max_items
+        self.error: Optional[ProtocolError] = None
 
     def value(self) -> Any:
-        return decode(self.body, self.buffers)
+        if self.error is not None:
+            raise self.error
+        return decode(self.body, self.buffers, self.max_items)
 
 
-def parse_reply(frames: Sequence[bytes]) -> Reply:
-    """Decode a reply's frames. Raises :class:`ProtocolError`."""
+def parse_reply(frames: Sequence[bytes], max_message: Optional[int] = None,
+                max_items: Optional[int] = None) -> Reply:
+    """Decode a reply's frames. Raises :class:`ProtocolError`.
+
+    A reply whose frames together exceed ``max_message`` bytes keeps its id (so that its caller
+    learns of it) but not its body: its :meth:`~Reply.value` raises. ``max_items`` caps the
+    container items its body decodes into (see :func:`decode`).
+    """
     head = frames[0]
     env = _envelope(head, "reply")
     if len(env) != 4:
@@ -682,7 +693,17 @@ def parse_reply(frames: Sequence[bytes]) -> Reply:
     if (type(rid) is not bytes or type(status) is not int or type(incarnation) is not str
             or type(body) is not bytes):
         raise ProtocolError("a reply envelope is [bin id, int status, str incarnation, bin body]")
-    return Reply(rid, status, incarnation, body, frames[1:] if len(frames) > 1 else _NO_BUFFERS)
+    if len(frames) == 1:
+        return Reply(rid, status, incarnation, body, _NO_BUFFERS, max_items)
+    reply = Reply(rid, status, incarnation, body, frames[1:], max_items)
+    if max_message is not None:
+        size = sum(map(len, frames))
+        if size > max_message:
+            reply.body, reply.buffers = b"\xc0", _NO_BUFFERS
+            reply.error = ProtocolError(
+                f"a reply of {size} bytes in {len(frames)} frames: more than this client "
+                f"accepts ({max_message} bytes; the proxy's max_message)")
+    return reply
 
 
 def error_body(exc: BaseException, traceback_text: str = "") -> Dict[str, Any]:

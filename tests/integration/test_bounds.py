@@ -8,10 +8,13 @@ over real sockets. Figures are printed as ``FIGURES {...}`` lines for docs/relia
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import msgpack
 import psutil
+import pytest
+import zmq
 
 from malacoda import protocol as p
 from malacoda.runtime import Registry
@@ -120,3 +123,126 @@ def test_copies_waiting_for_a_running_call_are_bounded(start_daemon):
         assert w.ask(p.request_frames(b"tally-count", p.CALL, "tally", [[], {}], 10000)).value() == 2
     finally:
         w.close()
+
+
+# ------------------------------------------------------------------ replies from a hostile daemon
+
+
+class HostileRouter:
+    """A fake daemon: a ROUTER in a thread that answers ``describe`` with ``description`` and
+    every other request with ``reply(request)`` (a list of frames after the routing id);
+    registered under ``name`` so that a proxy finds it."""
+
+    def __init__(self, name: str, description, reply) -> None:
+        import threading
+
+        from malacoda.runtime import Entry, process_start_time
+        from malacoda.version import __version__
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.description, self.reply = description, reply
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        Registry().write(Entry(name=name, pid=os.getpid(), port=port, address="127.0.0.1",
+                               start_time=process_start_time(os.getpid()), incarnation="evil",
+                               uid=os.geteuid(), version=__version__))
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            if not self.sock.poll(50):
+                continue
+            identity, *frames = self.sock.recv_multipart()
+            request = p.parse_request(frames)
+            if request.op == p.DESCRIBE:
+                out = p.reply_frames(request.rid, p.OK, "evil", self.description)
+            elif request.op == p.PING:
+                out = p.reply_frames(request.rid, p.OK, "evil", "pong")
+            else:
+                out = self.reply(request)
+            self.sock.send_multipart([identity, *out], copy=False)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+GOOD_DESCRIPTION = {"name": "Evil", "class": "x.Evil", "doc": None, "incarnation": "evil",
+                    "version": "0", "attributes": [],
+                    "methods": {"big": {"doc": None, "params": []}}}
+
+
+def raw_reply(request, body: bytes, *buffers: bytes):
+    head = p.SIGNATURE + msgpack.packb([request.rid, p.OK, "evil", body], use_bin_type=True)
+    return [head, *buffers]
+
+
+def test_a_huge_or_amplifying_reply_is_refused_by_the_client(home):
+    """A 16 MB reply of empty arrays decoded into 1.1 GiB in the client; a reply of many
+    frames was accepted whatever their total. Now: ProtocolError, the memory bounded."""
+    import malacoda
+    from malacoda.errors import ProtocolError
+
+    amplifying = b"\xdd" + (16 << 20).to_bytes(4, "big") + b"\x90" * (16 << 20)
+    inner = b"\xdc" + (65535).to_bytes(2, "big") + b"\x90" * 65535
+    nested = b"\xdc" + (256).to_bytes(2, "big") + inner * 256  # 16 Mi empty arrays too
+    many_frames = [b"\0" * (512 << 10)] * 4  # 2 MiB in buffer frames, each under 1 MiB
+    shape = {"reply": "amplifying"}
+
+    def reply(request):
+        if shape["reply"] in ("amplifying", "nested"):
+            return raw_reply(request, amplifying if shape["reply"] == "amplifying" else nested)
+        return raw_reply(request, msgpack.packb(msgpack.ExtType(p.EXT_BUFFER, b"\0")),
+                         *many_frames)
+
+    server = HostileRouter("Evil", GOOD_DESCRIPTION, reply)
+    me = psutil.Process()
+    try:
+        before = me.memory_info().rss
+        d = malacoda.get("Evil", timeout=20)
+        with pytest.raises(ProtocolError, match="max_array_len|items"):
+            d.big()
+        shape["reply"] = "nested"
+        with pytest.raises(ProtocolError, match="items"):
+            d.big()
+        grown = me.memory_info().rss - before
+        shape["reply"] = "frames"
+        small = malacoda.get("Evil", timeout=20, max_message=1 << 20)
+        with pytest.raises(ProtocolError, match="max_message"):
+            small.big()
+        assert d.big() == b"\0" * (512 << 10)  # the default accepts 2 MiB
+        figures(test="hostile reply", amplifying_reply_mib=len(amplifying) >> 20,
+                client_rss_growth_mib=round(grown / 2**20, 1))
+        assert grown < 256 << 20
+        with pytest.raises(Exception) as bad:
+            malacoda.get("Evil", max_message=0)
+        assert type(bad.value).__name__ == "ConfigError"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("description", [
+    "not a map", {"methods": [], "attributes": []}, {"methods": {"m": 5}, "attributes": []},
+    {"methods": {"m": {"params": [["a", 9, None]]}}, "attributes": []},
+    {"methods": {"m": {"params": [["a", 1, 5]]}}, "attributes": []},
+    {"methods": {"m": {"params": [["a", 4, None], ["b", 0, None]]}}, "attributes": []},
+    {"methods": {}, "attributes": [1, 2]}, {"methods": {5: {}}, "attributes": []},
+], ids=["str", "methods-list", "method-int", "kind", "default", "order", "attrs", "name"])
+def test_a_malformed_describe_reply_is_a_protocol_error(home, description):
+    import malacoda
+    from malacoda.errors import ProtocolError
+
+    server = HostileRouter("Evil", description, lambda request: raw_reply(request, b"\xc0"))
+    try:
+        d = malacoda.get("Evil", timeout=10)
+        with pytest.raises(ProtocolError, match="describe"):
+            d.m(1)
+        with pytest.raises(ProtocolError, match="describe"):
+            dir(d)
+    finally:
+        server.close()
