@@ -15,12 +15,24 @@ BUSY reply at once: a flood cannot grow memory without bound. A re-sent request 
 from a :class:`~.replycache.ReplyCache` instead of running again. ``ping`` is answered by the
 socket's owner without a worker. A request whose caller's timeout has passed before it could
 start is dropped unanswered.
+
+File descriptors: at start the soft ``RLIMIT_NOFILE`` is raised to the hard limit, and at most
+``max_connections`` connections are kept open (fewer when the limit is low: :data:`FD_RESERVE`
+fds stay free for the daemon's own files, its pst saves and new connections). A socket monitor
+counts them; past the cap the *oldest* is closed, so that idle connections piling up (1,012
+from one peer once took all of a daemon's 1,024 fds, and a ping went unanswered) cannot lock a
+newcomer, the owner's next call, out. A closed client reconnects by itself, and a call it had
+in flight is re-sent and answered from the reply cache.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
+import resource
+import socket
+import struct
 import threading
 import time
 from typing import Any, Callable, Deque, List, Optional, Tuple
@@ -42,6 +54,9 @@ TICK_IDLE = 0.1  # the standby's pace while no call comes (a new call wakes it)
 # wake-ups cost the process its CPU placement. A slow call is taken over within about
 # TICK_CALM + TICK_ACTIVE.)
 _INPROC = "inproc://malacoda-replies-{}"
+MAX_CONNECTIONS = 1024  # connections a daemon keeps open by default
+FD_RESERVE = 64  # fds kept free beyond the connections: files, pst saves, accepting
+_ACCEPTED, _DISCONNECTED = int(zmq.EVENT_ACCEPTED), int(zmq.EVENT_DISCONNECTED)
 
 _Item = Tuple[bytes, p.Request, float]
 
@@ -63,6 +78,7 @@ class Server:
         max_message: int = p.MAX_MESSAGE,
         queue_bytes: Optional[int] = None,
         configure: Optional[Callable[[zmq.Socket], object]] = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -75,6 +91,11 @@ class Server:
         self.queue_bytes = 2 * max_message if queue_bytes is None else queue_bytes
         self._queued_bytes = 0
         self.max_message = max_message
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.max_connections = max_connections  # the cap in force: see start()
+        self._monitor: Optional[zmq.Socket] = None
+        self.evicted = 0  # connections closed because there were too many
         self._configure = configure
         self._cleanup: Optional[Callable[[], object]] = None
         self.port: Optional[int] = None
@@ -107,6 +128,7 @@ class Server:
 
     def start(self) -> int:
         """Bind and start serving; returns the bound port. Raises ``zmq.ZMQError`` on bind."""
+        self.max_connections = min(self.max_connections, _fds_for_connections())
         ctx = self._ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 1000)
@@ -136,6 +158,11 @@ class Server:
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.bind(self._inproc)
+        self._monitor = router.get_monitor_socket(_ACCEPTED | _DISCONNECTED)
+        watcher = threading.Thread(target=self._watch_connections, args=(self._monitor,),
+                                   name="malacoda-connections", daemon=True)
+        watcher.start()
+        self._threads.append(watcher)
         for i in range(self.workers + 2):
             t = threading.Thread(target=self._thread_main, name=f"malacoda-worker-{i}", daemon=True)
             t.start()
@@ -157,6 +184,14 @@ class Server:
         self._wake.set()
         for t in self._threads:
             t.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self._monitor is not None and self._router is not None:
+            # The only safe order: monitoring off, the monitor's socket, then the socket.
+            try:
+                self._router.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close(0)
+            self._monitor = None
         if self._router is not None:
             self._router.close(linger=500)
         if self._pull is not None:
@@ -165,6 +200,34 @@ class Server:
         if self._ctx is not None:
             self._ctx.term()
         self._ctx = self._router = self._pull = None
+
+    def _watch_connections(self, monitor: zmq.Socket) -> None:
+        """Count the connections (the monitor's accepted and disconnected events, each with the
+        connection's fd); past ``max_connections`` close the oldest."""
+        open_fds: collections.OrderedDict[int, None] = collections.OrderedDict()
+        while not self._stopping:
+            if not monitor.poll(100):
+                continue
+            try:
+                event = recv_frames(monitor, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                continue
+            if len(event[0]) < 6:
+                continue
+            kind, fd = struct.unpack("=Hi", event[0][:6])
+            if kind == _ACCEPTED:
+                open_fds[fd] = None
+                open_fds.move_to_end(fd)
+                while len(open_fds) > self.max_connections:
+                    oldest, _ = open_fds.popitem(last=False)
+                    if _disconnect(oldest, self.port):
+                        self.evicted += 1
+                        if self.evicted in (1, 10, 100) or not self.evicted % 1000:
+                            log.warning("more than %d connections: closed the oldest (%d so "
+                                        "far); see max_connections", self.max_connections,
+                                        self.evicted)
+            elif kind == _DISCONNECTED:
+                open_fds.pop(fd, None)
 
     def _run_cleanup(self) -> None:
         cleanup, self._cleanup = self._cleanup, None
@@ -413,3 +476,41 @@ class Server:
             else:
                 error = TypeError(f"the error cannot be sent: {exc}")
             return p.reply_frames(rid, p.ERROR, incarnation, p.error_body(error))
+
+
+def _fds_for_connections() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; the fds left for connections once those
+    open now and :data:`FD_RESERVE` are set aside (at least 1)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20  # what Linux allows at most by default (fs.nr_open)
+    if soft == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 32
+    return max(1, soft - in_use - FD_RESERVE)
+
+
+def _disconnect(fd: int, port: Optional[int]) -> bool:
+    """Shut down the TCP connection ``fd`` if it is still one accepted on ``port`` (ZeroMQ
+    then closes it as if the peer had); False if the fd is something else by now."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return False  # closed meanwhile, or no socket
+    try:
+        if sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != port:
+            return False
+        sock.getpeername()
+        sock.shutdown(socket.SHUT_RDWR)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.detach()  # the fd stays ZeroMQ's to close

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import time
 
 import msgpack
@@ -19,6 +21,7 @@ import zmq
 from malacoda import protocol as p
 from malacoda.runtime import Registry
 from tests.integration.test_hostile_wire import Wire, msg
+from tests.support import wait_for
 
 P = 2**61 - 1  # integers k * P all hash alike
 
@@ -246,3 +249,96 @@ def test_a_malformed_describe_reply_is_a_protocol_error(home, description):
             dir(d)
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------ raw ZMTP peers
+
+
+def zmtp_peer(port: int) -> socket.socket:
+    """A TCP connection that speaks ZMTP 3.0 as a DEALER as far as its READY command: a real
+    peer of the daemon's ROUTER, that can then send frames no libzmq socket would (frames of
+    a message it never finishes)."""
+    greeting = (b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0")
+                + b"\0" + b"\0" * 31)
+    props = b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+    ready = b"\x05READY" + props
+    s = socket.create_connection(("127.0.0.1", port), 10)
+    s.settimeout(10)
+    s.sendall(greeting)
+    theirs = b""
+    while len(theirs) < 64:
+        chunk = s.recv(64 - len(theirs))
+        if not chunk:
+            raise ConnectionError("the daemon closed before its greeting")
+        theirs += chunk
+    s.sendall(b"\x04" + bytes([len(ready)]) + ready)
+    return s
+
+
+def test_idle_connections_cannot_exhaust_the_daemons_fds(start_daemon):
+    """1,012 idle connections from one peer exhausted a daemon's 1,024 fds and a legitimate
+    ping went unanswered. With a hard limit of 256 fds in the daemon: 400 idle connections,
+    then a ping over a new connection is answered, and the daemon keeps fds to spare."""
+    limit = 256
+    proc = start_daemon("HostileDaemon", prelude=(
+        f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (64, {limit}))"))
+    daemon = psutil.Process(proc.pid)
+    port = Registry().lookup("HostileDaemon").port
+    idle = []
+    try:
+        for _ in range(400):
+            try:
+                idle.append(zmtp_peer(port))
+            except OSError:
+                break  # (on main: the daemon stopped accepting)
+        probe = Wire(port)
+        try:
+            started = time.monotonic()
+            assert probe.alive(timeout=10)
+            answered = time.monotonic() - started
+        finally:
+            probe.close()
+        fds = daemon.num_fds()
+        soft = daemon.rlimit(psutil.RLIMIT_NOFILE)[0]
+        figures(test="fds", hard_limit=limit, soft_limit_after_start=soft, idle_opened=len(idle),
+                daemon_fds=fds, ping_ms=round(answered * 1000, 1))
+        assert soft == limit  # raised from 64 to the hard limit
+        assert fds < limit - 16
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_max_connections_is_a_setting(start_daemon):
+    """``max_connections=8``: of 30 idle connections the oldest are closed by the daemon, and a
+    ping over a new one is answered."""
+    proc = start_daemon("HostileDaemon", max_connections=8)
+    daemon = psutil.Process(proc.pid)
+    port = Registry().lookup("HostileDaemon").port
+    base = daemon.num_fds()
+    idle = [zmtp_peer(port) for _ in range(30)]
+    try:
+        def closed(s: socket.socket) -> bool:
+            s.setblocking(False)
+            try:
+                while True:
+                    chunk = s.recv(4096)  # the daemon's READY, then EOF if it closed us
+                    if not chunk:
+                        return True
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+
+        wait_for(lambda: sum(map(closed, idle)) >= 22, what="the oldest connections closed")
+        probe = Wire(port)
+        try:
+            assert probe.alive()
+        finally:
+            probe.close()
+        states = [closed(s) for s in idle]
+        assert all(states[:22]), states  # the oldest went first
+        assert daemon.num_fds() <= base + 8 + 2
+    finally:
+        for s in idle:
+            s.close()
