@@ -40,9 +40,10 @@ import zmq
 from . import cluster
 from .dispatch import Dispatcher
 from .errors import AlreadyRunning, ConfigError, ProcessError, StateError
+from .guard import MAX_CONNECTIONS
 from .runtime import Entry, NameLock, Paths, Registry, check_name, host_name, private_dir
 from .security import ServerCurve, chain, server_curve
-from .server import MAX_CONNECTIONS, Server
+from .server import Server
 from .storage import PstStorage, from_config
 from .version import __version__
 

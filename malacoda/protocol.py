@@ -103,8 +103,9 @@ code  type         payload
 ``bytes`` value in a buffer frame; Malacoda does so from 32 KiB up, which
 spares copies of large payloads. Nothing in a message is ever unpickled or evaluated.
 
-Limits (a receiver's defaults, each a message it refuses): the whole message
-(``MAX_MESSAGE``, enforced by ZMQ_MAXMSGSIZE before it is read), a str/bin/array/map/ext length
+Limits (a receiver's defaults, each a message it refuses): the whole message, all frames
+together (``MAX_MESSAGE``; each frame is refused by ZMQ_MAXMSGSIZE before it is read, the
+whole once it is in), a str/bin/array/map/ext length
 over ``MAX_LENGTH`` and nesting deeper than ``MAX_DEPTH``. A daemon also caps the items of all
 containers of one request body together (``MAX_REQUEST_ITEMS``): decoding turns each byte of
 msgpack into up to ~80 bytes of Python objects, and this keeps a body's decoded size bounded.

@@ -16,23 +16,18 @@ from a :class:`~.replycache.ReplyCache` instead of running again. ``ping`` is an
 socket's owner without a worker. A request whose caller's timeout has passed before it could
 start is dropped unanswered.
 
-File descriptors: at start the soft ``RLIMIT_NOFILE`` is raised to the hard limit, and at most
-``max_connections`` connections are kept open (fewer when the limit is low: :data:`FD_RESERVE`
-fds stay free for the daemon's own files, its pst saves and new connections). A socket monitor
-counts them; past the cap the *oldest* is closed, so that idle connections piling up (1,012
-from one peer once took all of a daemon's 1,024 fds, and a ping went unanswered) cannot lock a
-newcomer, the owner's next call, out. A closed client reconnects by itself, and a call it had
-in flight is re-sent and answered from the reply cache.
+A message whose frames together exceed ``max_message`` is refused whole (BAD_REQUEST, nothing
+decoded); ZeroMQ itself bounds only each frame. What ZeroMQ holds before a message reaches us
+(unfinished messages, and the connections themselves) is watched by a
+:class:`~.guard.ConnectionGuard`: at most ``max_connections`` connections, and the memory they
+hold within ``queue_bytes + (workers + 2) * max_message`` (at least 256 MiB) beyond the
+daemon's own.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import os
-import resource
-import socket
-import struct
 import threading
 import time
 from typing import Any, Callable, Deque, List, Optional, Tuple
@@ -43,6 +38,7 @@ from . import protocol as p
 from .dispatch import Dispatcher
 from .errors import ProtocolError
 from .frames import recv_frames, recv_routed, send_frames, send_routed
+from .guard import EVENTS, MAX_CONNECTIONS, MIN_HEADROOM, ConnectionGuard, fds_for_connections
 from .replycache import ReplyCache
 
 log = logging.getLogger(__name__)
@@ -54,9 +50,6 @@ TICK_IDLE = 0.1  # the standby's pace while no call comes (a new call wakes it)
 # wake-ups cost the process its CPU placement. A slow call is taken over within about
 # TICK_CALM + TICK_ACTIVE.)
 _INPROC = "inproc://malacoda-replies-{}"
-MAX_CONNECTIONS = 1024  # connections a daemon keeps open by default
-FD_RESERVE = 64  # fds kept free beyond the connections: files, pst saves, accepting
-_ACCEPTED, _DISCONNECTED = int(zmq.EVENT_ACCEPTED), int(zmq.EVENT_DISCONNECTED)
 
 _Item = Tuple[bytes, p.Request, float]
 
@@ -95,7 +88,8 @@ class Server:
             raise ValueError("max_connections must be at least 1")
         self.max_connections = max_connections  # the cap in force: see start()
         self._monitor: Optional[zmq.Socket] = None
-        self.evicted = 0  # connections closed because there were too many
+        self.guard = ConnectionGuard(
+            max_connections, max(MIN_HEADROOM, self.queue_bytes + (workers + 2) * max_message))
         self._configure = configure
         self._cleanup: Optional[Callable[[], object]] = None
         self.port: Optional[int] = None
@@ -128,7 +122,8 @@ class Server:
 
     def start(self) -> int:
         """Bind and start serving; returns the bound port. Raises ``zmq.ZMQError`` on bind."""
-        self.max_connections = min(self.max_connections, _fds_for_connections())
+        self.max_connections = self.guard.max_connections = min(self.max_connections,
+                                                                fds_for_connections())
         ctx = self._ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 1000)
@@ -158,8 +153,10 @@ class Server:
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.bind(self._inproc)
-        self._monitor = router.get_monitor_socket(_ACCEPTED | _DISCONNECTED)
-        watcher = threading.Thread(target=self._watch_connections, args=(self._monitor,),
+        self._monitor = router.get_monitor_socket(EVENTS)
+        self.guard.port = self.port
+        watcher = threading.Thread(target=self.guard.watch,
+                                   args=(self._monitor, lambda: self._stopping),
                                    name="malacoda-connections", daemon=True)
         watcher.start()
         self._threads.append(watcher)
@@ -200,34 +197,6 @@ class Server:
         if self._ctx is not None:
             self._ctx.term()
         self._ctx = self._router = self._pull = None
-
-    def _watch_connections(self, monitor: zmq.Socket) -> None:
-        """Count the connections (the monitor's accepted and disconnected events, each with the
-        connection's fd); past ``max_connections`` close the oldest."""
-        open_fds: collections.OrderedDict[int, None] = collections.OrderedDict()
-        while not self._stopping:
-            if not monitor.poll(100):
-                continue
-            try:
-                event = recv_frames(monitor, zmq.NOBLOCK)
-            except zmq.ZMQError:
-                continue
-            if len(event[0]) < 6:
-                continue
-            kind, fd = struct.unpack("=Hi", event[0][:6])
-            if kind == _ACCEPTED:
-                open_fds[fd] = None
-                open_fds.move_to_end(fd)
-                while len(open_fds) > self.max_connections:
-                    oldest, _ = open_fds.popitem(last=False)
-                    if _disconnect(oldest, self.port):
-                        self.evicted += 1
-                        if self.evicted in (1, 10, 100) or not self.evicted % 1000:
-                            log.warning("more than %d connections: closed the oldest (%d so "
-                                        "far); see max_connections", self.max_connections,
-                                        self.evicted)
-            elif kind == _DISCONNECTED:
-                open_fds.pop(fd, None)
 
     def _run_cleanup(self) -> None:
         cleanup, self._cleanup = self._cleanup, None
@@ -364,6 +333,14 @@ class Server:
     def _incoming(self, me: int, router: zmq.Socket, frames: List[bytes]) -> bool:
         """Handle one received message; False when this thread lost the socket meanwhile."""
         identity = frames[0]
+        if len(frames) > 2 and sum(map(len, frames)) - len(identity) > self.max_message:
+            size = sum(map(len, frames)) - len(identity)
+            rid = p.peek_request_id(frames[1:])
+            del frames[1:]  # not held a moment longer
+            error = ProtocolError(f"a request of {size} bytes in its frames together: more than "
+                                  f"this daemon reads (max_message {self.max_message} bytes)")
+            send_routed(router, identity, self._reply(rid, p.BAD_REQUEST, p.error_body(error)))
+            return True
         try:
             request = p.parse_request(frames[1:])
         except ProtocolError as exc:
@@ -477,40 +454,3 @@ class Server:
                 error = TypeError(f"the error cannot be sent: {exc}")
             return p.reply_frames(rid, p.ERROR, incarnation, p.error_body(error))
 
-
-def _fds_for_connections() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; the fds left for connections once those
-    open now and :data:`FD_RESERVE` are set aside (at least 1)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20  # what Linux allows at most by default (fs.nr_open)
-    if soft == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
-    try:
-        in_use = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        in_use = 32
-    return max(1, soft - in_use - FD_RESERVE)
-
-
-def _disconnect(fd: int, port: Optional[int]) -> bool:
-    """Shut down the TCP connection ``fd`` if it is still one accepted on ``port`` (ZeroMQ
-    then closes it as if the peer had); False if the fd is something else by now."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return False  # closed meanwhile, or no socket
-    try:
-        if sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != port:
-            return False
-        sock.getpeername()
-        sock.shutdown(socket.SHUT_RDWR)
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.detach()  # the fd stays ZeroMQ's to close
