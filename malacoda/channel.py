@@ -46,6 +46,7 @@ from .frames import (
 )
 
 HEARTBEAT = 5.0
+REPLY_BYTES_PER_ITEM = 64  # a reply decodes into max_message / 64 container items (1 Mi) at most
 DIRECT_WAIT = 0.02  # how long a lone caller blocks in a plain receive before it polls
 LINK_QUIET = 0.01  # seconds without a reply after which a call first reads the link's news
 # (a kill and restart of a Python daemon, new registry entry included, was measured at 88 ms:
@@ -120,6 +121,12 @@ class Channel:
     ) -> None:
         self.endpoint = endpoint
         self.heartbeat = heartbeat
+        # What one reply may hold: max_message bytes in all its frames (each frame is refused
+        # by ZeroMQ past it, the whole reply here), and container items in proportion, so that
+        # a hostile daemon's reply cannot decode into many times its size (a 16 MB reply of
+        # empty arrays was 1.1 GiB of Python objects).
+        self.max_message = max_message
+        self._max_items = max(p.MAX_REQUEST_ITEMS, max_message // REPLY_BYTES_PER_ITEM)
         sock = context().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)
@@ -445,7 +452,7 @@ class Channel:
             frames = recv_rest(sock, head) if get_option(sock, RCVMORE) else [head]
             self._last_heard = heard = time.monotonic()
             try:
-                reply = p.parse_reply(frames)
+                reply = p.parse_reply(frames, self.max_message, self._max_items)
             except ProtocolError:
                 reply = None
             if reply is not None:
@@ -471,7 +478,7 @@ class Channel:
         frames = recv_frames(self._sock, flags)
         self._last_heard = time.monotonic()
         try:
-            return p.parse_reply(frames)
+            return p.parse_reply(frames, self.max_message, self._max_items)
         except ProtocolError:
             return None
 

@@ -41,6 +41,7 @@ import zmq
 from . import cluster
 from .dispatch import Dispatcher
 from .errors import AlreadyRunning, ConfigError, ProcessError, StateError
+from .guard import MAX_CONNECTIONS
 from .runtime import Entry, NameLock, Paths, Registry, check_name, host_name, private_dir
 from .security import ServerCurve, chain, server_curve
 from .server import Server
@@ -74,6 +75,7 @@ class RunOptions:
     workers: Optional[int] = None
     queue: Optional[int] = None
     max_message: Optional[int] = None
+    max_connections: Optional[int] = None
     pst_config: Optional[Dict[str, Any]] = None
     insecure: Optional[bool] = None
     curve: Optional[bool] = None
@@ -99,12 +101,18 @@ class Malacoda:
     64 MiB), ``insecure`` (serve a non-loopback ``bind_address`` without CURVE — see
     :mod:`malacoda.security`; default False: such a daemon serves CURVE or refuses to start),
     ``curve`` (serve CURVE on a loopback address too, for a host shared with other users, who
-    can all connect to loopback ports; default False). The ``daemon.DaemonContext`` options
+    can all connect to loopback ports; default False), ``max_connections`` (connections kept
+    open; past it the oldest is closed; default 1024, fewer when the open files limit is low —
+    see :mod:`malacoda.server`). The ``daemon.DaemonContext`` options
     (:data:`DAEMON_CONTEXT_KEYWORDS`) go to it when ``daemonize`` is true; in the foreground
     ``stdout``, ``stderr``, ``working_directory`` and ``umask`` act as they would have when
     detached (see :func:`_as_if_detached`) and the others are ignored. Any other keyword is a
     :class:`ConfigError`.
     """
+
+    #: Whether a ``set`` through a proxy may create a ``pst*`` attribute the daemon does not have
+    #: (it would be saved, and loaded at every later start); setting an existing one always is.
+    _allow_new_pst: bool = False
 
     def __init__(
         self,
@@ -118,6 +126,7 @@ class Malacoda:
         max_message: int = MAX_MESSAGE,
         insecure: bool = False,
         curve: bool = False,
+        max_connections: int = MAX_CONNECTIONS,
         **daemon_kwargs: Any,
     ) -> None:
         if name is self:  # the original README's ``super().__init__(self)``
@@ -133,6 +142,13 @@ class Malacoda:
         workers = opts.workers if opts.workers is not None else workers
         queue = opts.queue if opts.queue is not None else queue
         max_message = opts.max_message if opts.max_message is not None else max_message
+        if opts.max_connections is not None:
+            max_connections = opts.max_connections
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) \
+                or max_connections < 1:
+            raise ConfigError(f"max_connections={max_connections!r}: give the connections to "
+                              "keep open, an int of at least 1")
+        self._malacoda_max_connections = max_connections
         insecure = opts.insecure if opts.insecure is not None else insecure
         require_curve = opts.curve if opts.curve is not None else curve
         if opts.pst_config is not None:
@@ -218,6 +234,7 @@ class Malacoda:
             dispatcher = Dispatcher(self, self._malacoda_incarnation, __version__,
                                     read_only=READ_ONLY)
             server = Server(dispatcher, address, port, workers, queue, max_message=max_message,
+                            max_connections=self._malacoda_max_connections,
                             configure=chain(curve.configure if curve else None,
                                             opts.configure_socket))
             try:

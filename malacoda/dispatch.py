@@ -9,7 +9,10 @@ into ``(status, body)``. The rules, the same for every operation:
   a method is what the class defines as one: a function, a static or class method, or a
   decorated one (``functools.lru_cache``, ``singledispatchmethod``, ``partialmethod``…);
 - names the base class reserves (``name``, ``running``, ``finished``) are read-only, and a
-  method cannot be replaced by ``set``.
+  method cannot be replaced by ``set``;
+- ``set`` creates no new ``pst*`` attribute (those are saved and loaded at every start: a
+  caller could plant state the daemon never asked for) unless the daemon's class says
+  ``_allow_new_pst = True``; setting an existing one is allowed.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class Dispatcher:
         self.hidden = hidden
         self.max_items = p.MAX_REQUEST_ITEMS  # container items in one request body
         self._cls = type(target)
+        self.new_pst = bool(getattr(self._cls, "_allow_new_pst", False))
         # Names that passed the access check and that _is_method said yes to (a cache).
         self._known_methods: Set[str] = set()
         self.table: Dict[str, Callable[[p.Request], Outcome]] = {
@@ -157,6 +161,10 @@ class Dispatcher:
         name = self._check(request.name)
         if name in self.read_only or _is_method(self._cls, name):
             raise AccessDenied(f"{name!r} is read-only through a proxy")
+        if name.startswith("pst") and not self.new_pst and not hasattr(self.target, name):
+            raise AccessDenied(f"{name!r} does not exist: a new pst attribute (saved and loaded "
+                               "at every start) is made by the daemon itself, not through a "
+                               "proxy (a daemon class allows it with _allow_new_pst = True)")
         setattr(self.target, name, p.decode(request.body, request.buffers, self.max_items))
         return p.OK, None
 

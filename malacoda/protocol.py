@@ -33,9 +33,9 @@ Retries: a client whose connection dropped mid-request may send the very same fr
 (same id). A daemon remembers the replies of recent ``call``/``set`` requests (by their whole
 first frame — id, operation, name, timeout and body — and their buffers; bounded, about a
 minute): a copy of one that ran is answered from there, a copy of one still running gets the
-reply once it is ready; neither runs it again. The daemon's incarnation id (in every reply, and
-the ``ping`` reply) tells a client whether it is talking to the daemon that received the first
-copy; another incarnation never saw it.
+reply once it is ready (8 copies at most; further ones get BUSY); neither runs it again. The
+daemon's incarnation id (in every reply, and the ``ping`` reply) tells a client whether it is
+talking to the daemon that received the first copy; another incarnation never saw it.
 
 Reply envelope (daemon → client): ``[id, status, incarnation, body]``
 -----------------------------------------------------------------------
@@ -103,11 +103,15 @@ code  type         payload
 ``bytes`` value in a buffer frame; Malacoda does so from 32 KiB up, which
 spares copies of large payloads. Nothing in a message is ever unpickled or evaluated.
 
-Limits (a receiver's defaults, each a message it refuses): the whole message
-(``MAX_MESSAGE``, enforced by ZMQ_MAXMSGSIZE before it is read), a str/bin/array/map/ext length
+Limits (a receiver's defaults, each a message it refuses): the whole message, all frames
+together (``MAX_MESSAGE``; each frame is refused by ZMQ_MAXMSGSIZE before it is read, the
+whole once it is in), a str/bin/array/map/ext length
 over ``MAX_LENGTH`` and nesting deeper than ``MAX_DEPTH``. A daemon also caps the items of all
 containers of one request body together (``MAX_REQUEST_ITEMS``): decoding turns each byte of
 msgpack into up to ~80 bytes of Python objects, and this keeps a body's decoded size bounded.
+Set items and map keys whose hashes collide (integers ``k * (2**61 - 1)`` all hash alike) are
+refused past ``MAX_COLLISIONS`` in one value: building a set of n of them costs n²/2
+comparisons while holding the GIL.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import operator
 import uuid
 from decimal import Decimal
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -122,6 +127,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import msgpack
 
 from .errors import ProtocolError
+
+_first = operator.itemgetter(0)
 
 VERSION = 2
 SIGNATURE = b"MLC\x02"
@@ -151,6 +158,11 @@ MAX_DEPTH = 64  # nesting of containers, extension types included
 MAX_REQUEST_ITEMS = 1 << 20  # items in all containers of one request body, as a daemon decodes it
 _COUNT_FROM = 4096  # bodies smaller than this cannot amplify much: their items are not counted
 MAX_ID = 64  # request id bytes
+#: Keys of the sets, frozensets and maps of one decoded value that may share their hash with
+#: another key, all together. Integers ``k * (2**61 - 1)`` all hash alike, and building a set of
+#: n such keys costs n²/2 comparisons under the GIL (60,000 of them froze a daemon for 25 s):
+#: past this budget the value is refused before any set or map is built of it.
+MAX_COLLISIONS = 64
 #: Digits of an int outside 64 bits (extension 11): Python's own default limit of int <-> str
 #: conversion (``sys.get_int_max_str_digits()``), the same on both ends whatever either sets.
 MAX_INT_DIGITS = 4300
@@ -309,7 +321,8 @@ def _int_text(value: int) -> bytes:
 class Decoder:
     """Decodes one body with its buffer frames, within the codec's limits."""
 
-    __slots__ = ("_buffers", "_depth", "_max_length", "_items_left")
+    __slots__ = ("_buffers", "_depth", "_max_length", "_items_left", "_collisions_left",
+                 "_pairs")
 
     def __init__(self, buffers: Sequence[bytes] = (), max_length: int = MAX_LENGTH,
                  max_items: Optional[int] = None) -> None:
@@ -317,19 +330,41 @@ class Decoder:
         self._depth = 0
         self._max_length = max_length
         self._items_left = max_items  # None: containers are not counted
+        self._collisions_left = MAX_COLLISIONS
+        self._pairs = False  # maps come as pairs, checked (a map had a key not str or bin)
 
     def unpack(self, data: bytes) -> Any:
+        if self._pairs:
+            return self._unpack(data, True)
+        # Maps whose keys are all str or bin are built by msgpack itself, the fast way: their
+        # hashes are salted per process, so no collision can be aimed at them. A map with any
+        # other key makes this decoder take maps as (key, value) pairs from then on, checked
+        # before a dict is built of them, and this payload is decoded again that way (at most
+        # twice the work in all: only work done before the first such key is repeated).
+        items_left, collisions_left = self._items_left, self._collisions_left
+        try:
+            return self._unpack(data, False)
+        except ValueError as exc:
+            if "strict_map_key" not in str(exc):
+                raise
+        self._pairs = True
+        self._items_left, self._collisions_left = items_left, collisions_left
+        return self._unpack(data, True)
+
+    def _unpack(self, data: bytes, pairs: bool) -> Any:
         limit = min(self._max_length, len(data))
         items = MAX_ITEMS
-        hooks: Dict[str, Any] = {}
+        hooks: Dict[str, Any] = {"object_pairs_hook": self._map} if pairs else {}
         if self._items_left is not None and (self._depth or len(data) >= _COUNT_FROM):
             items = min(items, self._items_left)
-            hooks = {"list_hook": self._count, "object_hook": self._count}
+            hooks["list_hook"] = self._count
+            if not pairs:
+                hooks["object_hook"] = self._count
         return msgpack.unpackb(
             data,
             ext_hook=self._ext_hook,
             raw=False,
-            strict_map_key=False,
+            strict_map_key=not pairs,
             max_str_len=limit,
             max_bin_len=limit,
             max_ext_len=limit,
@@ -343,6 +378,27 @@ class Decoder:
         if left < 0:
             raise ValueError("more container items than this receiver accepts in one message")
         return container
+
+    def _map(self, pairs: List[Tuple[Any, Any]]) -> Dict[Any, Any]:
+        if self._items_left is not None:
+            self._count(pairs)
+        if len(pairs) > 1:
+            self._distinct_hashes(list(map(_first, pairs)))
+        return dict(pairs)
+
+    def _distinct_hashes(self, keys: List[Any]) -> None:
+        """Refuse ``keys`` when too many of them (with earlier ones) share a hash.
+
+        A set of the keys' hashes costs one probe each (distinct ints hash to themselves), so
+        it is safe to build whatever the keys are; the set or dict of the keys themselves is
+        built only when it is as cheap.
+        """
+        shared = len(keys) - len(set(map(hash, keys)))
+        if shared:
+            left = self._collisions_left = self._collisions_left - shared
+            if left < 0:
+                raise ValueError(f"more than {MAX_COLLISIONS} set items or map keys whose hashes "
+                                 "collide (or that repeat)")
 
     def _nested(self, data: bytes) -> Any:
         self._depth += 1
@@ -361,10 +417,13 @@ class Decoder:
             if type(index) is not int or not 0 <= index < len(self._buffers):
                 raise ValueError(f"buffer reference {index!r} out of range")
             return self._buffers[index]
-        if code == EXT_SET:
-            return set(self._nested(data))
-        if code == EXT_FROZENSET:
-            return frozenset(self._nested(data))
+        if code == EXT_SET or code == EXT_FROZENSET:
+            items = self._nested(data)
+            if type(items) is not list:
+                raise ValueError("a set's payload is an array")
+            if len(items) > 1:
+                self._distinct_hashes(items)
+            return set(items) if code == EXT_SET else frozenset(items)
         if code == EXT_BIGINT:
             if len(data.lstrip(b"-")) > MAX_INT_DIGITS:
                 raise ValueError(f"an int of more than {MAX_INT_DIGITS} digits")
@@ -598,24 +657,35 @@ def reply_frames(rid: bytes, status: int, incarnation: str, body: Any) -> List[b
 
 
 class Reply:
-    """A decoded reply envelope; :meth:`value` decodes the body."""
+    """A decoded reply envelope; :meth:`value` decodes the body (or raises :attr:`error`, set
+    when the reply was refused whole: over the receiver's ``max_message``)."""
 
-    __slots__ = ("rid", "status", "incarnation", "body", "buffers")
+    __slots__ = ("rid", "status", "incarnation", "body", "buffers", "max_items", "error")
 
     def __init__(self, rid: bytes, status: int, incarnation: str, body: bytes,
-                 buffers: Sequence[bytes]) -> None:
+                 buffers: Sequence[bytes], max_items: Optional[int] = None) -> None:
         self.rid = rid
         self.status = status
         self.incarnation = incarnation
         self.body = body
         self.buffers = buffers
+        self.max_items = max_items
+        self.error: Optional[ProtocolError] = None
 
     def value(self) -> Any:
-        return decode(self.body, self.buffers)
+        if self.error is not None:
+            raise self.error
+        return decode(self.body, self.buffers, self.max_items)
 
 
-def parse_reply(frames: Sequence[bytes]) -> Reply:
-    """Decode a reply's frames. Raises :class:`ProtocolError`."""
+def parse_reply(frames: Sequence[bytes], max_message: Optional[int] = None,
+                max_items: Optional[int] = None) -> Reply:
+    """Decode a reply's frames. Raises :class:`ProtocolError`.
+
+    A reply whose frames together exceed ``max_message`` bytes keeps its id (so that its caller
+    learns of it) but not its body: its :meth:`~Reply.value` raises. ``max_items`` caps the
+    container items its body decodes into (see :func:`decode`).
+    """
     head = frames[0]
     env = _envelope(head, "reply")
     if len(env) != 4:
@@ -624,7 +694,17 @@ def parse_reply(frames: Sequence[bytes]) -> Reply:
     if (type(rid) is not bytes or type(status) is not int or type(incarnation) is not str
             or type(body) is not bytes):
         raise ProtocolError("a reply envelope is [bin id, int status, str incarnation, bin body]")
-    return Reply(rid, status, incarnation, body, frames[1:] if len(frames) > 1 else _NO_BUFFERS)
+    if len(frames) == 1:
+        return Reply(rid, status, incarnation, body, _NO_BUFFERS, max_items)
+    reply = Reply(rid, status, incarnation, body, frames[1:], max_items)
+    if max_message is not None:
+        size = sum(map(len, frames))
+        if size > max_message:
+            reply.body, reply.buffers = b"\xc0", _NO_BUFFERS
+            reply.error = ProtocolError(
+                f"a reply of {size} bytes in {len(frames)} frames: more than this client "
+                f"accepts ({max_message} bytes; the proxy's max_message)")
+    return reply
 
 
 def error_body(exc: BaseException, traceback_text: str = "") -> Dict[str, Any]:

@@ -48,6 +48,9 @@ RESEND_PROBE = 2.0  # seconds to wait for the ping that tells which daemon answe
 #: The most milliseconds a request says its caller waits (2**32 - 1, about 49 days): a longer
 #: wait is sent as this (the daemon then drops a request it cannot start within 49 days).
 WIRE_TIMEOUT_MS_MAX = 2**32 - 1
+#: The largest reply a proxy accepts by default (all its frames together), like a daemon's
+#: largest request: a hostile or broken daemon cannot make its clients hold more.
+MAX_REPLY = 64 << 20
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,40 @@ class _DaemonDoc:
         raise AccessDenied("'__doc__' is private: names starting with '_' are never reachable")
 
 
+def _checked_description(value: Any) -> Dict[str, Any]:
+    """``value`` if it is a description as docs/protocol.md gives it; else ProtocolError (a
+    hostile or broken daemon's reply must not surface as a TypeError in ``dir()``)."""
+    def bad(what: str) -> ProtocolError:
+        return ProtocolError(f"malformed describe reply: {what}")
+
+    if not isinstance(value, dict):
+        raise bad(f"a {type(value).__name__}, not a map")
+    methods, attributes = value.get("methods"), value.get("attributes")
+    if not isinstance(methods, dict) or not isinstance(attributes, list):
+        raise bad("'methods' must be a map and 'attributes' an array")
+    if not all(type(a) is str for a in attributes):
+        raise bad("'attributes' must hold str names")
+    if not (value.get("doc") is None or type(value.get("doc")) is str):
+        raise bad("'doc' must be a str or nil")
+    for name, info in methods.items():
+        if type(name) is not str or not isinstance(info, dict):
+            raise bad(f"method {name!r} must be a str name with a map")
+        params, doc = info.get("params", []), info.get("doc")
+        if not (doc is None or type(doc) is str) or not isinstance(params, list):
+            raise bad(f"method {name!r}: 'doc' must be a str or nil and 'params' an array")
+        for row in params:
+            if (not isinstance(row, list) or len(row) != 3 or type(row[0]) is not str
+                    or type(row[1]) is not int or not 0 <= row[1] <= 4
+                    or not (row[2] is None or type(row[2]) is str)):
+                raise bad(f"method {name!r}: a parameter must be [str name, int kind 0-4, "
+                          "str default or nil]")
+        try:
+            _signature(params)
+        except (TypeError, ValueError) as exc:
+            raise bad(f"method {name!r}: {exc}") from None
+    return value
+
+
 def check_timeout(value: Any) -> Optional[float]:
     """A call timeout as seconds, or None (wait for ever: ``None`` or ``float('inf')``).
 
@@ -188,8 +225,11 @@ class Proxy:
     ``timeout=`` keyword overrides it, except for a remote method that has a ``timeout``
     parameter of its own: the keyword is then that method's. A timeout is a number of seconds
     more than 0; ``None`` or ``float('inf')`` waits for ever; anything else raises
-    :class:`~.errors.ConfigError`. Other keywords go to the SSH connection of a remote spec
-    (paramiko's ``SSHClient.connect``).
+    :class:`~.errors.ConfigError`. ``max_message`` (bytes, default 64 MiB) is the largest reply
+    accepted: a larger one fails the call with :class:`~.errors.ProtocolError` (a single frame
+    over it drops the connection), and a reply decodes into at most ``max_message / 64``
+    container items. Every malformed reply is a :class:`~.errors.ProtocolError`. Other
+    keywords go to the SSH connection of a remote spec (paramiko's ``SSHClient.connect``).
 
     On a proxy, ``__doc__`` (and so ``help(proxy)``) is the daemon's class docstring, and each
     ``dir(proxy)`` asks the daemon again: attributes it made since are listed.
@@ -197,10 +237,15 @@ class Proxy:
 
     __doc__ = _DaemonDoc(__doc__)  # type: ignore[assignment]
 
-    def __init__(self, spec: str, timeout: Optional[float] = None, **ssh_args: Any) -> None:
+    def __init__(self, spec: str, timeout: Optional[float] = None,
+                 max_message: int = MAX_REPLY, **ssh_args: Any) -> None:
         d = self.__dict__
         d["_spec"] = spec
         d["_timeout"] = check_timeout(timeout)
+        if isinstance(max_message, bool) or not isinstance(max_message, int) or max_message < 1:
+            raise ConfigError(f"max_message={max_message!r}: give the largest reply accepted, "
+                              "in bytes (an int of at least 1)")
+        d["_max_message"] = max_message
         d["_ssh_args"] = ssh_args
         d["_lock"] = threading.Lock()
         d["_target"] = None
@@ -242,7 +287,7 @@ class Proxy:
                 channel.close()
                 self._target.close()
             target: Target = resolve(self._spec, **self._ssh_args)
-            channel = Channel(target.endpoint, curve=target.curve)
+            channel = Channel(target.endpoint, curve=target.curve, max_message=self._max_message)
             self.__dict__["_target"] = target
             self.__dict__["_channel"] = channel
             return channel
@@ -336,7 +381,8 @@ class Proxy:
         or again when ``fresh`` (attributes come and go)."""
         description = None if fresh else self._description
         if description is None:
-            description = self._request(p.DESCRIBE, None, None, self._timeout)
+            description = _checked_description(
+                self._request(p.DESCRIBE, None, None, self._timeout))
             self.__dict__["_description"] = description
         return description
 

@@ -8,7 +8,9 @@ cache instead of executing the request again:
   was not kept (see :data:`MAX_REPLY`, :data:`MAX_BYTES`), a GONE reply: it ran, its result is
   lost;
 - a request seen before and still executing: nothing runs; the reply goes to every sender of
-  that id once it is ready;
+  that id once it is ready — up to :data:`MAX_WAITERS` of them; a copy beyond those is
+  answered BUSY at once (5 million copies of one running request grew its list of waiters
+  to 736 MB);
 - anything else runs as usual.
 
 Only ``call`` and ``set`` are remembered (``get``, ``describe`` and ``ping`` change nothing, so
@@ -40,6 +42,7 @@ MAX_REPLY = 256 << 10  # a larger reply is never kept (its request is still reme
 SMALL_HEAD = 512  # first frames up to this size are the key as they are, not hashed
 TTL = 60.0  # seconds a request is remembered after it ran
 
+MAX_WAITERS = 8  # re-senders waiting for one running request; more copies get BUSY
 MIN_ID = 8  # shorter request ids are not unique across clients: never remembered
 
 _REMEMBERED = (p.CALL, p.SET)
@@ -111,8 +114,10 @@ class ReplyCache:
             waiting = running[key]
             if waiting is None:
                 running[key] = [identity]
-            else:
+            elif len(waiting) < MAX_WAITERS:
                 waiting.append(identity)
+            else:
+                return [[identity, *self._busy(request)]]
             return _NONE
         running[key] = None  # running, nobody else waits for it (yet)
         return None
@@ -178,6 +183,12 @@ class ReplyCache:
         expires, size, _ = self._done[key]
         self._done[key] = (expires, 0, None)  # still known to have run
         self._bytes -= size
+
+    def _busy(self, request: p.Request) -> Message:
+        error = RuntimeError(
+            f"request {request.rid.hex()} is running and {MAX_WAITERS} copies of it already wait "
+            "for its reply: this copy was not kept; nothing ran")
+        return p.reply_frames(request.rid, p.BUSY, self.incarnation, p.error_body(error))
 
     def _gone(self, request: p.Request) -> Message:
         error = RuntimeError(

@@ -50,7 +50,8 @@ def run_unit(unit: Unit, on_ready: List[Callable[[Entry], None]]) -> None:
     cls = daemon_module.load_class(unit.cls, unit.path)
     daemon_module.run_options = daemon_module.RunOptions(
         name=unit.name, bind_address=unit.bind, port=unit.port, workers=unit.workers,
-        queue=unit.queue, max_message=unit.max_message, insecure=unit.insecure,
+        queue=unit.queue, max_message=unit.max_message, max_connections=unit.max_connections,
+        insecure=unit.insecure,
         curve=unit.curve,
         pst_config=unit.pst, on_ready=list(on_ready),
     )

@@ -15,6 +15,13 @@ BUSY reply at once: a flood cannot grow memory without bound. A re-sent request 
 from a :class:`~.replycache.ReplyCache` instead of running again. ``ping`` is answered by the
 socket's owner without a worker. A request whose caller's timeout has passed before it could
 start is dropped unanswered.
+
+A message whose frames together exceed ``max_message`` is refused whole (BAD_REQUEST, nothing
+decoded); ZeroMQ itself bounds only each frame. What ZeroMQ holds before a message reaches us
+(unfinished messages, and the connections themselves) is watched by a
+:class:`~.guard.ConnectionGuard`: at most ``max_connections`` connections, and the memory they
+hold within ``queue_bytes + (workers + 2) * max_message`` (at least 256 MiB) beyond the
+daemon's own.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from . import protocol as p
 from .dispatch import Dispatcher
 from .errors import ProtocolError
 from .frames import recv_frames, recv_routed, send_frames, send_routed
+from .guard import EVENTS, MAX_CONNECTIONS, MIN_HEADROOM, ConnectionGuard, fds_for_connections
 from .replycache import ReplyCache
 
 log = logging.getLogger(__name__)
@@ -63,6 +71,7 @@ class Server:
         max_message: int = p.MAX_MESSAGE,
         queue_bytes: Optional[int] = None,
         configure: Optional[Callable[[zmq.Socket], object]] = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -75,6 +84,12 @@ class Server:
         self.queue_bytes = 2 * max_message if queue_bytes is None else queue_bytes
         self._queued_bytes = 0
         self.max_message = max_message
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.max_connections = max_connections  # the cap in force: see start()
+        self._monitor: Optional[zmq.Socket] = None
+        self.guard = ConnectionGuard(
+            max_connections, max(MIN_HEADROOM, self.queue_bytes + (workers + 2) * max_message))
         self._configure = configure
         self._cleanup: Optional[Callable[[], object]] = None
         self.port: Optional[int] = None
@@ -107,6 +122,8 @@ class Server:
 
     def start(self) -> int:
         """Bind and start serving; returns the bound port. Raises ``zmq.ZMQError`` on bind."""
+        self.max_connections = self.guard.max_connections = min(self.max_connections,
+                                                                fds_for_connections())
         ctx = self._ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 1000)
@@ -136,6 +153,13 @@ class Server:
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.bind(self._inproc)
+        self._monitor = router.get_monitor_socket(EVENTS)
+        self.guard.port = self.port
+        watcher = threading.Thread(target=self.guard.watch,
+                                   args=(self._monitor, lambda: self._stopping),
+                                   name="malacoda-connections", daemon=True)
+        watcher.start()
+        self._threads.append(watcher)
         for i in range(self.workers + 2):
             t = threading.Thread(target=self._thread_main, name=f"malacoda-worker-{i}", daemon=True)
             t.start()
@@ -157,6 +181,14 @@ class Server:
         self._wake.set()
         for t in self._threads:
             t.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self._monitor is not None and self._router is not None:
+            # The only safe order: monitoring off, the monitor's socket, then the socket.
+            try:
+                self._router.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close(0)
+            self._monitor = None
         if self._router is not None:
             self._router.close(linger=500)
         if self._pull is not None:
@@ -301,6 +333,14 @@ class Server:
     def _incoming(self, me: int, router: zmq.Socket, frames: List[bytes]) -> bool:
         """Handle one received message; False when this thread lost the socket meanwhile."""
         identity = frames[0]
+        if len(frames) > 2 and sum(map(len, frames)) - len(identity) > self.max_message:
+            size = sum(map(len, frames)) - len(identity)
+            rid = p.peek_request_id(frames[1:])
+            del frames[1:]  # not held a moment longer
+            error = ProtocolError(f"a request of {size} bytes in its frames together: more than "
+                                  f"this daemon reads (max_message {self.max_message} bytes)")
+            send_routed(router, identity, self._reply(rid, p.BAD_REQUEST, p.error_body(error)))
+            return True
         try:
             request = p.parse_request(frames[1:])
         except ProtocolError as exc:
@@ -413,3 +453,4 @@ class Server:
             else:
                 error = TypeError(f"the error cannot be sent: {exc}")
             return p.reply_frames(rid, p.ERROR, incarnation, p.error_body(error))
+

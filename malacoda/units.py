@@ -42,6 +42,8 @@ SCHEMA: Dict[str, Tuple[Tuple[type, ...], Any, str]] = {
     "workers": ((int,), None, "calls that may run at once (the class's default: 8)"),
     "queue": ((int,), None, "requests that may wait for a worker (the class's default: 64)"),
     "max_message": ((int,), None, "bytes: a larger request is refused (the class's default: 64 MiB)"),
+    "max_connections": ((int,), None, "connections kept open; past it the oldest is closed "
+                        "(the class's default: 1024, fewer if the open files limit is low)"),
     "insecure": ((bool,), None, "serve a non-loopback 'bind' without CURVE (the class's: false)"),
     "curve": ((bool,), None, "serve CURVE on loopback too, for a shared host (the class's: false)"),
     "pst": ((dict,), None, "pst_config over the class's own (class_name, frequency, file_path…)"),
@@ -75,6 +77,7 @@ class Unit:
     workers: Optional[int] = None
     queue: Optional[int] = None
     max_message: Optional[int] = None
+    max_connections: Optional[int] = None
     insecure: Optional[bool] = None
     curve: Optional[bool] = None
     pst: Optional[Dict[str, Any]] = None
@@ -209,7 +212,7 @@ def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
     for key in ("backoff", "backoff_max", "backoff_reset", "start_timeout", "stop_timeout"):
         if key in v and v[key] <= 0:
             raise fail(f"{key!r} must be positive, not {v[key]!r}")
-    for key in ("workers", "max_message"):
+    for key in ("workers", "max_message", "max_connections"):
         if key in v and v[key] < 1:
             raise fail(f"{key!r} must be at least 1, not {v[key]!r}")
     for key in ("start_limit", "log_max_bytes", "log_backups"):
@@ -234,6 +237,7 @@ def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
         path=[(base / p).resolve() for p in merged["path"]],
         args=dict(merged["args"]), bind=merged["bind"], port=merged["port"],
         workers=merged["workers"], queue=merged["queue"], max_message=merged["max_message"],
+        max_connections=merged["max_connections"],
         insecure=merged["insecure"], curve=merged["curve"], pst=merged["pst"],
         restart=merged["restart"], backoff=float(merged["backoff"]),
         backoff_max=float(merged["backoff_max"]), backoff_reset=float(merged["backoff_reset"]),
