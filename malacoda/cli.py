@@ -366,7 +366,8 @@ def _mark_units(c: Context, found: List[supervise.UnitStatus]) -> List[supervise
             if r.state in ("stopped", "failed"):
                 r.state, r.message = "invalid", str(exc)
             else:
-                r.message = f"its unit file no longer loads: {exc}"
+                r.changed = True
+                r.message = f"the unit file changed since it started and no longer loads: {exc}"
             continue
         if r.state in ("running", "hung", "starting") and r.unit_digest \
                 and r.unit_digest != units.digest(unit.text):

@@ -127,3 +127,22 @@ def test_unit_path_is_accepted_after_the_subcommand(ctl: Ctl) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "After: ok" in result.stdout
+
+
+def test_an_automatic_restart_runs_the_unit_as_it_was_loaded(ctl: Ctl) -> None:
+    """A half-saved edit does not turn the next crash into a restart loop; status says the file
+    changed since the daemon started."""
+    import signal
+
+    from tests.support import wait_for
+
+    file = ctl.unit("Edited")
+    ctl.ok("start", "Edited")
+    first = ctl.status("Edited")
+    assert first["changed"] is False
+    file.write_text(file.read_text() + "\nworkers = \n")  # half saved: not TOML any more
+    os.kill(first["pid"], signal.SIGKILL)
+    again = wait_for(lambda: (lambda r: r if r["state"] == "running" and r["pid"] != first["pid"]
+                              else None)(ctl.status("Edited")), timeout=30, what="the restart")
+    assert again["changed"] is True
+    assert "changed" in again["message"]
