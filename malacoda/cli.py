@@ -8,6 +8,7 @@ failed (a start that failed, a remote exception), 2 bad input (usage, unit file,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -99,12 +100,43 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _set_unit_path(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> None:
+    if value is not None:
+        ctx.find_object(Context).unit_path = value  # type: ignore[union-attr]
+
+
+def _unit_path_option() -> click.Option:
+    """``--unit-path`` after the subcommand too: ``malacodactl check X --unit-path DIRS``."""
+    return click.Option(["--unit-path"], expose_value=False, callback=_set_unit_path,
+                        metavar="DIRS", help="Folders searched first for NAME.toml (':'-separated).")
+
+
+def _reader_left() -> None:
+    """stdout's reader is gone (``status --all | head -1``): end as other tools do, quietly,
+    by SIGPIPE; nothing more is written to the closed pipe."""
+    import os
+    import signal
+
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+
+
 class Group(click.Group):
     """Library errors become one line on stderr and an exit code, never a traceback."""
+
+    def add_command(self, cmd: click.Command, name: Optional[str] = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params.append(_unit_path_option())
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _reader_left()
         except MalacodaError as exc:
             fail(str(exc), exit_code(exc))
         except OSError as exc:
@@ -194,6 +226,18 @@ def start(c: Context, names: Tuple[str, ...], all_: bool) -> None:
     _start_units(c, units.ordered({u.name: u for u in chosen}, c.search), "started")
 
 
+def _known_or_fail(c: Context, name: str, what: str = "") -> None:
+    """A NAME that is neither a unit nor a daemon known here is a typo: say where we looked."""
+    if name in supervise.known_names(c.paths):
+        return
+    try:
+        units.find(name, c.search)
+    except ConfigError:
+        raise LookupFailed(f"{what}unknown name {name!r}: no unit file {name}.toml in "
+                          f"{', '.join(str(f) for f in c.search)}, and no daemon of that name "
+                          "runs or ran here") from None
+
+
 def _stop_order(c: Context, names: List[str]) -> List[Tuple[str, float]]:
     loaded: Dict[str, units.Unit] = {}
     for name in names:
@@ -223,6 +267,8 @@ def stop(c: Context, names: Tuple[str, ...], all_: bool) -> None:
     if all_ == bool(names):
         raise click.UsageError("give unit NAMEs or --all (not both)")
     local, remote = cli_hosts.split_names(names)
+    for name in local:
+        _known_or_fail(c, name)
     chosen = local if names else sorted(
         set(units.names(c.search)) | set(supervise.known_names(c.paths)))
     for name, timeout in _stop_order(c, chosen):
@@ -312,15 +358,15 @@ def status(c: Context, names: Tuple[str, ...], all_: bool, hosts: Tuple[str, ...
     results: List[Tuple[str, supervise.UnitStatus]] = []
     code = OK
     if local or not (names or hosts):
-        if local:
-            known = set(units.names(c.search)) | set(supervise.known_names(c.paths))
-            for name in local:
-                if name not in known:
-                    fail(f"unknown unit {name!r}: no unit file, no record, no daemon of that "
-                         "name", 4)
-        chosen = local or sorted(set(units.names(c.search)) | set(supervise.known_names(c.paths)))
-        results += [(host_name(), r) for r in supervise.statuses(chosen, c.paths, ping_timeout)]
-        code = max((r.code for _, r in results), default=NOT_RUNNING)
+        known = set(units.names(c.search)) | set(supervise.known_names(c.paths))
+        unknown = [name for name in local if name not in known]
+        for name in unknown:
+            click.echo(f"malacodactl: unknown unit {name!r}: no unit file, no record, no "
+                       "daemon of that name", err=True)
+        chosen = [n for n in local if n in known] if local else sorted(known)
+        found = _mark_units(c, supervise.statuses(chosen, c.paths, ping_timeout))
+        results += [(host_name(), r) for r in found]
+        code = max([r.code for _, r in results] + [4] * bool(unknown), default=NOT_RUNNING)
     for host, there in remote.items():
         found, status_code = cli_hosts.remote_statuses(host, there, ping_timeout)
         results += [(host, r) for r in found]
@@ -331,6 +377,30 @@ def status(c: Context, names: Tuple[str, ...], all_: bool, hosts: Tuple[str, ...
     else:
         _status_table(c, [(r, host if remote else None) for host, r in results])
     sys.exit(code if results or code else NOT_RUNNING)
+
+
+def _mark_units(c: Context, found: List[supervise.UnitStatus]) -> List[supervise.UnitStatus]:
+    """A unit whose file cannot be loaded is ``invalid`` (with the error) unless its daemon
+    runs; one that runs from a file changed since it started says so."""
+    for r in found:
+        try:
+            unit = c.unit(r.name)
+        except ConfigError as exc:
+            try:
+                units.find(r.name, c.search)
+            except ConfigError:
+                continue  # no unit file: a daemon started otherwise
+            if r.state in ("stopped", "failed"):
+                r.state, r.message = "invalid", str(exc)
+            else:
+                r.changed = True
+                r.message = f"the unit file changed since it started and no longer loads: {exc}"
+            continue
+        if r.state in ("running", "hung", "starting") and r.unit_digest \
+                and r.unit_digest != units.digest(unit.text):
+            r.changed = True
+            r.message = r.message or "the unit file changed since it started: 'restart' applies it"
+    return found
 
 
 def _status_table(c: Context, results: List[Tuple[supervise.UnitStatus, Optional[str]]]) -> None:
@@ -348,10 +418,9 @@ def _status_table(c: Context, results: List[Tuple[supervise.UnitStatus, Optional
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         c.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), newlines=False)
-    if c.verbose:
-        for r, host in results:
-            if r.message:
-                c.echo(f"{r.name}{':' + host if host else ''}: {r.message}", False)
+    for r, host in results:
+        if r.message and (c.verbose or r.state == "invalid" or r.changed):
+            c.echo(f"{r.name}{':' + host if host else ''}: {r.message}", False)
 
 
 # ---------------------------------------------------------------------- talking to a daemon
@@ -372,6 +441,15 @@ def _remote(c: Context, action: Callable[[], Any]) -> Any:
     if c.verbose and detail:
         click.echo(visible(detail.rstrip(), newlines=True), err=True)
     sys.exit(FAILED)
+
+
+def public_name(name: str) -> str:
+    """METHOD or ATTR of call/get/set: a public name of the daemon's, checked before anything
+    is sent (``__class__`` would otherwise be the local proxy's own)."""
+    if name.startswith("_") or not name.isidentifier():
+        raise ConfigError(f"{name!r} is private or not a name: only public names (no leading "
+                          "'_', no dots) are reachable; see 'malacodactl describe NAME'")
+    return name
 
 
 def _proxy(name: str, timeout: Optional[float]) -> Any:
@@ -396,6 +474,7 @@ def call(c: Context, name: str, method: str, args: Tuple[str, ...], kwargs: Tupl
     Exit 0, 1 the method raised (type and message printed), 2 bad input, 3 not running,
     4 no answer in time.
     """
+    public_name(method)
     values = [control.parse_value(a) for a in args]
     keywords: Dict[str, Any] = {}
     for item in kwargs:
@@ -426,6 +505,7 @@ def get(c: Context, name: str, attr: str, timeout: Optional[float], as_json: boo
     """Print the attribute ATTR of the daemon NAME. Exit codes as for call."""
     from . import protocol as p
 
+    public_name(attr)
     with _proxy(name, timeout) as proxy:
         result = _remote(c, lambda: proxy._request(p.GET, attr, None, timeout))
     _print_value(c, result, as_json)
@@ -442,6 +522,7 @@ def set_(c: Context, name: str, attr: str, value: str, timeout: Optional[float])
 
     Exit codes as for call.
     """
+    public_name(attr)
     parsed = control.parse_value(value)
     with _proxy(name, timeout) as proxy:
         _remote(c, lambda: setattr(proxy, attr, parsed))
@@ -501,6 +582,7 @@ def logs(c: Context, name: str, lines: int, follow: bool, host: Optional[str]) -
     name = local[0]
     path = c.paths.log_file(name)
     if not path.exists():
+        _known_or_fail(c, name, f"no log for {name!r}: ")
         raise LookupFailed(f"no log for {name!r} on this host (expected {path})")
     for line in logfile.tail(path, lines):
         c.echo(line, newlines=False)

@@ -2,24 +2,31 @@
 
 The monitor owns the writing end: every line the daemon prints (stdout, stderr, Python
 logging) is written as ``2026-01-02 03:04:05.678 <line>``, and the monitor's own notes as
-``… [monitor] <note>``. Past ``max_bytes`` the file is renamed ``<name>.log.1`` (older ones
-shift up to ``.N``) and a new one is started. :func:`follow` keeps reading across that rename.
+``… [monitor] <note>``. A line longer than :data:`PIECE` bytes is cut into lines of at most
+that many bytes as it is written, each with its own time. Past ``max_bytes`` the file is
+renamed ``<name>.log.1`` (older ones shift up to ``.N``) and a new one is started.
+:func:`follow` keeps reading across that rename.
 """
 
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import io
 import itertools
 import os
+import re
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, List, Optional
+from typing import BinaryIO, Callable, Deque, Iterator, List, Optional
 
-#: The most :meth:`LogFile.pump` reads and writes at a time of a line that does not end.
+#: The longest line the log holds, in bytes: a longer one is cut into lines of this size.
 PIECE = 64 * 1024
+#: Lines :meth:`LogFile.last_error` looks back through (the end of a traceback).
+RECENT = 40
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b.*")
 
 
 def timestamp(now: Optional[float] = None) -> str:
@@ -35,7 +42,7 @@ class LogFile:
         self.max_bytes = max_bytes
         self.backups = backups
         self._lock = threading.Lock()
-        self._open_line = False  # the last piece the pump wrote did not end its line
+        self._recent: Deque[str] = collections.deque(maxlen=RECENT)
         self._file = self._open()
 
     def _open(self) -> BinaryIO:
@@ -45,10 +52,7 @@ class LogFile:
     def write(self, line: str) -> None:
         """Write one line (a trailing newline is added), with the time in front."""
         with self._lock:
-            # a note never joins the end of a line the daemon has not finished
-            head = "\n" if self._open_line else ""
-            self._append(f"{head}{timestamp()} {line.rstrip(chr(10))}\n".encode("utf-8", "replace"))
-            self._open_line = False
+            self._append(f"{timestamp()} {line.rstrip(chr(10))}\n".encode("utf-8", "replace"))
 
     def _append(self, data: bytes) -> None:
         if self.max_bytes and self._file.tell() + len(data) > self.max_bytes \
@@ -72,24 +76,37 @@ class LogFile:
     def pump(self, stream: BinaryIO, prefix: str = "") -> None:
         """Copy ``stream`` line by line into the log until it ends (run it in a thread).
 
-        Lines are read in pieces of at most :data:`PIECE` bytes, each written as it comes: a
-        line without an end (200 MiB of output without a newline) costs no more memory than a
-        piece and is rotated like the rest. The time goes in front of each line's first piece.
+        Lines are read in pieces of at most :data:`PIECE` bytes and each piece is written as
+        a line of its own: output without a newline (200 MiB of it) costs no more memory than
+        a piece, is rotated like the rest, and ``logs -n 3`` prints three pieces at most.
         """
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        cut = False  # the last piece was a full one, cut from a longer line
         for raw in iter(lambda: stream.readline(PIECE), b""):
-            text = decoder.decode(raw)
+            if cut and raw == b"\n":  # the end of the line just cut: not a line of its own
+                cut = False
+                continue
+            cut = not raw.endswith(b"\n")
+            at_end = cut and len(raw) < PIECE  # readline's short piece: the output ended
+            text = decoder.decode(raw, final=at_end).rstrip("\n")
             with self._lock:
-                head = "" if self._open_line else f"{timestamp()} {prefix}"
-                self._append((head + text).encode("utf-8", "replace"))
-                self._open_line = not raw.endswith(b"\n")
+                self._append(f"{timestamp()} {prefix}{text}\n".encode("utf-8", "replace"))
+                self._recent.append(text[:1000])
         rest = decoder.decode(b"", final=True)  # a character cut off by the end of output
-        with self._lock:
-            if rest or self._open_line:
-                head = "" if self._open_line or not rest else f"{timestamp()} {prefix}"
-                self._append((head + rest + "\n").encode("utf-8", "replace"))
-                self._open_line = False
+        if rest:
+            with self._lock:
+                self._append(f"{timestamp()} {prefix}{rest}\n".encode("utf-8", "replace"))
         stream.close()
+
+    def last_error(self) -> str:
+        """The last line the daemon wrote that names an exception (a traceback's last line),
+        else its last line, else ''."""
+        with self._lock:
+            recent = list(self._recent)
+        for line in reversed(recent):
+            if _ERROR_LINE.match(line.strip()):
+                return line.strip()
+        return next((line.strip() for line in reversed(recent) if line.strip()), "")
 
     def close(self) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ The status record, ``<run>/status/<name>.json``, is rewritten atomically at each
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,10 +48,12 @@ from .runtime import (
     same_process,
     untrusted,
 )
-from .units import Unit, load_file
+from .units import Unit, digest, load_file
 
 log = logging.getLogger(__name__)
 
+#: A daemon that exits this soon after it was ready did not start: its ``_run`` raised at once.
+SETTLE = 0.2
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -81,6 +84,7 @@ class Record:
     last_exit: Optional[Dict[str, Any]] = None
     message: str = ""
     updated: float = field(default_factory=time.time)
+    unit_digest: str = ""  # units.digest() of the unit file as the monitor loaded it
 
     def monitor_alive(self) -> bool:
         if self.monitor_pid is None or self.monitor_start is None:
@@ -122,6 +126,24 @@ def write_record(paths: Paths, record: Record) -> None:
     private_dir(paths.run)
     private_dir(status_dir(paths))
     atomic_write(record_path(paths, record.name), json.dumps(asdict(record)).encode())
+
+
+def _unit_pipe(unit: Unit) -> int:
+    """A pipe holding the unit file's text as the monitor loaded it, for the daemon's runner:
+    an automatic restart runs that unit, not an edit saved (maybe half) since."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(read_end, False)  # pass_fds makes it the child's, and no one else's
+
+    def write() -> None:  # in a thread: a unit larger than the pipe's buffer must not block
+        with os.fdopen(write_end, "wb") as out, contextlib.suppress(OSError):
+            out.write(unit.text.encode("utf-8"))
+
+    threading.Thread(target=write, name="malacoda-unit", daemon=True).start()
+    return read_end
+
+
+def _exit_words(code: int) -> str:
+    return ", ".join(f"{k} {v}" for k, v in describe_exit(code).items())
 
 
 def describe_exit(code: int) -> Dict[str, Any]:
@@ -204,6 +226,7 @@ class Monitor:
         self.logfile = logfile
         self.record = record
         self.stopping = threading.Event()
+        self.pump_done: Callable[[float], None] = lambda timeout: None
 
     def note(self, message: str) -> None:
         self.logfile.write(f"[monitor] {message}")
@@ -227,6 +250,18 @@ class Monitor:
                 self.save(state="running", pid=proc.pid, port=info["port"], started=time.time(),
                           message="")
                 self.note(f"{unit.name} ready: pid {proc.pid}, port {info['port']}")
+                if first and self._died_at_once(proc):
+                    code = proc.wait()
+                    self.pump_done(1.0)
+                    error = self.logfile.last_error() or "no error in its log"
+                    detail = (f"it exited ({_exit_words(code)}) right after it was ready: {error}; "
+                              f"see 'malacodactl logs {unit.name}'")
+                    self.note(f"{unit.name} failed to start: {detail}")
+                    Registry(self.paths).clean_stale(unit.name)
+                    self.save(state="failed", pid=None, port=None, last_exit=describe_exit(code),
+                              message=detail)
+                    self.tell("FAILED " + detail)
+                    return 1
                 if first:
                     self.tell("READY " + detail)
                     first = False
@@ -271,28 +306,42 @@ class Monitor:
                 return 0
             self.record.restarts += 1
 
+    def _died_at_once(self, proc: subprocess.Popen) -> bool:
+        """True when the daemon, just ready, exits within :data:`SETTLE` seconds: its ``_run``
+        raised at once. Its start is then a failed start, not "started" and a silent death."""
+        try:
+            proc.wait(timeout=SETTLE)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
     def spawn(self) -> Tuple[Optional[subprocess.Popen], str, str]:
         """Start the daemon and wait for its first word: ``(proc, outcome, detail)``."""
         unit = self.unit
         Registry(self.paths).clean_stale(unit.name)
         ready_r, ready_w = os.pipe()
         out_r, out_w = os.pipe()
+        unit_r = _unit_pipe(unit)
         env = package_env(dict(os.environ, **unit.env, PYTHONUNBUFFERED="1"))
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "malacoda.runner", str(unit.file), str(ready_w)],
-                pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
+                [sys.executable, "-m", "malacoda.runner", str(unit.file), str(ready_w), str(unit_r)],
+                pass_fds=(ready_w, unit_r), stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
                 cwd=str(unit.workdir), env=env, start_new_session=True,
             )
         except (OSError, ValueError) as exc:  # ValueError: an environment the OS refuses
             for fd in (ready_r, ready_w, out_r, out_w):
                 os.close(fd)
             return None, "error", f"cannot start it in {unit.workdir}: {exc}"
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(unit_r)
         os.close(ready_w)
         os.close(out_w)
         pump = threading.Thread(target=self.logfile.pump, args=(os.fdopen(out_r, "rb"),),
                                 name="malacoda-log", daemon=True)
         pump.start()
+        self.pump_done = pump.join
         self.save(pid=proc.pid)
         outcome, detail = self._first_word(proc, ready_r)
         os.close(ready_r)
@@ -316,6 +365,7 @@ class Monitor:
             return "error", "closed its readiness pipe without a word"
         how = ", ".join(f"{k} {v}" for k, v in describe_exit(code).items())
         return "error", f"exited ({how}) before it was ready; see 'malacodactl logs {self.unit.name}'"
+
 
     def watch(self, proc: subprocess.Popen) -> int:
         """Wait for the daemon to exit; on a stop request, stop it. Returns its exit code."""
@@ -369,7 +419,8 @@ def main(unit_file: str, fd: int) -> int:
         previous = read_record(paths, unit.name)
         record = Record(name=unit.name, unit=str(unit.file), monitor_pid=os.getpid(),
                         monitor_start=process_start_time(os.getpid()),
-                        last_exit=previous.last_exit if previous else None)
+                        last_exit=previous.last_exit if previous else None,
+                        unit_digest=digest(unit.text))
         write_record(paths, record)
         monitor = Monitor(unit, paths, tell, logfile, record)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -27,7 +27,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from . import daemon as daemon_module
 from .runtime import Entry, Paths
@@ -100,8 +100,16 @@ def _hand_over(unit_file: str, monitor: int) -> None:
     start(unit)
 
 
-def child_main(unit_file: str, fd: int) -> int:
-    """The monitor's child: run the unit; ``READY {json}`` or ``ERROR text`` goes to ``fd``."""
+def child_main(unit_file: str, fd: int, unit_fd: Optional[int] = None) -> int:
+    """The monitor's child: run the unit; ``READY {json}`` or ``ERROR text`` goes to ``fd``.
+
+    ``unit_fd``: a pipe holding the unit file's text as the monitor loaded it (run that, not
+    what the file says now); without it the file is read.
+    """
+    text = None
+    if unit_fd is not None:
+        with os.fdopen(unit_fd, "rb") as source:
+            text = source.read().decode("utf-8", "replace")
     channel = os.fdopen(fd, "w")
     monitor = os.getppid()
     name = ""
@@ -128,7 +136,7 @@ def child_main(unit_file: str, fd: int) -> int:
     code = 0
     failed = False
     try:
-        unit = load_file(Path(unit_file))
+        unit = load_file(Path(unit_file), text)
         name = unit.name
         run_unit(unit, [ready])
     except BaseException as exc:  # noqa: B902 - reported to the monitor, then the exit code
@@ -151,4 +159,5 @@ def child_main(unit_file: str, fd: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(child_main(sys.argv[1], int(sys.argv[2])))
+    sys.exit(child_main(sys.argv[1], int(sys.argv[2]),
+                        int(sys.argv[3]) if len(sys.argv) > 3 else None))

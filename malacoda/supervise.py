@@ -46,7 +46,8 @@ from .monitor import (
 from .runtime import Paths, Registry, host_name, private_dir, same_process
 from .units import Unit
 
-LSB = {"running": 0, "stale": 1, "starting": 3, "failed": 3, "stopped": 3, "hung": 4}
+LSB = {"running": 0, "stale": 1, "starting": 3, "failed": 3, "stopped": 3, "invalid": 3,
+       "hung": 4}
 DEFAULT_STOP_TIMEOUT = 10.0
 
 
@@ -65,6 +66,8 @@ class UnitStatus:
     last_exit: Optional[Dict[str, Any]] = None
     monitor_pid: Optional[int] = None
     message: str = ""
+    changed: bool = False  # the unit file changed since the daemon started (restart applies it)
+    unit_digest: str = ""  # units.digest() of the unit as the monitor loaded it
 
     @property
     def code(self) -> int:
@@ -97,6 +100,7 @@ def status(name: str, paths: Optional[Paths] = None, ping_timeout: float = 2.0) 
         result.port = record.port
         if monitor_alive:
             result.monitor_pid = record.monitor_pid
+            result.unit_digest = record.unit_digest
     if registered == "running" and entry is not None:
         result.pid, result.port = entry.pid, entry.port
         result.state = "running" if ping(name, ping_timeout) else "hung"

@@ -13,6 +13,8 @@ code to import, so a unit file or folder that other users can write is refused.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import os
 import stat
@@ -28,6 +30,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python < 3.11
     import tomli as tomllib
+
+log = logging.getLogger(__name__)
 
 SYSTEM_UNITS = Path("/etc/malacoda/units")
 RESTART_POLICIES = ("on-failure", "always", "no")
@@ -94,18 +98,22 @@ class Unit:
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 5
     log_level: str = "INFO"
+    text: str = field(default="", repr=False)  # the file's content as it was loaded
 
 
 def search_path(unit_path: Optional[str] = None, paths: Optional[Paths] = None) -> List[Path]:
     """Folders searched for unit files, first match wins.
 
     ``unit_path`` (``--unit-path``, else ``MALACODA_UNIT_PATH``; ``os.pathsep``-separated), then
-    ``./conf``, the user's (or ``MALACODA_HOME``'s) units folder, ``/etc/malacoda/units``.
+    ``./conf``, the user's (or ``MALACODA_HOME``'s) units folder, then ``/etc/malacoda/units``
+    unless ``MALACODA_HOME`` is set: a home of its own is isolated from the system's units.
     """
     paths = paths or Paths.default()
     given = unit_path if unit_path is not None else os.environ.get("MALACODA_UNIT_PATH", "")
     folders = [Path(p).expanduser() for p in given.split(os.pathsep) if p]
-    folders += [Path("conf"), paths.units, SYSTEM_UNITS]
+    folders += [Path("conf"), paths.units]
+    if not os.environ.get("MALACODA_HOME"):
+        folders.append(SYSTEM_UNITS)
     seen: List[Path] = []
     for folder in folders:
         folder = folder.absolute()
@@ -126,11 +134,21 @@ def find(name: str, search: Sequence[Path]) -> Path:
 
 
 def names(search: Sequence[Path]) -> List[str]:
-    """Every unit name along ``search`` (the first folder holding a name wins)."""
+    """Every unit name along ``search`` (the first folder holding a name wins).
+
+    A ``.toml`` file whose stem cannot name a unit (an editor's ``.#Name.toml`` lock,
+    ``sp ace.toml``) is skipped with a warning: one stray file never breaks the others.
+    """
     found: Dict[str, Path] = {}
     for folder in search:
         if folder.is_dir():
             for file in sorted(folder.glob("*.toml")):
+                try:
+                    check_name(file.stem)
+                except ConfigError:
+                    log.warning("skipping %s: %r is not a unit name (use letters, digits, "
+                                "'_', '.', '-')", file, file.stem)
+                    continue
                 found.setdefault(file.stem, file)
     return sorted(found)
 
@@ -149,8 +167,12 @@ def _check_not_writable_by_others(path: Path) -> None:
         raise ConfigError(f"{path} belongs to uid {st.st_uid}, not to you or root: refusing it")
 
 
-def load_file(file: Path) -> Unit:
-    """Parse and validate one unit file; every error names the file and the problem."""
+def load_file(file: Path, text: Optional[str] = None) -> Unit:
+    """Parse and validate one unit file; every error names the file and the problem.
+
+    ``text``: the file's content as read earlier (a monitor runs its unit as it was loaded, not
+    as a half-saved edit may have left the file since).
+    """
     file = Path(file).absolute()
     name = file.stem
     try:
@@ -160,7 +182,9 @@ def load_file(file: Path) -> Unit:
     _check_not_writable_by_others(file.parent)
     _check_not_writable_by_others(file)
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        if text is None:
+            text = file.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: TOML syntax error: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -179,7 +203,14 @@ def load_file(file: Path) -> Unit:
         values[key] = value
     if "class" not in values:
         raise ConfigError(f"{file}: the key 'class' is required, e.g. class = \"module:Class\"")
-    return _build(file, name, values)
+    unit = _build(file, name, values)
+    unit.text = text
+    return unit
+
+
+def digest(text: str) -> str:
+    """What tells a unit file's content apart from an edited one (``status`` compares them)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _toml_type(t: type) -> str:

@@ -160,10 +160,11 @@ class FailInit(TestDaemon):
 
 
 class CrashAfterReady(TestDaemon):
-    """Serves, then its main loop fails: a crash loop under the monitor."""
+    """Serves, then its main loop fails: a crash loop under the monitor (after the half second
+    in which an exit counts as a failed start)."""
 
     def _run(self):
-        self._wait(0.05)
+        self._wait(0.5)
         raise RuntimeError("crashed on purpose")
 
 

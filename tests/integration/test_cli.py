@@ -556,8 +556,8 @@ def test_version_paths_and_completion(ctl: Ctl) -> None:
     paths = json.loads(ctl.ok("paths", "--json"))
     assert paths["run"] == str(ctl.home / "run") and paths["log"] == str(ctl.home / "log")
     assert paths["unit_search_path"][0] == str(ctl.conf)
-    assert paths["unit_search_path"][1:] == [str(ctl.home / "conf"), str(ctl.home / "units"),
-                                             "/etc/malacoda/units"]
+    # MALACODA_HOME is a world of its own: /etc/malacoda/units is not searched (issue 14)
+    assert paths["unit_search_path"][1:] == [str(ctl.home / "conf"), str(ctl.home / "units")]
     assert "_MALACODACTL_COMPLETE" in ctl.ok("completion", "bash")
     ctl.unit("Completable")
     env = dict(ctl.env, _MALACODACTL_COMPLETE="bash_complete", COMP_WORDS="malacodactl start Comp",

@@ -1,0 +1,25 @@
+"""Daemons for the CLI audit's tests (issue 14, "Fix on the way")."""
+
+from __future__ import annotations
+
+import sys
+
+from tests.daemons import Talker, TestDaemon
+
+
+class CrashAtStart(TestDaemon):
+    """Its main loop raises at once: it is bound and registered, then dies."""
+
+    def _run(self):
+        raise RuntimeError("cannot open the database")
+
+
+class Shouter(Talker):
+    """Writes ``size`` bytes with no newline to stdout."""
+
+    def shout(self, size):
+        chunk = "x" * 65536
+        for _ in range(size // len(chunk)):
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
+        return size
