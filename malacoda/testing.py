@@ -14,8 +14,11 @@ and use them::
         d = malacoda_unit(name="Echo", cls="mypkg.echo:Echo", args={"size": 3})   # keys
 
 ``malacoda_unit`` starts the unit exactly as ``malacodactl start`` does (monitor, log file,
-restart policy), returns once it serves, and yields a :class:`~malacoda.proxy.Proxy`; every unit
-it started is stopped when the test ends. The temporary home is the test's own.
+restart policy, the units it ``requires`` first: looked up beside the unit file, then along the
+unit search path), returns once it serves, and yields a :class:`~malacoda.proxy.Proxy`; every
+unit it started is stopped when the test ends, requirements last. The temporary home is the
+test's own. Relative ``path`` entries and ``workdir`` given inline (``path=["."]``) are the
+test file's folder, as they would be for a unit file written beside it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pytest
 from .proxy import Proxy
 from .runtime import Paths
 from .supervise import start, stop
-from .units import Unit, load_file
+from .units import Unit, load_file, ordered, search_path
 
 
 def write_unit(folder: Path, name: str, **keys: Any) -> Path:
@@ -73,21 +76,30 @@ def malacoda_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def malacoda_unit(malacoda_home: Path, tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
+def malacoda_unit(malacoda_home: Path, tmp_path: Path,
+                  request: pytest.FixtureRequest) -> Iterator[Callable[..., Proxy]]:
     """Start a unit under the real monitor and get a proxy to it (see the module docstring)."""
     started: List[Unit] = []
     proxies: List[Proxy] = []
     paths = Paths.default()
+    here = Path(str(request.fspath)).resolve().parent  # the test file's folder
 
     def start_unit(unit_file: Optional[str] = None, name: Optional[str] = None,
                    timeout: float = 10.0, **keys: Any) -> Proxy:
         if unit_file is None:
             if not name or "cls" not in keys:
                 raise TypeError("give a unit file, or name= and cls= (and other unit keys)")
+            if "path" in keys:
+                keys["path"] = [str(here / p) for p in keys["path"]]
+            if "workdir" in keys:
+                keys["workdir"] = str(here / keys["workdir"])
             unit_file = str(write_unit(tmp_path / "units", name, **keys))
         unit = load_file(Path(unit_file))
-        start(unit, paths)
-        started.append(unit)
+        search = [unit.file.parent, *search_path(paths=paths)]
+        for needed in ordered({unit.name: unit}, search):
+            if all(u.name != needed.name for u in started):
+                start(needed, paths)
+                started.append(needed)
         proxy = Proxy(unit.name, timeout=timeout)
         proxies.append(proxy)
         return proxy
