@@ -82,7 +82,7 @@ def malacoda_unit(malacoda_home: Path, tmp_path: Path,
     started: List[Unit] = []
     proxies: List[Proxy] = []
     paths = Paths.default()
-    here = Path(str(request.fspath)).resolve().parent  # the test file's folder
+    here = Path(str(request.node.fspath)).resolve().parent  # the test file's folder
 
     def start_unit(unit_file: Optional[str] = None, name: Optional[str] = None,
                    timeout: float = 10.0, **keys: Any) -> Proxy:
