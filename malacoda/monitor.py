@@ -1,10 +1,11 @@
 """The per-unit monitor: the daemon's parent, its restart policy, its log and its status record.
 
-``malacodactl start NAME`` runs ``python -m malacoda.monitor UNIT_FILE FD``, which forks once
+``malacodactl start NAME`` runs ``malacoda.monitor UNIT_FILE FD`` (as ``python -m`` would, without
+the current folder on ``sys.path``: :mod:`malacoda.launch`), which forks once
 more (the starter reaps the first child; the monitor is nobody's child to wait for), takes the
 unit's monitor lock (a second monitor for the same unit leaves at once: ``ALREADY``), and then:
 
-1. starts the daemon (``python -m malacoda.runner``) in a session of its own, its stdout and
+1. starts the daemon (``malacoda.runner``, likewise) in a session of its own, its stdout and
    stderr piped into the unit's log file, timestamped and rotated (:mod:`malacoda.logfile`);
 2. waits until the daemon reports ``READY`` over a pipe, its own error, or its death; the first
    outcome is told to the starter on ``FD`` (``READY {json}`` or ``FAILED text``), so that
@@ -36,6 +37,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import psutil
 
 from .errors import MalacodaError
+from .launch import python_command
 from .logfile import LogFile
 from .runtime import (
     NameLock,
@@ -61,10 +63,14 @@ def package_env(env: Dict[str, str]) -> Dict[str, str]:
     """``env`` with the folder this Malacoda is imported from first on ``PYTHONPATH``, once.
 
     The monitor and the daemon then run this same Malacoda, however often a daemon is handed
-    over to a new monitor (each hand-over passes the environment on again).
+    over to a new monitor (each hand-over passes the environment on again). An empty entry
+    (``PYTHONPATH=:/opt/lib``) means the current folder to Python: it is dropped, as
+    :mod:`malacoda.launch` drops the current folder; a relative one is made absolute here, so
+    that it names the same folder in the monitor and in the daemon (run in its ``workdir``).
     """
     entries = env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
-    rest = [p for p in entries if os.path.normpath(p) != PACKAGE_PARENT]
+    rest = [os.path.abspath(p) for p in entries if p]
+    rest = [p for p in rest if os.path.normpath(p) != PACKAGE_PARENT]
     return dict(env, PYTHONPATH=os.pathsep.join([PACKAGE_PARENT, *rest]))
 
 
@@ -325,7 +331,7 @@ class Monitor:
         env = package_env(dict(os.environ, **unit.env, PYTHONUNBUFFERED="1"))
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "malacoda.runner", str(unit.file), str(ready_w), str(unit_r)],
+                python_command("malacoda.runner", [str(unit.file), str(ready_w), str(unit_r)]),
                 pass_fds=(ready_w, unit_r), stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
                 cwd=str(unit.workdir), env=env, start_new_session=True,
             )

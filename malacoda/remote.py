@@ -33,6 +33,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import ConfigError, LookupFailed, NotInstalled, RemoteHostError
+from .launch import python_command
 from .resolve import Spec, Target, client_curve, connect_address, is_wildcard, tcp_endpoint
 from .runtime import Entry
 from .security import is_loopback
@@ -65,10 +66,8 @@ class RemoteHost:
         self.connection: Connection = connection(host, accept_new=accept_new, **ssh_args)
 
     def command(self, python: str, module: str, args: List[str]) -> str:
-        """The shell command line that runs ``python -m module args`` there."""
-        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        argv = " ".join(shlex.quote(a) for a in [python, "-m", module, *args])
-        return f"export {exports}; exec {argv}" if exports else f"exec {argv}"
+        """The shell command line that runs ``module args`` there (see :func:`shell_command`)."""
+        return shell_command(python, module, args, self.env)
 
     def run_module(self, module: str, args: List[str], timeout: Optional[float] = LOOKUP_TIMEOUT,
                    on_output: Optional[Callable[[bytes], None]] = None) -> Tuple[int, bytes, bytes]:
@@ -107,6 +106,15 @@ class RemoteHost:
                                   self.host) from None
         raw = answer.get("entry")
         return (Entry.from_dict(raw) if raw else None), state
+
+
+def shell_command(python: str, module: str, args: List[str], env: Dict[str, str]) -> str:
+    """The shell command line that runs ``python -m module args`` with ``env`` exported, as
+    :mod:`malacoda.launch` runs it: sshd starts it in the remote home, which must not supply
+    modules."""
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    argv = " ".join(shlex.quote(a) for a in python_command(module, args, python))
+    return f"export {exports}; exec {argv}" if exports else f"exec {argv}"
 
 
 def _missing(status: int, err: bytes) -> bool:

@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 import psutil
 
 from .errors import ProcessError
+from .launch import python_command
 from .monitor import (
     package_env,
     read_record,
@@ -228,7 +228,7 @@ def start(unit: Unit, paths: Optional[Paths] = None) -> Tuple[str, UnitStatus]:
         log_fd = os.open(paths.log_file(unit.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(log_fd, "ab") as log_file:
             starter = subprocess.Popen(
-                [sys.executable, "-m", "malacoda.monitor", str(unit.file), str(write_fd)],
+                python_command("malacoda.monitor", [str(unit.file), str(write_fd)]),
                 pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 env=env, start_new_session=True,
             )

@@ -12,11 +12,11 @@ import math
 import os
 import shutil
 import socket
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 from .errors import ConfigError
+from .launch import python_command
 from .units import Unit
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,15 @@ def notify(message: str) -> bool:
 
 
 def _command() -> List[str]:
-    exe = shutil.which("malacodactl")
+    """``malacodactl`` (a script's own folder is first on its ``sys.path``, not the current
+    one), looked for on the absolute entries of ``PATH`` only; else this Python running
+    ``malacoda`` as :mod:`malacoda.launch` does: ``WorkingDirectory=`` never supplies modules."""
+    search = os.pathsep.join(p for p in os.environ.get("PATH", os.defpath).split(os.pathsep)
+                             if os.path.isabs(p))
+    exe = shutil.which("malacodactl", path=search)
     if exe:
-        return [str(Path(exe).absolute())]
-    return [sys.executable, "-m", "malacoda"]
+        return [exe]
+    return python_command("malacoda")
 
 
 SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./:@+=,-")

@@ -1,0 +1,135 @@
+"""No code from a place others can write: the current folder, a unit's ``path`` and ``workdir``.
+
+Each planted module writes a marker file when imported: a marker means Malacoda ran code it
+should never have found.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from malacoda.launch import python_command
+from tests.integration.test_cli import Ctl
+from tests.support import ROOT
+
+PLANTED = ("json", "logging", "signal", "zmq")
+
+
+def plant(folder: Path, markers: Path) -> Path:
+    """``json.py``, ``logging.py``, ``signal.py`` and ``zmq.py`` in ``folder``, each writing
+    ``markers/<name>`` when imported."""
+    folder.mkdir(parents=True, exist_ok=True)
+    markers.mkdir(mode=0o700, exist_ok=True)
+    for name in PLANTED:
+        (folder / f"{name}.py").write_text(
+            f"open({str(markers / name)!r}, 'w').write('imported from ' + __file__)\n")
+    return folder
+
+
+def ran(markers: Path) -> list:
+    return sorted(p.name for p in markers.iterdir())
+
+
+@pytest.fixture
+def ctl(home: Path, tmp_path: Path) -> Iterator[Ctl]:
+    conf = tmp_path / "conf"
+    conf.mkdir(mode=0o700)
+    runner = Ctl(home, conf)
+    yield runner
+    runner.cleanup()
+
+
+def console_script() -> str:
+    script = Path(sys.executable).parent / "malacodactl"
+    if not script.exists():
+        pytest.skip(f"no malacodactl script next to {sys.executable}")
+    return str(script)
+
+
+def test_start_from_a_folder_others_write_runs_none_of_its_modules(ctl: Ctl, tmp_path: Path):
+    """``cd /tmp && malacodactl start X``: neither the monitor nor the daemon imports from /tmp,
+    nor from the unit's workdir."""
+    markers = tmp_path / "markers"
+    shared = plant(tmp_path / "shared", markers)
+    shared.chmod(0o1777)  # like /tmp
+    workdir = plant(tmp_path / "work", markers)
+    workdir.chmod(0o700)  # the user's own folder: its stray modules must not shadow either
+    ctl.unit("Planted", workdir=str(workdir))
+    env = dict(ctl.env, PYTHONPATH=str(ROOT))  # no empty entry: that would be the shell's doing
+    started = subprocess.run([console_script(), "--unit-path", str(ctl.conf), "start", "Planted"],
+                             cwd=str(shared), env=env, capture_output=True, text=True, timeout=60)
+    try:
+        assert started.returncode == 0, (started.stdout, started.stderr)
+        assert ctl.ok("call", "Planted", "echo", "hi") == "hi\n"
+        assert ran(markers) == []
+    finally:
+        ctl("stop", "Planted")
+    assert ran(markers) == []
+
+
+def test_the_systemd_exec_start_takes_no_module_from_the_working_directory(ctl: Ctl,
+                                                                           tmp_path: Path):
+    """Both forms of ExecStart= (the installed script, and this Python when there is none)
+    run in WorkingDirectory= (the unit's workdir) without importing its modules."""
+    markers = tmp_path / "markers"
+    workdir = plant(tmp_path / "work", markers)
+    workdir.chmod(0o700)
+    ctl.unit("Planted", workdir=str(workdir))
+    bin_dir = str(Path(console_script()).parent)
+    for path in (os.pathsep.join([bin_dir, "/usr/bin", "/bin"]), "/usr/bin:/bin"):
+        env = dict(ctl.env, PATH=path, PYTHONPATH=str(ROOT))
+        printed = subprocess.run(ctl.argv("systemd", "Planted"), env=env, cwd=str(ctl.home),
+                                 capture_output=True, text=True, timeout=60)
+        assert printed.returncode == 0, printed.stderr
+        [line] = [x for x in printed.stdout.splitlines() if x.startswith("ExecStart=")]
+        argv = shlex.split(line[len("ExecStart="):])
+        assert "-m" not in argv, argv
+        argv[argv.index("run")] = "check"  # imports Malacoda and the unit's class, then exits
+        checked = subprocess.run(argv, env=env, cwd=str(workdir), capture_output=True, text=True,
+                                 timeout=60)
+        assert checked.returncode == 0, (argv, checked.stdout, checked.stderr)
+        assert ran(markers) == [], argv
+
+
+def test_the_remote_lookup_command_takes_no_module_from_the_remote_home(home: Path,
+                                                                      tmp_path: Path):
+    """What ``NAME:HOST`` runs over SSH, run here by a shell in a folder of planted modules
+    (sshd starts it in the remote user's home)."""
+    from malacoda.remote import shell_command
+
+    markers = tmp_path / "markers"
+    remote_home = plant(tmp_path / "remote-home", markers)
+    command = shell_command(sys.executable, "malacoda.remote_lookup", ["Nobody"],
+                            {"MALACODA_HOME": str(home), "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(["/bin/sh", "-c", command], cwd=str(remote_home), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert '"state": "absent"' in done.stdout
+    assert ran(markers) == []
+
+
+def test_python_command_drops_only_the_current_folder(tmp_path: Path):
+    markers = tmp_path / "markers"
+    cwd = plant(tmp_path / "cwd", markers)
+    done = subprocess.run(python_command("json.tool", ["--compact"]), input='{"a": [1, 2]}',
+                          cwd=str(cwd), capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '{"a":[1,2]}'
+    assert ran(markers) == []
+
+
+def test_an_empty_or_relative_pythonpath_entry_does_not_reach_the_children(tmp_path: Path):
+    """``PYTHONPATH=/opt/lib:`` (an empty entry: the current folder) as the CLI passes it on to
+    the monitor and the daemon."""
+    from malacoda.monitor import PACKAGE_PARENT, package_env
+
+    env = package_env({"PYTHONPATH": os.pathsep.join(["", "/opt/lib", "", "rel"])})
+    assert env["PYTHONPATH"].split(os.pathsep) == [PACKAGE_PARENT, "/opt/lib", os.path.abspath("rel")]
