@@ -127,6 +127,23 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def check_not_writable_by_others(path: Path, what: str = "", why: str = "", fix: str = "",
+                                 error: type = ConfigError) -> None:
+    """Refuse ``path`` (``what`` names it, ``why`` says what its writer would control) when
+    another user owns it (root excepted) or others can write it: raises ``error``.
+
+    The rule for what decides which code runs: unit files and their folders, a unit's ``path``,
+    class module and ``workdir``, state folders, ``config.toml``.
+    """
+    st = path.stat()
+    because = f" and {why}" if why else ""
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise error(f"{what}{path} is writable by other users{because}: "
+                    + (fix or f"run 'chmod go-w {path}'"))
+    if st.st_uid not in (os.geteuid(), 0):
+        raise error(f"{what}{path} belongs to uid {st.st_uid}, not to you or root: refusing it")
+
+
 def untrusted(st: os.stat_result) -> bool:
     """True for a file another user owns, or one others could have written."""
     return st.st_uid != os.geteuid() or bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))

@@ -17,14 +17,13 @@ import hashlib
 import logging
 import math
 import os
-import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError
-from .runtime import Paths, check_name
+from .runtime import Paths, check_name, check_not_writable_by_others
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -158,13 +157,50 @@ def load(name: str, search: Sequence[Path]) -> Unit:
     return load_file(find(name, search))
 
 
-def _check_not_writable_by_others(path: Path) -> None:
-    st = path.stat()
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(f"{path} is writable by other users and a unit names code to run: "
-                          f"run 'chmod go-w {path}'")
-    if st.st_uid not in (os.geteuid(), 0):
-        raise ConfigError(f"{path} belongs to uid {st.st_uid}, not to you or root: refusing it")
+def _check_not_writable_by_others(path: Path, what: str = "", fix: str = "") -> None:
+    check_not_writable_by_others(path, what, "a unit names code to run", fix)
+
+
+def _module_files(module: str, search: Sequence[Path]) -> List[Path]:
+    """The package folders and files ``module`` is imported from when ``search`` comes first on
+    ``sys.path`` (nothing when it is not found there); found without importing anything."""
+    from importlib.machinery import PathFinder
+
+    found: List[Path] = []
+    locations = [str(p) for p in search]
+    for part in module.split("."):
+        spec = PathFinder.find_spec(part, locations)
+        if spec is None:
+            break
+        folders = list(spec.submodule_search_locations or [])
+        found += [Path(p) for p in folders]
+        if spec.has_location and spec.origin:
+            found.append(Path(spec.origin))
+        locations = folders
+    return found
+
+
+def check_code_sources(unit: Unit) -> None:
+    """Refuse a unit whose ``path`` entries, class module or ``workdir`` others can write.
+
+    A ``path`` entry that does not exist is refused when another user could create it (its
+    nearest existing parent is writable by others, as ``/tmp`` is).
+    """
+    where = f"{unit.file}: "
+    for folder in unit.path:
+        if folder.exists():
+            _check_not_writable_by_others(folder, f"{where}'path' entry ")
+            continue
+        parent = folder.parent
+        while not parent.exists():
+            parent = parent.parent
+        _check_not_writable_by_others(parent, f"{where}'path' entry {folder} does not exist, "
+                                              "and its parent ",
+                                      f"create {folder} yourself, or take it out of 'path'")
+    for source in _module_files(unit.cls.partition(":")[0], unit.path):
+        _check_not_writable_by_others(source, f"{where}the code of {unit.cls!r}, ")
+    if unit.workdir.exists():
+        _check_not_writable_by_others(unit.workdir, f"{where}'workdir' ")
 
 
 def load_file(file: Path, text: Optional[str] = None) -> Unit:
@@ -205,6 +241,7 @@ def load_file(file: Path, text: Optional[str] = None) -> Unit:
         raise ConfigError(f"{file}: the key 'class' is required, e.g. class = \"module:Class\"")
     unit = _build(file, name, values)
     unit.text = text
+    check_code_sources(unit)
     return unit
 
 

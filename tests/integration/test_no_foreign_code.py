@@ -16,7 +16,8 @@ from typing import Iterator
 import pytest
 
 from malacoda.launch import python_command
-from tests.integration.test_cli import Ctl
+from malacoda.testing import write_unit
+from tests.integration.test_cli import FAST, Ctl
 from tests.support import ROOT
 
 PLANTED = ("json", "logging", "signal", "zmq")
@@ -133,3 +134,97 @@ def test_an_empty_or_relative_pythonpath_entry_does_not_reach_the_children(tmp_p
 
     env = package_env({"PYTHONPATH": os.pathsep.join(["", "/opt/lib", "", "rel"])})
     assert env["PYTHONPATH"].split(os.pathsep) == [PACKAGE_PARENT, "/opt/lib", os.path.abspath("rel")]
+
+
+@pytest.fixture(scope="module")
+def other_user() -> Iterator[int]:
+    """The uid of a throwaway local user (created as root, removed after)."""
+    if os.geteuid() != 0:
+        pytest.skip("creating another local user needs root (CI runs as root)")
+    name = "mlcb_other"
+    subprocess.run(["userdel", "-r", name], capture_output=True)
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        import pwd
+
+        yield pwd.getpwnam(name).pw_uid
+    finally:
+        subprocess.run(["userdel", "-r", name], capture_output=True)
+
+
+def planted_daemon(folder: Path, markers: Path) -> Path:
+    """``folder/planted_mod.py``: a daemon module that writes ``markers/planted_mod`` on import."""
+    folder.mkdir(parents=True, exist_ok=True)
+    markers.mkdir(mode=0o700, exist_ok=True)
+    (folder / "planted_mod.py").write_text(
+        f"open({str(markers / 'planted_mod')!r}, 'w')\n"
+        "from tests.daemons import TestDaemon as Planted\n")
+    return folder / "planted_mod.py"
+
+
+@pytest.mark.parametrize("damage", ["path entry 0777", "path entry of another user",
+                                    "module file 0666", "module file of another user",
+                                    "package folder 0777", "missing path entry under 1777",
+                                    "workdir 0777", "workdir of another user"])
+def test_code_or_workdir_others_can_write_is_refused(ctl: Ctl, tmp_path: Path, other_user: int,
+                                                     damage: str):
+    markers = tmp_path / "markers"
+    code = tmp_path / "code"
+    module = planted_daemon(code, markers)
+    keys = {"path": [str(code), str(ROOT)]}
+    cls = "planted_mod:Planted"
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    if damage.startswith("path entry"):
+        bad = code
+    elif damage.startswith("module file"):
+        bad = module
+    elif damage.startswith("package folder"):
+        bad = code / "pkg"
+        bad.mkdir()
+        (bad / "__init__.py").write_text("")
+        module.rename(bad / "planted_mod.py")
+        cls = "pkg.planted_mod:Planted"
+    elif damage.startswith("missing"):
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        bad = shared
+        keys["path"] = [str(shared / "not-yet"), str(code), str(ROOT)]
+    else:
+        bad = work
+        keys["workdir"] = str(work)
+    if damage.endswith("another user"):
+        os.chown(bad, other_user, other_user)
+    elif damage.endswith("0666"):
+        bad.chmod(0o666)
+    elif damage.endswith("0777"):
+        bad.chmod(0o777)
+    write_unit(ctl.conf, "Planted", cls=cls, **{**FAST, **keys})
+    for command in ("check", "start"):
+        result = ctl(command, "Planted")
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert str(bad) in lines[0] and "Planted.toml" in lines[0], lines[0]
+        assert ("belongs to uid" if damage.endswith("another user") else "writable by other users") \
+            in lines[0], lines[0]
+        assert ran(markers) == [], command
+
+
+def test_code_and_workdir_of_our_own_are_used(ctl: Ctl, tmp_path: Path):
+    """The control for the test above: the same unit, nothing damaged, starts."""
+    markers = tmp_path / "markers"
+    code = tmp_path / "code"
+    planted_daemon(code, markers)
+    work = tmp_path / "work"
+    work.mkdir(mode=0o755)
+    write_unit(ctl.conf, "Planted", cls="planted_mod:Planted",
+               **{**FAST, "path": [str(code), str(ROOT)], "workdir": str(work)})
+    try:
+        ctl.ok("start", "Planted")
+        assert ctl.ok("call", "Planted", "echo", "ok") == "ok\n"
+        assert ran(markers) == ["planted_mod"]
+    finally:
+        ctl("stop", "Planted")
