@@ -116,6 +116,27 @@ class Paths:
         return d
 
 
+def make_dirs(path: Path) -> None:
+    """Create ``path`` and each missing parent 0700, whatever the umask (``mkdir -p`` and
+    ``Path.mkdir(parents=True)`` make the parents ``0777 & ~umask``: 0777 under ``umask 0``).
+    Folders that exist are left as they are."""
+    missing = []
+    folder = Path(path)
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue  # made meanwhile by someone else: private_dir checks the leaf
+        os.chmod(folder, 0o700)  # the umask may have taken bits away, never added: be exact
+
+
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and parents) owner-only, or check that an existing one is safe."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

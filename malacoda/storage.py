@@ -36,7 +36,15 @@ from typing import Any, Dict, Optional, Tuple, Type, Union
 import dill
 
 from .errors import ConfigError, StateError
-from .runtime import Paths, atomic_write, host_name, private_dir, remove_leftovers
+from .runtime import (
+    Paths,
+    atomic_write,
+    check_not_writable_by_others,
+    host_name,
+    make_dirs,
+    private_dir,
+    remove_leftovers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +60,32 @@ def _frequency(value: Any) -> float:
     return float(value)
 
 
-def _check_owned(path: Path) -> None:
-    st = path.stat()
+def _check_owned(path: Path, st: Optional[os.stat_result] = None) -> None:
+    """Refuse a state file (``st``: its ``fstat``, else it is looked at without following a
+    link) that is not ours, that others could write, or that is a link to another file."""
+    if st is None:
+        st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise StateError(f"state file {path} is a symbolic link: refusing to follow it (it may "
+                         "lead to another daemon's state); put the file itself there")
     if st.st_uid != os.geteuid():
         raise StateError(f"state file {path} belongs to uid {st.st_uid}, not to you: refusing to "
                          "load it (loading runs code)")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise StateError(f"state file {path} is writable by other users: refusing to load it; "
                          f"run 'chmod go-w {path}' if you trust it")
+
+
+def _check_folder(folder: Path) -> None:
+    """Refuse a state folder that another user owns (root excepted) or others can write:
+    whoever can write it can swap the state file, or plant an SQLite ``-wal`` beside it."""
+    if folder.is_dir():
+        check_not_writable_by_others(folder, "state folder ", "whoever can write it can swap "
+                                     "the state file (loading it runs code)", error=StateError)
+
+
+#: What SQLite reads besides the database itself: a planted ``-wal`` holding a row is loaded.
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 class _NeedsDill(Exception):
@@ -162,15 +188,23 @@ class PstFileStorage(PstStorage):
         self.path = Path(file_path).expanduser() if file_path else paths.lib / f"{name}.pst"
 
     def load(self) -> Optional[Dict[str, Any]]:
+        _check_folder(self.path.parent)
         if self.path.parent.is_dir():
             remove_leftovers(self.path)  # of a save that was killed mid-way
-        if not self.path.exists():
-            return None
-        _check_owned(self.path)
         try:
-            data = self.path.read_bytes()
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
         except OSError as exc:
+            if os.path.islink(self.path):
+                _check_owned(self.path)  # says it is a link
             raise StateError(f"state file {self.path} cannot be read: {exc}") from exc
+        with os.fdopen(fd, "rb") as f:
+            _check_owned(self.path, os.fstat(fd))
+            try:
+                data = f.read()
+            except OSError as exc:
+                raise StateError(f"state file {self.path} cannot be read: {exc}") from exc
         head = len(self.MAGIC) + 8 + 32
         if len(data) < head or not data.startswith(self.MAGIC):
             raise StateError(f"state file {self.path} is not a Malacoda state file or is "
@@ -188,7 +222,8 @@ class PstFileStorage(PstStorage):
         if folder == self.paths.lib:
             private_dir(folder)
         else:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_dirs(folder)
+            _check_folder(folder)
         known = getattr(self, "_digest_of", None)
         digest = known[1] if known is not None and known[0] is payload \
             else hashlib.sha256(payload).digest()
@@ -216,9 +251,13 @@ class PstSqliteStorage(PstStorage):
         if self._db is None:
             if self.path.parent == self.paths.lib:
                 private_dir(self.path.parent)
-            existed = self.path.exists()
+            _check_folder(self.path.parent)
+            existed = os.path.lexists(self.path)
             if existed:
                 _check_owned(self.path)
+            for suffix in SQLITE_COMPANIONS:  # SQLite reads them too, before any check of ours
+                with contextlib.suppress(FileNotFoundError):
+                    _check_owned(Path(f"{self.path}{suffix}"))
             try:
                 self._db = sqlite3.connect(str(self.path), check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -234,7 +273,7 @@ class PstSqliteStorage(PstStorage):
         return self._db
 
     def load(self) -> Optional[Dict[str, Any]]:
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             return None
         try:
             row = self._connect().execute(

@@ -228,3 +228,152 @@ def test_code_and_workdir_of_our_own_are_used(ctl: Ctl, tmp_path: Path):
         assert ran(markers) == ["planted_mod"]
     finally:
         ctl("stop", "Planted")
+
+
+# ---------------------------------------------------------------------- state files
+
+
+class _RunsCode:
+    """Unpickling this creates ``path``: what a planted state row or file would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _wal_with_a_row(folder: Path, marker: Path) -> tuple:
+    """``(database, wal)`` copies: the database without the row, its ``-wal`` holding it (a
+    row dill would load, running code), as a writer that never checkpointed leaves them."""
+    import pickle
+    import shutil
+    import sqlite3
+
+    scratch = folder / "scratch"
+    scratch.mkdir(mode=0o700)
+    db_path = scratch / "x.sqlite"
+    db = sqlite3.connect(str(db_path))
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE malacoda_pst (name TEXT PRIMARY KEY, payload BLOB NOT NULL)")
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    with db:
+        db.execute("INSERT INTO malacoda_pst VALUES (?, ?)",
+                   ("TestDaemon", pickle.dumps({"pst_counter": _RunsCode(str(marker))})))
+    copies = folder / "db.copy", folder / "wal.copy"
+    shutil.copy(db_path, copies[0])
+    shutil.copy(str(db_path) + "-wal", copies[1])
+    db.close()
+    return copies
+
+
+@pytest.mark.parametrize("damage", ["-wal of another user", "-wal world writable",
+                                    "-shm of another user", "-journal of another user"])
+def test_sqlite_files_others_wrote_are_refused_before_sqlite_reads_them(home: Path, tmp_path: Path,
+                                                                        other_user: int,
+                                                                        damage: str):
+    import shutil
+
+    from malacoda import StateError
+    from malacoda.runtime import Paths
+    from malacoda.storage import PstSqliteStorage
+
+    marker = tmp_path / "code-ran"
+    db_copy, wal_copy = _wal_with_a_row(tmp_path, marker)
+    paths = Paths.default()
+    lib = paths.lib
+    lib.mkdir(mode=0o700)
+    db = lib / "TestDaemon.sqlite"
+    shutil.copy(db_copy, db)
+    db.chmod(0o600)
+    suffix = damage.split()[0]
+    planted = Path(f"{db}{suffix}")
+    if suffix == "-wal":
+        shutil.copy(wal_copy, planted)
+    else:
+        planted.write_bytes(b"")
+    planted.chmod(0o600)
+    if "another user" in damage:
+        os.chown(planted, other_user, other_user)
+    else:
+        planted.chmod(0o666)
+    storage = PstSqliteStorage("TestDaemon", paths)
+    with pytest.raises(StateError, match=str(planted)):
+        storage.load()
+    storage.close()
+    assert not marker.exists()
+
+
+def test_sqlite_control_our_own_wal_is_read(home: Path, tmp_path: Path):
+    """The control: the same -wal, ours and private, is read (and its row loaded)."""
+    import shutil
+
+    from malacoda.runtime import Paths
+    from malacoda.storage import PstSqliteStorage
+
+    marker = tmp_path / "code-ran"
+    db_copy, wal_copy = _wal_with_a_row(tmp_path, marker)
+    paths = Paths.default()
+    paths.lib.mkdir(mode=0o700)
+    db = paths.lib / "TestDaemon.sqlite"
+    shutil.copy(db_copy, db)
+    shutil.copy(wal_copy, f"{db}-wal")
+    storage = PstSqliteStorage("TestDaemon", paths)
+    storage.load()
+    storage.close()
+    assert marker.exists()
+
+
+def _state_file(path: Path, state: dict) -> None:
+    from malacoda.runtime import Paths
+    from malacoda.storage import PstFileStorage
+
+    PstFileStorage(path.stem, Paths.default(), file_path=str(path)).save(state)
+
+
+def test_a_state_file_swapped_for_a_link_is_refused(home: Path, tmp_path: Path):
+    from malacoda import StateError
+    from malacoda.runtime import Paths
+    from malacoda.storage import PstFileStorage, PstSqliteStorage
+
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o700)
+    _state_file(folder / "Other.pst", {"pst_who": "other"})
+    (folder / "Mine.pst").symlink_to(folder / "Other.pst")
+    with pytest.raises(StateError, match="Mine.pst is a symbolic link"):
+        PstFileStorage("Mine", Paths.default(), file_path=str(folder / "Mine.pst")).load()
+    (folder / "Mine.sqlite").symlink_to(folder / "Other.pst")
+    sqlite = PstSqliteStorage("Mine", Paths.default(), file_path=str(folder / "Mine.sqlite"))
+    with pytest.raises(StateError, match="Mine.sqlite is a symbolic link"):
+        sqlite.load()
+    sqlite.close()
+
+
+@pytest.mark.parametrize("damage", ["0777", "1777", "another user's"])
+def test_a_state_file_in_a_folder_others_can_write_is_refused(home: Path, tmp_path: Path,
+                                                               other_user: int, damage: str):
+    from malacoda import StateError
+    from malacoda.runtime import Paths
+    from malacoda.storage import PstFileStorage, PstSqliteStorage
+
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o700)
+    _state_file(folder / "Mine.pst", {"pst_who": "me"})
+    sqlite = PstSqliteStorage("Mine", Paths.default(), file_path=str(folder / "Mine.sqlite"))
+    sqlite.save({"pst_who": "me"})
+    sqlite.close()
+    if damage == "another user's":
+        os.chown(folder, other_user, other_user)
+    else:
+        folder.chmod(int(damage, 8))
+    for storage in (PstFileStorage("Mine", Paths.default(), file_path=str(folder / "Mine.pst")),
+                    PstSqliteStorage("Mine", Paths.default(), file_path=str(folder / "Mine.sqlite"))):
+        with pytest.raises(StateError, match=f"{folder}.*(writable by other users|belongs to uid)"):
+            storage.load()
+        storage.close()
+    folder.chmod(0o700)
+    os.chown(folder, os.geteuid(), os.getegid())
+    assert PstFileStorage("Mine", Paths.default(), file_path=str(folder / "Mine.pst")).load() \
+        == {"pst_who": "me"}
