@@ -42,7 +42,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ClusterError, ConfigError
-from .runtime import Entry, Paths, check_host, check_name, host_name, known_fields
+from .runtime import (
+    Entry,
+    Paths,
+    check_host,
+    check_name,
+    check_not_writable_by_others,
+    host_name,
+    known_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +144,9 @@ def load_config() -> Optional[ClusterConfig]:
     for path in config_files():
         if not path.is_file():
             continue
+        # It names the registry that tells clients where daemons are: another user's, or one
+        # others can write, could send every client to their own endpoint.
+        check_not_writable_by_others(path, why="it names the registry clients trust")
         data = _read_toml(path)
         etcd = data.get("etcd", {})
         if not isinstance(etcd, dict):

@@ -139,7 +139,7 @@ def make_dirs(path: Path) -> None:
 
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and parents) owner-only, or check that an existing one is safe."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(path)
     st = path.stat()
     if st.st_uid != os.geteuid():
         raise ConfigError(f"{path} belongs to uid {st.st_uid}, not to you: refusing to use it")

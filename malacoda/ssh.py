@@ -39,6 +39,7 @@ from .errors import (
     HostUnreachable,
     RemoteHostError,
 )
+from .runtime import make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
         self.path = Path(known_hosts)
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(self.path.parent)  # ~/.ssh and parents 0700 whatever the umask
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a") as f:
             f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")

@@ -377,3 +377,90 @@ def test_a_state_file_in_a_folder_others_can_write_is_refused(home: Path, tmp_pa
     os.chown(folder, os.geteuid(), os.getegid())
     assert PstFileStorage("Mine", Paths.default(), file_path=str(folder / "Mine.pst")).load() \
         == {"pst_who": "me"}
+
+
+# ---------------------------------------------------------------------- folders, config.toml
+
+
+def as_user(uid: int, home: Path, fn) -> None:
+    """Run ``fn()`` in a forked child with ``uid``'s ids, ``umask 0``, ``HOME=home`` and none of
+    MALACODA_HOME / XDG_*; fails with the child's traceback."""
+    import pwd
+    import traceback
+
+    errors = home.parent / f"{home.name}.errors"
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but os._exit leaves it
+        code = 1
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            os.umask(0)
+            for var in ("MALACODA_HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"):
+                os.environ.pop(var, None)
+            os.environ["HOME"] = str(home)
+            fn()
+            code = 0
+        except BaseException:  # noqa: B902 - reported to the parent
+            errors.write_text(traceback.format_exc())
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, errors.read_text() if errors.exists() else status
+
+
+def test_every_folder_made_is_0700_under_umask_0(other_user: int):
+    """A fresh HOME, no MALACODA_HOME: ~/.config, ~/.config/malacoda, ~/.local/state/malacoda
+    and the rest are made owner-only, not 0777."""
+    import shutil
+    import stat
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="mlcb-home-", dir="/tmp"))
+    try:
+        os.chown(home, other_user, other_user)
+        home.chmod(0o700)
+
+        def make_everything() -> None:
+            from malacoda.runtime import Paths, Registry, private_dir
+            from malacoda.security import Keys
+
+            paths = Paths.default()
+            assert str(paths.units).startswith(str(home)), paths
+            Keys(paths).init()
+            private_dir(paths.log)
+            private_dir(paths.lib)
+            private_dir(paths.units)
+            private_dir(paths.registry)
+            assert Registry(paths).names() == []
+
+        as_user(other_user, home, make_everything)
+        made = {str(p): stat.S_IMODE(p.stat().st_mode) for p in home.rglob("*") if p.is_dir()}
+        for expected in (".config", ".config/malacoda", ".config/malacoda/keys", ".local",
+                         ".local/state", ".local/state/malacoda", ".local/state/malacoda/run"):
+            assert str(home / expected) in made, sorted(made)
+        assert made == {p: 0o700 for p in made}
+    finally:
+        shutil.rmtree(home)
+
+
+@pytest.mark.parametrize("damage", ["writable by others", "another user's"])
+def test_a_config_toml_another_user_controls_is_refused(home: Path, other_user: int, damage: str,
+                                                       monkeypatch: pytest.MonkeyPatch):
+    import malacoda
+    from malacoda import cluster
+
+    monkeypatch.delenv("MALACODA_REGISTRY", raising=False)
+    config = home / "config.toml"
+    config.write_text('registry = "etcd://127.0.0.1:2379"\n')
+    config.chmod(0o600)
+    assert cluster.load_config() is not None  # the control: ours, private
+    if damage == "writable by others":
+        config.chmod(0o666)
+    else:
+        os.chown(config, other_user, other_user)
+    with pytest.raises(malacoda.ConfigError, match=f"{config} (is writable by other users|belongs "
+                                                   f"to uid {other_user})"):
+        cluster.load_config()
