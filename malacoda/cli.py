@@ -189,11 +189,18 @@ def _selected(c: Context, names: Sequence[str], all_: bool) -> List[units.Unit]:
     return [c.unit(name) for name in names]
 
 
+def _warn_secrets(unit: units.Unit) -> None:
+    warning = units.secrets_warning(unit)
+    if warning:
+        click.echo(f"malacodactl: {warning}", err=True)
+
+
 def _start_units(c: Context, order: List[units.Unit], verb: str) -> None:
     """Start ``order`` (from :func:`units.ordered`: requirements first); a unit whose
     requirement did not start is not started. Exits with the worst code."""
     code, failed = OK, set()
     for unit in order:
+        _warn_secrets(unit)
         missing = [name for name in unit.requires if name in failed]
         if missing:
             complain(f"{unit.name} not started: it requires {', '.join(missing)}, which did "
@@ -668,6 +675,7 @@ def check(c: Context, names: Tuple[str, ...]) -> None:
             complain(str(exc))
             code = BAD_INPUT
             continue
+        _warn_secrets(unit)
         click.echo(f"{name}: ok ({unit.file})")
     sys.exit(code)
 

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import math
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,6 +316,19 @@ def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
         log_max_bytes=merged["log_max_bytes"], log_backups=merged["log_backups"],
         log_level=merged["log_level"].upper(),
     )
+
+
+def secrets_warning(unit: Unit) -> Optional[str]:
+    """A warning when the unit has ``[env]`` values (where credentials go) and other users can
+    read its file; None otherwise. Warned, not refused: most units' ``[env]`` holds no secret."""
+    try:
+        readable = unit.env and unit.file.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH)
+    except OSError:
+        return None
+    if not readable:
+        return None
+    return (f"warning: {unit.file} has [env] values and other users can read it: if they hold "
+            f"secrets, run 'chmod go-r {unit.file}'")
 
 
 def check_class(unit: Unit) -> type:

@@ -464,3 +464,29 @@ def test_a_config_toml_another_user_controls_is_refused(home: Path, other_user: 
     with pytest.raises(malacoda.ConfigError, match=f"{config} (is writable by other users|belongs "
                                                    f"to uid {other_user})"):
         cluster.load_config()
+
+
+# ---------------------------------------------------------------------- secrets in units
+
+
+def test_a_unit_with_env_values_others_can_read_is_warned_about(ctl: Ctl):
+    """``[env]`` is where credentials go: ``check`` and ``start`` warn (one line naming the
+    file and the fix) when other users can read it, and still do their work."""
+    unit = ctl.unit("Secret", env={"AWS_SECRET_ACCESS_KEY": "hunter2"})
+    unit.chmod(0o644)
+    checked = ctl("check", "Secret")
+    assert checked.returncode == 0, checked.stderr
+    warning = checked.stderr.strip().splitlines()
+    assert len(warning) == 1 and "warning" in warning[0] and str(unit) in warning[0], warning
+    assert "[env]" in warning[0] and f"chmod go-r {unit}" in warning[0], warning
+    try:
+        started = ctl("start", "Secret")
+        assert started.returncode == 0, started.stderr
+        assert started.stderr.strip().splitlines() == warning
+    finally:
+        ctl("stop", "Secret")
+    unit.chmod(0o600)  # the control: private, no warning
+    assert ctl("check", "Secret").stderr == ""
+    plain = ctl.unit("Plain")  # readable, but no [env] values: nothing to warn about
+    plain.chmod(0o644)
+    assert ctl("check", "Plain").stderr == ""
