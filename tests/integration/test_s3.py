@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import stat
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, Iterator
@@ -159,3 +160,77 @@ def test_s3_persister_settings_and_key_checks(home: Path, s3: SimpleNamespace):
     assert storage.load() == state
     storage.close()
     down.close()
+
+
+def test_an_older_signed_object_put_back_is_refused(start_daemon: Any, home: Path,
+                                                    s3: SimpleNamespace):
+    """Rollback: an object this host signed, re-uploaded after a newer save, is refused (and
+    left untouched), at a daemon's start and through the persister."""
+    start_daemon(pst_config=s3.config)
+    malacoda.get("TestDaemon").pst_counter = 1
+    malacoda.stop("TestDaemon")
+    older = stored(s3)
+    start_daemon(pst_config=s3.config)
+    d = malacoda.get("TestDaemon")
+    assert d.pst_counter == 1
+    d.pst_counter = 2
+    malacoda.stop("TestDaemon")
+    s3.client.put_object(Bucket=s3.bucket, Key=s3.key, Body=older)
+    proc = start_daemon(wait=False, pst_config=s3.config)
+    assert proc.wait(30) != 0
+    out = proc.output()
+    assert "StateError" in out and f"s3://{s3.bucket}/{s3.key}" in out, out
+    assert "older than" in out and "rolled back" in out, out
+    assert stored(s3) == older  # left untouched
+    storage = from_config("TestDaemon", Paths.default(), s3.config)
+    with pytest.raises(StateError, match="older than"):
+        storage.load()
+    storage.close()
+    remembered = [p for p in (home / "keys").rglob("*") if p.is_file() and "version" in str(p)]
+    assert remembered and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in remembered)
+    s3.client.delete_object(Bucket=s3.bucket, Key=s3.key)  # rolled back to nothing at all
+    with pytest.raises(StateError, match="does not exist, but this host saved or loaded"):
+        storage.load()
+
+
+def test_the_version_is_signed(home: Path, s3: SimpleNamespace):
+    """A newer-looking version written over a signed object's own breaks its signature."""
+    paths = Paths.default()
+    storage = from_config("X", paths, dict(s3.config, key="apps/v.pst"))
+    assert storage.save({"pst_a": 1})
+    body = s3.client.get_object(Bucket=s3.bucket, Key="apps/v.pst")["Body"].read()
+    magic = len(PstS3Storage.MAGIC)
+    first = int.from_bytes(body[magic:magic + 8], "big")
+    assert abs(first - time.time_ns()) < 600 * 10**9  # the save time, in ns
+    assert storage.save({"pst_a": 2})
+    body = s3.client.get_object(Bucket=s3.bucket, Key="apps/v.pst")["Body"].read()
+    assert int.from_bytes(body[magic:magic + 8], "big") > first
+    bumped = body[:magic] + (2**63).to_bytes(8, "big") + body[magic + 8:]
+    s3.client.put_object(Bucket=s3.bucket, Key="apps/v.pst", Body=bumped)
+    with pytest.raises(StateError, match="not signed"):
+        from_config("X", paths, dict(s3.config, key="apps/v.pst")).load()
+    storage.close()
+
+
+def test_an_object_of_the_unversioned_format_loads_until_a_version_is_known(home: Path,
+                                                                            s3: SimpleNamespace):
+    """Upgrading: an object saved by an earlier Malacoda (b"MLCPSTS1", no version) still loads;
+    once this host saved a versioned one, putting the old one back is a rollback."""
+    import hmac
+
+    paths = Paths.default()
+    config = dict(s3.config, key="apps/old.pst")
+    storage = from_config("X", paths, config)
+    assert storage.save({"pst_a": "new"})  # makes the signing key
+    key = (paths.keys / "pst-signing.key").read_bytes()
+    payload = pickle.dumps({"pst_a": "old"})
+    mac = hmac.new(key, b"MLCPSTS1", hashlib.sha256)
+    mac.update(f"\0{s3.bucket}\0apps/old.pst\0".encode())
+    mac.update(payload)
+    old = b"MLCPSTS1" + mac.digest() + payload
+    s3.client.put_object(Bucket=s3.bucket, Key="apps/old.pst", Body=old)
+    with pytest.raises(StateError, match="unversioned object .* rolled back"):
+        from_config("X", paths, config).load()
+    storage.version_file.unlink()  # a host that never saw a versioned object of it
+    assert from_config("X", paths, config).load() == {"pst_a": "old"}
+    storage.close()
