@@ -99,6 +99,9 @@ code  type         payload
                    (:func:`register_type`); unknown names are an error, never imported
 ====  ===========  ====================================================================
 
+Any other code is an error, msgpack's own Timestamp (-1) included: msgpack decodes that one
+itself, so :func:`decode` looks for it in bodies that hold a ``0xff`` byte and refuses it.
+
 ``bytearray`` and ``memoryview`` travel as bin and arrive as ``bytes``. A sender may put any
 ``bytes`` value in a buffer frame; Malacoda does so from 32 KiB up, which
 spares copies of large payloads. Nothing in a message is ever unpickled or evaluated.
@@ -449,6 +452,7 @@ class Decoder:
             named = _named_by_name.get(name)
             if named is None:
                 raise ValueError(f"unknown named type {name!r}: register it on both ends")
+            _refuse_timestamps(value)  # its codec must not see one either
             return named.from_data(value)
         raise ValueError(f"unknown extension type {code}")
 
@@ -506,6 +510,32 @@ def _ext_entry(code: int, data: bytes) -> Any:
     return Decoder()._ext_hook(code, data)
 
 
+_Timestamp = msgpack.Timestamp
+_CONTAINERS = (list, tuple, set, frozenset)
+
+
+def _refuse_timestamps(value: Any) -> None:
+    """Raise ValueError if ``value`` holds a ``msgpack.Timestamp``.
+
+    msgpack decodes its own extension type -1 itself, without asking ``ext_hook``, so the
+    codec's closed list of types needs this check. :func:`decode` makes it only for a body
+    holding a ``0xff`` byte (the type byte -1 of such an extension), after decoding: iterative,
+    so that deep nesting cannot exhaust the stack.
+    """
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        t = type(item)
+        if t is _Timestamp:
+            raise ValueError("msgpack's Timestamp (extension type -1) is not one of the codec's "
+                             "types: send a datetime (extension type 4) instead")
+        if t in _CONTAINERS:
+            todo.extend(item)
+        elif t is dict:
+            todo.extend(item.keys())
+            todo.extend(item.values())
+
+
 def decode(body: bytes, buffers: Sequence[bytes] = (), max_items: Optional[int] = None) -> Any:
     """``(body, buffers)`` → value. Raises :class:`ProtocolError` for anything malformed.
 
@@ -516,8 +546,12 @@ def decode(body: bytes, buffers: Sequence[bytes] = (), max_items: Optional[int] 
         if not buffers and len(body) < _COUNT_FROM:
             # Small: msgpack's own limits (each length at most the body's) are the codec's,
             # and too few bytes to amplify; extension types get a decoder of their own.
-            return msgpack.unpackb(body, ext_hook=_ext_entry, raw=False, strict_map_key=False)
-        return Decoder(buffers, max_items=max_items).unpack(body)
+            value = msgpack.unpackb(body, ext_hook=_ext_entry, raw=False, strict_map_key=False)
+        else:
+            value = Decoder(buffers, max_items=max_items).unpack(body)
+        if type(body) is not bytes or b"\xff" in body:
+            _refuse_timestamps(value)
+        return value
     except ProtocolError:
         raise
     except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError,

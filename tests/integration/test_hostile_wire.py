@@ -418,3 +418,21 @@ def test_queue_is_bounded_in_bytes_too(start_daemon):
         assert w._reply_to(b"big1", 20).status == p.OK
     finally:
         w.close()
+
+
+def test_msgpacks_own_timestamp_never_reaches_daemon_code(wire):
+    """Extension -1 (msgpack.Timestamp) is not one of the codec's types: a call or set carrying
+    one is refused as a bad request, naming it, and nothing reaches the method or attribute."""
+    ts = msgpack.packb(msgpack.Timestamp(1, 0))
+    calls = [b"\x92\x91" + ts + b"\x80",  # echo(Timestamp)
+             b"\x92\x91\x91" + ts + b"\x80",  # echo([Timestamp])
+             b"\x92\x90\x81\xa5value" + ts]  # echo(value=Timestamp)
+    for i, body in enumerate(calls):
+        reply = wire.ask(msg(body, rid=b"ts%d" % i))
+        assert reply.status == p.BAD_REQUEST, reply.status
+        assert "Timestamp" in reply.value()["message"], reply.value()
+    before = wire.ask(p.request_frames(b"g0", p.GET, "pst_counter", None, 10000)).value()
+    reply = wire.ask(msg(ts, rid=b"set", op=p.SET, name="pst_counter"))
+    assert reply.status == p.BAD_REQUEST and "Timestamp" in reply.value()["message"]
+    assert wire.ask(p.request_frames(b"g1", p.GET, "pst_counter", None, 10000)).value() == before
+    assert wire.alive()

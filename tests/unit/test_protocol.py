@@ -187,3 +187,33 @@ def test_peek_decodes_nothing_but_the_id():
     assert p.peek_request_id([b"MLC\x02" + msgpack.packb([b"x" * 64, 1])]) == b"x" * 64
     assert p.peek_request_id([b"MLC\x02" + msgpack.packb([b"x" * 65, 1])]) == b""
     assert p.peek_request_id([b"MLC\x01", b"\x81\xa1i" + b"\x90" * 5000, b""]) == b""
+
+
+TIMESTAMPS = [msgpack.Timestamp(1, 0), msgpack.Timestamp(2**33, 5), msgpack.Timestamp(-1, 0)]
+
+
+@pytest.mark.parametrize("where", ["alone", "in a list", "a dict value", "a dict key",
+                                   "in a tuple", "in a set", "in a large body"])
+def test_msgpacks_own_timestamp_is_refused(where):
+    """Extension -1 is decoded by msgpack itself (ext_hook never sees it): the codec's list of
+    types is closed, so it is refused, in every place it can hide."""
+    for ts in TIMESTAMPS:
+        ext = msgpack.packb(ts)  # fixext4, fixext8 or ext8 with 12 bytes
+        if where == "alone":
+            body = ext
+        elif where == "in a list":
+            body = b"\x92\x01" + ext
+        elif where == "a dict value":
+            body = b"\x81\xa1k" + ext
+        elif where == "a dict key":
+            body = b"\x81" + ext + b"\x01"
+        elif where == "in a tuple":
+            body = msgpack.packb(msgpack.ExtType(p.EXT_TUPLE, b"\x91" + ext))
+        elif where == "in a set":
+            body = msgpack.packb(msgpack.ExtType(p.EXT_SET, b"\x91" + ext))
+        else:
+            body = b"\x92" + msgpack.packb("x" * 5000) + ext
+        with pytest.raises(ProtocolError, match="Timestamp"):
+            p.decode(body)
+        with pytest.raises(ProtocolError, match="Timestamp"):
+            p.decode(body, max_items=p.MAX_REQUEST_ITEMS)
