@@ -123,6 +123,7 @@ import dataclasses
 import datetime as dt
 import functools
 import operator
+import re
 import uuid
 from decimal import Decimal
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -452,7 +453,8 @@ class Decoder:
             named = _named_by_name.get(name)
             if named is None:
                 raise ValueError(f"unknown named type {name!r}: register it on both ends")
-            _refuse_timestamps(value)  # its codec must not see one either
+            if _may_hold_timestamp(data):
+                _refuse_timestamps(value)  # its codec must not see one either
             return named.from_data(value)
         raise ValueError(f"unknown extension type {code}")
 
@@ -512,15 +514,28 @@ def _ext_entry(code: int, data: bytes) -> Any:
 
 _Timestamp = msgpack.Timestamp
 _CONTAINERS = (list, tuple, set, frozenset)
+#: The headers msgpack decodes as its Timestamp (extension -1 with 4, 8 or 12 bytes): fixext 4,
+#: fixext 8, ext 8, ext 16 and ext 32. A body without one cannot hold a Timestamp. The pattern
+#: starts with its literal 0xff and looks behind it, so that the search skips ahead quickly.
+_TIMESTAMP_HEAD = re.compile(rb"\xff(?:(?<=[\xd6\xd7]\xff)|(?<=\xc7[\x04\x08\x0c]\xff)"
+                             rb"|(?<=\xc8\x00[\x04\x08\x0c]\xff)|(?<=\xc9\x00\x00\x00[\x04\x08\x0c]\xff))")
+
+
+def _may_hold_timestamp(body: Any) -> bool:
+    """False when ``body`` surely holds no msgpack Timestamp: most bodies have no ``0xff`` byte
+    at all (memchr), and the rest rarely one of the headers."""
+    if type(body) is bytes and b"\xff" not in body:
+        return False
+    return _TIMESTAMP_HEAD.search(body) is not None
 
 
 def _refuse_timestamps(value: Any) -> None:
     """Raise ValueError if ``value`` holds a ``msgpack.Timestamp``.
 
     msgpack decodes its own extension type -1 itself, without asking ``ext_hook``, so the
-    codec's closed list of types needs this check. :func:`decode` makes it only for a body
-    holding a ``0xff`` byte (the type byte -1 of such an extension), after decoding: iterative,
-    so that deep nesting cannot exhaust the stack.
+    codec's closed list of types needs this check. :func:`decode` makes it after decoding, only
+    for a body that may hold one (:func:`_may_hold_timestamp`): iterative, so that deep nesting
+    cannot exhaust the stack.
     """
     todo = [value]
     while todo:
@@ -549,7 +564,7 @@ def decode(body: bytes, buffers: Sequence[bytes] = (), max_items: Optional[int] 
             value = msgpack.unpackb(body, ext_hook=_ext_entry, raw=False, strict_map_key=False)
         else:
             value = Decoder(buffers, max_items=max_items).unpack(body)
-        if type(body) is not bytes or b"\xff" in body:
+        if _may_hold_timestamp(body):
             _refuse_timestamps(value)
         return value
     except ProtocolError:

@@ -217,3 +217,15 @@ def test_msgpacks_own_timestamp_is_refused(where):
             p.decode(body)
         with pytest.raises(ProtocolError, match="Timestamp"):
             p.decode(body, max_items=p.MAX_REQUEST_ITEMS)
+
+
+@pytest.mark.parametrize("header", [b"\xd6\xff", b"\xd7\xff", b"\xc7\x04\xff", b"\xc7\x08\xff",
+                                    b"\xc7\x0c\xff", b"\xc8\x00\x04\xff", b"\xc8\x00\x0c\xff",
+                                    b"\xc9\x00\x00\x00\x08\xff"])
+def test_every_encoding_of_a_timestamp_is_refused(header):
+    """msgpack takes extension -1 of 4, 8 or 12 bytes as a Timestamp whatever its ext format."""
+    size = {0xd6: 4, 0xd7: 8}.get(header[0], header[-2])
+    ext = header + b"\x00" * size
+    assert type(msgpack.unpackb(ext)) is msgpack.Timestamp  # what msgpack itself makes of it
+    with pytest.raises(ProtocolError, match="Timestamp"):
+        p.decode(b"\x92\xa1x" + ext)
