@@ -523,10 +523,9 @@ _TIMESTAMP_HEAD = re.compile(rb"\xff(?:(?<=[\xd6\xd7]\xff)|(?<=\xc7[\x04\x08\x0c
 
 def _may_hold_timestamp(body: Any) -> bool:
     """False when ``body`` surely holds no msgpack Timestamp: most bodies have no ``0xff`` byte
-    at all (memchr), and the rest rarely one of the headers."""
-    if type(body) is bytes and b"\xff" not in body:
-        return False
-    return _TIMESTAMP_HEAD.search(body) is not None
+    at all (``0xff in body``, a memchr: ``b"\\xff" in body`` takes ten times longer), and the
+    rest rarely one of the headers."""
+    return 0xff in body and _TIMESTAMP_HEAD.search(body) is not None
 
 
 def _refuse_timestamps(value: Any) -> None:
@@ -564,7 +563,7 @@ def decode(body: bytes, buffers: Sequence[bytes] = (), max_items: Optional[int] 
             value = msgpack.unpackb(body, ext_hook=_ext_entry, raw=False, strict_map_key=False)
         else:
             value = Decoder(buffers, max_items=max_items).unpack(body)
-        if _may_hold_timestamp(body):
+        if 0xff in body and _TIMESTAMP_HEAD.search(body):  # inline: it runs for every body
             _refuse_timestamps(value)
         return value
     except ProtocolError:
