@@ -1,8 +1,9 @@
 """Daemons on other hosts: ``NAME:HOST`` (and ``NAME:HOST:PORT``) over SSH.
 
 The lookup runs Malacoda itself on the remote host, through the process's shared SSH
-connection to it (:mod:`malacoda.ssh`): ``python3 -m malacoda.remote_lookup NAME`` reads the
-host's own registry with its liveness checks. The calls then travel through a tunnel in that
+connection to it (:mod:`malacoda.ssh`): ``malacoda.remote_lookup NAME``, run as ``python3 -m``
+would but without the remote home (sshd's current folder) on ``sys.path`` (:mod:`malacoda.launch`),
+reads the host's own registry with its liveness checks. The calls then travel through a tunnel in that
 same connection (:mod:`malacoda.tunnel`) to the daemon's loopback port: the daemon never
 listens on a public address for this, and SSH has already authenticated the user.
 
