@@ -17,7 +17,8 @@ Only ``call`` and ``set`` are remembered (``get``, ``describe`` and ``ping`` cha
 running them again is harmless), and only with an id of :data:`MIN_ID` bytes or more: the
 protocol asks such ids to be unique across clients (random bytes), while a client numbering its
 requests 1, 2, 3 must not be answered with another client's reply. A request is the same request
-when its id, operation, name, timeout and body are equal, so a client reusing an id for another
+when its id, operation, name, body and buffer frames are equal (its timeout may differ: a
+re-send carries the caller's remaining time), so a client reusing an id for another
 request is not answered with a stale reply. What ran is remembered for :data:`TTL` seconds, the
 last :data:`MAX_ENTRIES` requests; of their replies only the newest :data:`MAX_BYTES`, each at
 most :data:`MAX_REPLY`, are kept. Holding large replies costs every later call: each one
@@ -36,10 +37,9 @@ from typing import Deque, Dict, List, Optional, OrderedDict, Tuple
 
 from . import protocol as p
 
-MAX_ENTRIES = 4096  # requests remembered as run (their keys: at most 512 bytes each)
+MAX_ENTRIES = 4096  # requests remembered as run (their keys: the id and a 16-byte hash)
 MAX_BYTES = 8 << 20  # the replies kept of them, newest first
 MAX_REPLY = 256 << 10  # a larger reply is never kept (its request is still remembered)
-SMALL_HEAD = 512  # first frames up to this size are the key as they are, not hashed
 TTL = 60.0  # seconds a request is remembered after it ran
 
 MAX_WAITERS = 8  # re-senders waiting for one running request; more copies get BUSY
@@ -52,21 +52,23 @@ _NONE: List[Message] = []  # shared, never appended to
 
 
 def request_key(request: p.Request) -> bytes:
-    """What makes two requests the same request: the whole first frame (id, operation, name,
-    timeout and body) and the buffers' lengths.
+    """What makes two requests the same request: the id, operation, name and body, and every
+    buffer frame's content — not the timeout (a re-send carries the caller's remaining time, and
+    is the same request whatever it is).
 
     Computed once per request (``begin`` and ``finish`` both need it) and kept on it.
     """
     key = request.cache_key
     if key is None:
-        head = request.head
-        if len(head) <= SMALL_HEAD and not request.buffers:
-            key = head  # small: the frame itself (cheaper than a hash)
-        else:
-            h = hashlib.blake2b(head, digest_size=16)
-            for buffer in request.buffers:
-                h.update(len(buffer).to_bytes(8, "big"))
-            key = b"\1" + request.rid + h.digest()
+        h = hashlib.blake2b(digest_size=16)
+        for part in (request.op.encode(), (request.name or "").encode(), request.body):
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
+        h.update(b"\0" if request.name is None else b"\1")
+        for buffer in request.buffers:
+            h.update(len(buffer).to_bytes(8, "big"))
+            h.update(buffer)
+        key = request.rid + h.digest()
         request.cache_key = key
     return key
 

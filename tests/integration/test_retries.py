@@ -218,3 +218,30 @@ def test_a_resent_call_whose_reply_was_not_kept_is_gone_not_run_again(raw):
     kept = client.recv(30)
     assert kept.status == p.OK and kept.value() == ["part", 47, part]
     assert malacoda.get("HostileDaemon").record_stats() == [49, 0, 49]  # each ran once
+
+
+def test_same_id_other_buffer_of_the_same_length_runs(raw):
+    """A reused id with another bytes argument of the same length (>= 32 KiB: a buffer frame,
+    not in the first frame) is another request: it runs and gets its own reply."""
+    client = raw()
+    rid = os.urandom(16)
+    first, second = b"a" * (40 << 10), b"b" * (40 << 10)
+    frames = p.request_frames(rid, p.CALL, "record", [["c", 0, first], {}], None)
+    assert len(frames) > 1  # the bytes travel as a buffer frame
+    client.send(frames)
+    assert client.recv().value() == ["c", 0, first]
+    client.send(p.request_frames(rid, p.CALL, "record", [["c", 0, second], {}], None))
+    assert client.recv().value() == ["c", 0, second]
+    assert malacoda.get("HostileDaemon").record_stats() == [1, 1, 2]
+
+
+def test_a_resend_with_another_timeout_is_the_same_request(raw):
+    """A re-send carries the caller's remaining time: the same id and body with another
+    timeout is still the same request, answered from the cache, not run again."""
+    client = raw()
+    rid = os.urandom(16)
+    client.send(p.request_frames(rid, p.CALL, "tally", [[], {}], 10_000))
+    assert client.recv().value() == 1
+    client.send(p.request_frames(rid, p.CALL, "tally", [[], {}], 7_500))
+    assert client.recv().value() == 1
+    assert malacoda.get("HostileDaemon").tallies == 1
