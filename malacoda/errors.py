@@ -14,7 +14,8 @@ Callers branch on these types, never on message text::
     │       ├── HostKeyRejected       its SSH host key is unknown or has changed
     │       ├── AuthenticationFailed  SSH refused our user and keys
     │       └── NotInstalled          no Malacoda to run there
-    ├── RemoteError               the remote code raised a non built-in exception
+    ├── RemoteError               the remote code raised a non built-in exception (also an
+    │                             instance of its nearest built-in ancestor: ValueError…)
     ├── AccessDenied              (also an AttributeError) a private or forbidden name
     ├── LookupFailed              (also a LookupError) no daemon of that name is running
     │   └── AmbiguousName         that name runs on several hosts of the cluster
@@ -26,11 +27,17 @@ Callers branch on these types, never on message text::
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 
 class MalacodaError(Exception):
-    """The root of every error Malacoda raises on purpose."""
+    """The root of every error Malacoda raises on purpose.
+
+    ``remote_type`` is None: the error is Malacoda's own, here (a remote exception, built-in
+    or not, has the remote type's qualified name there).
+    """
+
+    remote_type: Optional[str] = None
 
 
 class CommunicationError(MalacodaError):
@@ -95,6 +102,31 @@ class RemoteError(MalacodaError):
         self.remote_type = remote_type
         self.remote_message = message
         self.remote_traceback = remote_traceback
+
+
+_families: Dict[type, type] = {}
+
+
+def remote_error_class(builtin: type) -> type:
+    """``RemoteError`` that is also an instance of the built-in exception type ``builtin``
+    (``except ValueError`` catches a remote ``json.JSONDecodeError``); made once per type.
+    A type that cannot be made from a message alone (``UnicodeDecodeError``) gives its
+    nearest ancestor that can (``UnicodeError``); nothing (``Exception``): ``RemoteError``."""
+    found = _families.get(builtin)
+    if found is None:
+        found = RemoteError
+        for base in builtin.__mro__:
+            if base in (Exception, BaseException) or not issubclass(base, Exception):
+                break
+            kind = type(f"Remote{base.__name__}", (RemoteError, base), {"__module__": __name__})
+            try:
+                kind("x", "y")
+            except Exception:
+                continue
+            found = kind
+            break
+        _families[builtin] = found
+    return found
 
 
 class AccessDenied(MalacodaError, AttributeError):

@@ -62,9 +62,13 @@ code   name             body
 =====  ===============  =================================================================
 
 Error map (every status but 0): ``{"type": str, "module": str, "message": str,
-"traceback": str, "args": array (optional)}`` where ``type``/``module`` name the exception
+"traceback": str, "args": array (optional), "builtin": str (optional), "errno", "strerror",
+"filename", "filename2" (optional)}`` where ``type``/``module`` name the exception
 class (``ValueError``, ``builtins``) and ``args`` are its constructor arguments when they can be
-encoded. A client re-raises built-in types as themselves.
+encoded; ``builtin`` names the nearest built-in ancestor (below ``Exception``) of a type that
+is not built-in (``json.JSONDecodeError``: ``ValueError``), and an ``OSError`` carries its
+attributes of those names (int/str/nil). A client re-raises built-in types as themselves, and
+others as a ``RemoteError`` that is also an instance of ``builtin``.
 
 Description (``describe``): ``{"name", "class", "doc", "incarnation", "version",
 "methods": {name: {"doc": str|nil, "params": [[name, kind, default_repr|nil], …]}},
@@ -769,4 +773,17 @@ def error_body(exc: BaseException, traceback_text: str = "") -> Dict[str, Any]:
         body["args"] = list(exc.args)
     except Exception:
         pass
+    if t.__module__ != "builtins":  # its family, for a client that does not know the type
+        for base in t.__mro__[1:]:
+            if base.__module__ == "builtins" and base not in (Exception, BaseException):
+                if issubclass(base, Exception):
+                    body["builtin"] = base.__name__
+                break
+    if isinstance(exc, OSError):  # not in args: errno, strerror and the file names
+        for attr in ("errno", "strerror", "filename", "filename2"):
+            value = getattr(exc, attr, None)
+            if value is None or type(value) in (int, str):
+                body[attr] = value
+            else:
+                body[attr] = str(value)  # os.fsencode'd bytes, a PathLike: as text
     return body

@@ -39,6 +39,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     ReplyLost,
+    remote_error_class,
 )
 from .resolve import Target, resolve
 
@@ -93,6 +94,7 @@ def remote_exception(body: Any) -> BaseException:
     message = str(body.get("message", ""))
     text = str(body.get("traceback", ""))
     exc: Optional[BaseException] = None
+    remote_type = f"{module}.{type_name}" if module else type_name
     cls = getattr(builtins, type_name, None) if module == "builtins" else None
     if isinstance(cls, type) and issubclass(cls, Exception):
         args = body.get("args")
@@ -101,7 +103,19 @@ def remote_exception(body: Any) -> BaseException:
         except Exception:
             exc = cls(message)
     if exc is None:
-        exc = RemoteError(f"{module}.{type_name}" if module else type_name, message, text)
+        family = getattr(builtins, str(body.get("builtin", "")), None)
+        kind: type = RemoteError
+        if isinstance(family, type) and issubclass(family, Exception):
+            kind = remote_error_class(family)
+        exc = cast(BaseException, kind(remote_type, message, text))
+    if isinstance(exc, OSError):  # errno, strerror, filename(2) travel beside the args
+        for attr in ("errno", "strerror", "filename", "filename2"):
+            if attr in body:
+                try:
+                    setattr(exc, attr, body[attr])
+                except (TypeError, AttributeError):
+                    pass
+    exc.remote_type = remote_type  # type: ignore[attr-defined]
     exc.remote_traceback = text  # type: ignore[attr-defined]
     if text:
         exc.__cause__ = _RemoteTraceback(text)

@@ -55,6 +55,21 @@ class TestDaemon(Malacoda):
     def fail_custom(self):
         raise CustomError("custom failure")
 
+    def fail_json(self):
+        import json
+
+        return json.loads("{not json")
+
+    def fail_file(self, path="/nonexistent/malacoda-file"):
+        with open(path):
+            pass
+
+    def fail_timeout(self):
+        raise TimeoutError("the daemon's own wait ran out")
+
+    def fail_unicode(self):
+        return b"\xff".decode("utf-8")
+
     def fail_exit(self, kind="SystemExit"):
         raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}[kind](kind)
 

@@ -74,6 +74,36 @@ def test_remote_exceptions(start_daemon):
         d.add()  # a wrong call is the caller's TypeError, as locally
 
 
+def test_remote_exceptions_keep_their_family(start_daemon):
+    """An exception with no built-in type here is a RemoteError that is also its nearest
+    built-in ancestor; an OSError keeps errno, strerror and filename; a remote TimeoutError
+    is told from the proxy's own CallTimeout by remote_type."""
+    start_daemon()
+    d = malacoda.get("TestDaemon", timeout=10)
+    with pytest.raises(ValueError) as info:
+        d.fail_json()
+    assert isinstance(info.value, malacoda.RemoteError)
+    assert info.value.remote_type == "json.decoder.JSONDecodeError"
+    assert "Expecting property name" in str(info.value)
+    with pytest.raises(UnicodeDecodeError) as info:  # a built-in: itself, with its args
+        d.fail_unicode()
+    assert info.value.object == b"\xff"
+    with pytest.raises(FileNotFoundError) as info:
+        d.fail_file()
+    exc = info.value
+    assert (exc.errno, exc.filename) == (2, "/nonexistent/malacoda-file")
+    assert exc.strerror == "No such file or directory"
+    assert "/nonexistent/malacoda-file" in str(exc)
+    with pytest.raises(TimeoutError) as info:
+        d.fail_timeout()
+    assert not isinstance(info.value, malacoda.CallTimeout)
+    assert info.value.remote_type == "builtins.TimeoutError"
+    with pytest.raises(TimeoutError) as info:
+        d.slow(2, timeout=0.2)
+    assert isinstance(info.value, malacoda.CallTimeout)
+    assert getattr(info.value, "remote_type", None) is None
+
+
 def test_system_exit_in_a_call_is_the_callers_error_not_the_daemons_end(start_daemon):
     """SystemExit or KeyboardInterrupt raised by a method comes back to its caller; the daemon
     (whose thread ran it) goes on serving every later call."""

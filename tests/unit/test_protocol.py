@@ -229,3 +229,20 @@ def test_every_encoding_of_a_timestamp_is_refused(header):
     assert type(msgpack.unpackb(ext)) is msgpack.Timestamp  # what msgpack itself makes of it
     with pytest.raises(ProtocolError, match="Timestamp"):
         p.decode(b"\x92\xa1x" + ext)
+
+
+def test_an_unknown_exception_keeps_its_nearest_builtin_family():
+    """A type that cannot be made from a message alone (UnicodeDecodeError) gives the nearest
+    ancestor that can; an older daemon's map (no "builtin") still gives a RemoteError."""
+    from malacoda.errors import RemoteError
+    from malacoda.proxy import remote_exception
+
+    class Odd(UnicodeDecodeError):
+        pass
+
+    body = p.error_body(Odd("utf-8", b"\xff", 0, 1, "bad"))
+    assert body["builtin"] == "UnicodeDecodeError"
+    exc = remote_exception(body)
+    assert isinstance(exc, RemoteError) and isinstance(exc, UnicodeError)
+    del body["builtin"]
+    assert type(remote_exception(body)) is RemoteError
