@@ -269,7 +269,8 @@ def stop(c: Context, names: Tuple[str, ...], all_: bool) -> None:
     """Stop daemons: ask them (pst saved), then SIGTERM, then SIGKILL after stop_timeout.
 
     NAME:HOST stops NAME on HOST (over SSH). Stopping what is not running succeeds. Exit 0, or
-    1 when a daemon could not be stopped.
+    1 when a daemon could not be stopped or stopped with its final pst save incomplete (an
+    attribute that cannot be saved: the message names it; the others were saved).
     """
     if all_ == bool(names):
         raise click.UsageError("give unit NAMEs or --all (not both)")
@@ -278,12 +279,16 @@ def stop(c: Context, names: Tuple[str, ...], all_: bool) -> None:
         _known_or_fail(c, name)
     chosen = local if names else sorted(
         set(units.names(c.search)) | set(supervise.known_names(c.paths)))
+    incomplete = False
     for name, timeout in _stop_order(c, chosen):
         outcome = supervise.stop(name, c.paths, timeout)
-        if names or outcome == "stopped":
+        if outcome.startswith("stopped, but "):  # its final pst save was incomplete
+            complain(f"{name} {outcome}")
+            incomplete = True
+        elif names or outcome == "stopped":
             click.echo(visible(f"{name} {outcome}"))
-    sys.exit(max([cli_hosts.stop_there(host, there) for host, there in remote.items()],
-                 default=OK))
+    code = max([cli_hosts.stop_there(host, there) for host, there in remote.items()], default=OK)
+    sys.exit(max(code, FAILED if incomplete else OK))
 
 
 @cli.command()
@@ -428,6 +433,8 @@ def _status_table(c: Context, results: List[Tuple[supervise.UnitStatus, Optional
     for r, host in results:
         if r.message and (c.verbose or r.state == "invalid" or r.changed):
             c.echo(f"{r.name}{':' + host if host else ''}: {r.message}", False)
+        if r.pst:  # always: state that a restart would lose
+            c.echo(f"{r.name}{':' + host if host else ''}: {r.pst}", False)
 
 
 # ---------------------------------------------------------------------- talking to a daemon
@@ -621,7 +628,8 @@ def _reader_gone() -> bool:
 def run(c: Context, name: str) -> None:
     """Run the unit NAME in the foreground (for systemd: Type=notify, SIGTERM stops it).
 
-    Exit 0 after a stop, 1 when the daemon failed, 2 bad unit.
+    Exit 0 after a stop, 1 when the daemon failed, 2 bad unit, 74 stopped but its final pst
+    save was incomplete (the error names the attribute).
     """
     from . import runner, systemd
 
@@ -635,13 +643,16 @@ def run(c: Context, name: str) -> None:
                        f"STATUS=serving on {entry.address}:{entry.port}")
 
     try:
-        runner.run_unit(unit, [ready])
+        instance = runner.run_unit(unit, [ready])
     except MalacodaError:
         raise
     except Exception as exc:
         if state["ready"] or c.verbose:
             traceback.print_exc()
         fail(f"{unit.name} failed: {runner.describe_error(exc)}", FAILED)
+    incomplete = getattr(instance, "_malacoda_pst_incomplete", "")
+    if incomplete:
+        fail(f"{unit.name} stopped, but {incomplete}", runner.PST_INCOMPLETE)
 
 
 @cli.command(name="systemd")

@@ -165,6 +165,8 @@ class Malacoda:
         self._malacoda_stop = threading.Event()
         self._malacoda_save_lock = threading.Lock()
         self._malacoda_incarnation = uuid.uuid4().hex[:16]
+        self._malacoda_unsaved: Dict[str, str] = {}  # pst attributes the last save left out
+        self._malacoda_pst_incomplete = ""  # why the final save was incomplete (runner's exit)
         self._malacoda_storage: PstStorage = from_config(name, paths, pst_config)
 
         if daemonize:
@@ -196,10 +198,35 @@ class Malacoda:
         return self.running
 
     def _save_pst(self) -> bool:
-        """Save ``pst*`` attributes now if they changed; True when written."""
+        """Save ``pst*`` attributes now if they changed; True when written.
+
+        An attribute that cannot be saved does not stop the others (see
+        :meth:`PstStorage.save`): one error names it, and ``malacodactl status`` shows it.
+        """
         with self._malacoda_save_lock:
             state = {k: v for k, v in list(vars(self).items()) if k.startswith("pst")}
-            return self._malacoda_storage.save(state)
+            storage = self._malacoda_storage
+            try:
+                return storage.save(state)
+            finally:
+                self._malacoda_note_unsaved(dict(getattr(storage, "unsaved", {})))
+
+    def _malacoda_note_unsaved(self, unsaved: Dict[str, str]) -> None:
+        """Log and register (for ``status``) the pst attributes the last save left out, once
+        each time the set of them changes."""
+        if unsaved == self._malacoda_unsaved:
+            return
+        self._malacoda_unsaved = unsaved
+        text = pst_unsaved_text(unsaved)
+        if unsaved:
+            log.error("%s: %s", self.name, text)
+        else:
+            log.info("%s: every pst attribute is saved again", self.name)
+        entry = getattr(self, "_malacoda_entry", None)
+        if entry is not None:
+            entry.extra["pst"] = text
+            with contextlib.suppress(OSError):
+                Registry(self._malacoda_paths).write(entry)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -247,6 +274,7 @@ class Malacoda:
                               uid=os.geteuid(), version=__version__, host=host_name(),
                               server_key=curve.public_key if curve else None)
                 registry.write(entry)
+                self._malacoda_entry = entry  # rewritten when a pst attribute cannot be saved
                 announced: Optional[cluster.Registration] = None
                 try:
                     announced = cluster.register(entry)  # None unless a cluster is configured
@@ -286,8 +314,13 @@ class Malacoda:
             self._malacoda_restore_signals(previous)
             try:
                 self._save_pst()
-            except StateError:
-                log.exception("%s: the final save of pst state failed", self.name)
+                unsaved = self._malacoda_unsaved
+                if unsaved:
+                    self._malacoda_pst_incomplete = ("its final pst save was incomplete: "
+                                                     + pst_unsaved_text(unsaved))
+            except StateError as exc:  # one line: the message says what and where
+                log.error("%s: the final save of pst state failed: %s", self.name, exc)
+                self._malacoda_pst_incomplete = f"its final save of pst state failed: {exc}"
             log.info("%s stopped", self.name)
         if failure is not None:
             raise failure
@@ -394,6 +427,19 @@ def _as_if_detached(options: Dict[str, Any]) -> Iterator[None]:
     finally:
         for step in reversed(undo):
             step()
+
+
+def pst_unsaved_text(unsaved: Dict[str, str]) -> str:
+    """The one line that names the pst attributes a save left out ("" when none)."""
+    if len(unsaved) == 1:
+        [(name, reason)] = unsaved.items()
+        return (f"pst attribute {name} cannot be saved ({reason}): it keeps its last saved "
+                "value; the other pst attributes are saved")
+    if unsaved:
+        reasons = "; ".join(f"{k}: {v}" for k, v in unsaved.items())
+        return (f"pst attributes {', '.join(unsaved)} cannot be saved ({reasons}): they keep "
+                "their last saved values; the other pst attributes are saved")
+    return ""
 
 
 def _own_start_time() -> float:

@@ -40,6 +40,7 @@ from .errors import MalacodaError
 from .launch import python_command
 from .logfile import LogFile
 from .runtime import (
+    PST_INCOMPLETE,
     NameLock,
     Paths,
     Registry,
@@ -287,9 +288,18 @@ class Monitor:
             self.record.last_exit = describe_exit(code)
             self.note(f"{unit.name} (pid {proc.pid if proc else '-'}) exited: "
                       + ", ".join(f"{k} {v}" for k, v in self.record.last_exit.items()))
-            failed = outcome != "ready" or code != 0
+            # A daemon whose final pst save was incomplete stopped as asked: no failure to
+            # restart it for, but its stop says so (the error names the attribute).
+            failed = outcome != "ready" or code not in (0, PST_INCOMPLETE)
             if self.stopping.is_set():
-                self.save(state="stopped", pid=None, port=None, message="stopped")
+                message = "stopped"
+                if code == PST_INCOMPLETE:
+                    self.pump_done(1.0)
+                    line = self.logfile.last_error()  # the runner's, naming the attribute
+                    line = line.partition(f"StateError: {unit.name}: ")[2] or \
+                        "its final pst save was incomplete: see its log"
+                    message = "stopped, but " + line
+                self.save(state="stopped", pid=None, port=None, message=message)
                 return 0
             if outcome == "ready" and uptime >= unit.backoff_reset:
                 streak = 0

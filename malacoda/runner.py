@@ -27,17 +27,17 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from . import daemon as daemon_module
-from .runtime import Entry, Paths
+from .runtime import PST_INCOMPLETE, Entry, Paths
 from .units import Unit, load_file
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 ORPHAN_CHECK = 0.5  # seconds between checks that the monitor (our parent) still lives
 
 
-def run_unit(unit: Unit, on_ready: List[Callable[[Entry], None]]) -> None:
+def run_unit(unit: Unit, on_ready: List[Callable[[Entry], None]]) -> Any:
     """Instantiate ``unit``'s class here and serve until it stops (see the module docstring)."""
     os.environ.update(unit.env)
     os.chdir(unit.workdir)
@@ -55,7 +55,7 @@ def run_unit(unit: Unit, on_ready: List[Callable[[Entry], None]]) -> None:
         curve=unit.curve,
         pst_config=unit.pst, on_ready=list(on_ready),
     )
-    cls(**unit.args)
+    return cls(**unit.args)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -138,7 +138,12 @@ def child_main(unit_file: str, fd: int, unit_fd: Optional[int] = None) -> int:
     try:
         unit = load_file(Path(unit_file), text)
         name = unit.name
-        run_unit(unit, [ready])
+        instance = run_unit(unit, [ready])
+        incomplete = getattr(instance, "_malacoda_pst_incomplete", "")
+        if incomplete:  # the last error line of its log: the monitor's record quotes it
+            with contextlib.suppress(OSError):
+                print(f"StateError: {name}: {incomplete}", file=sys.stderr, flush=True)
+            code = PST_INCOMPLETE
     except BaseException as exc:  # noqa: B902 - reported to the monitor, then the exit code
         failed = True
         if served and os.getppid() != monitor:

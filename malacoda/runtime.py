@@ -275,6 +275,12 @@ def same_process(pid: int, start_time: float, uid: Optional[int] = None) -> bool
         return False
 
 
+#: The exit code of a daemon (``malacoda.runner``, ``malacodactl run``) that stopped as asked but
+#: whose final pst save was incomplete: an attribute that cannot be saved, or a persister that
+#: failed (EX_IOERR of sysexits.h). The monitor records it and ``malacodactl stop`` exits 1.
+PST_INCOMPLETE = 74
+
+
 @dataclass
 class Entry:
     """One running daemon, as it registered itself."""

@@ -128,12 +128,18 @@ class PstStorage:
     :meth:`save` skips state that has not changed since the last save or load.
     """
 
+    unsaved: Dict[str, str] = {}  # (class defaults: a subclass may skip our __init__)
+    _previous: Optional[Dict[str, Any]] = None
+
     def __init__(self, name: str, paths: Paths, frequency: Any = DEFAULT_FREQUENCY) -> None:
         self.name = name
         self.paths = paths
         self.frequency = _frequency(frequency)
         self._last_digest: Optional[bytes] = None
         self._digest_of: Optional[Tuple[bytes, bytes]] = None
+        #: ``{attribute: reason}`` of the pst attributes the last save could not save.
+        self.unsaved: Dict[str, str] = {}
+        self._previous: Optional[Dict[str, Any]] = None  # the saved state, while some are bad
 
     def load(self) -> Optional[Dict[str, Any]]:
         """The saved state, None when nothing was saved yet; :class:`StateError` if unreadable."""
@@ -144,11 +150,19 @@ class PstStorage:
         raise NotImplementedError
 
     def save(self, state: Dict[str, Any]) -> bool:
-        """Save ``state`` if it changed; True when something was written."""
+        """Save ``state`` if it changed; True when something was written.
+
+        An attribute that cannot be serialised (a socket, a lock in it) does not stop the
+        others: they are saved, and it keeps the value it had in the last state saved (or is
+        left out, if it was never saved). :attr:`unsaved` then names it with the reason
+        (empty when the last save was complete).
+        """
         try:
             payload = serialise(state)
-        except Exception as exc:
-            raise StateError(f"pst state of {self.name!r} cannot be serialised: {exc}") from exc
+            self.unsaved = {}
+            self._previous = None
+        except Exception:
+            payload = serialise(self._without_unsaveable(state))
         digest = hashlib.sha256(payload).digest()
         if digest == self._last_digest:
             return False
@@ -159,6 +173,31 @@ class PstStorage:
             self._digest_of = None
         self._last_digest = digest
         return True
+
+    def _without_unsaveable(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        """``state`` with each attribute that cannot be serialised replaced by its value in
+        the state saved last (read back once, and kept while some attribute stays bad)."""
+        unsaved: Dict[str, str] = {}
+        for key, value in state.items():
+            try:
+                serialise({key: value})
+            except Exception as exc:
+                unsaved[key] = f"{type(exc).__name__}: {exc}"
+        if not unsaved:  # each alone travels, not together (unlikely): nothing to pick out
+            raise StateError(f"pst state of {self.name!r} cannot be serialised")
+        if self._previous is None:
+            try:
+                self._previous = self.load() or {}
+            except StateError as exc:
+                raise StateError(f"pst attribute {', '.join(unsaved)} of {self.name!r} cannot "
+                                 f"be saved, and the state saved last cannot be read to keep "
+                                 f"its value ({exc}): nothing was saved") from exc
+        kept = {k: v for k, v in state.items() if k not in unsaved}
+        for key in unsaved:
+            if key in self._previous:
+                kept[key] = self._previous[key]
+        self.unsaved = unsaved
+        return kept
 
     def _loaded(self, payload: Union[bytes, memoryview], where: str) -> Dict[str, Any]:
         try:

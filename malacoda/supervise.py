@@ -43,7 +43,7 @@ from .monitor import (
     stop_sequence,
     write_record,
 )
-from .runtime import Paths, Registry, host_name, private_dir, same_process
+from .runtime import PST_INCOMPLETE, Paths, Registry, host_name, private_dir, same_process
 from .units import Unit
 
 LSB = {"running": 0, "stale": 1, "starting": 3, "failed": 3, "stopped": 3, "invalid": 3,
@@ -68,6 +68,7 @@ class UnitStatus:
     message: str = ""
     changed: bool = False  # the unit file changed since the daemon started (restart applies it)
     unit_digest: str = ""  # units.digest() of the unit as the monitor loaded it
+    pst: str = ""  # the pst attributes the daemon's last save could not save ("" when none)
 
     @property
     def code(self) -> int:
@@ -103,6 +104,7 @@ def status(name: str, paths: Optional[Paths] = None, ping_timeout: float = 2.0) 
             result.unit_digest = record.unit_digest
     if registered == "running" and entry is not None:
         result.pid, result.port = entry.pid, entry.port
+        result.pst = str(entry.extra.get("pst") or "")
         result.state = "running" if ping(name, ping_timeout) else "hung"
         if not monitor_alive:
             result.message = result.message or "not supervised (no monitor)"
@@ -276,9 +278,12 @@ def _wait_started(unit: Unit, paths: Paths) -> UnitStatus:
 
 def stop(name: str, paths: Optional[Paths] = None,
          stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> str:
-    """Stop ``name``: ``"stopped"``, or ``"not running"`` when there was nothing to stop."""
+    """Stop ``name``: ``"stopped"``, or ``"not running"`` when there was nothing to stop, or
+    ``"stopped, but …"`` when the daemon's final pst save was incomplete (its monitor saw the
+    exit code :data:`~.runtime.PST_INCOMPLETE`; the text names the attribute)."""
     paths = paths or Paths.default()
     did = False
+    incomplete = ""
     record = read_record(paths, name)
     if record is not None and record.monitor_alive() and record.monitor_pid is not None \
             and record.monitor_start is not None:
@@ -290,6 +295,10 @@ def stop(name: str, paths: Optional[Paths] = None,
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait_gone(pid, started, os.geteuid(), 5)
+        after = read_record(paths, name)
+        if after is not None and after.last_exit == {"code": PST_INCOMPLETE} \
+                and after.message.startswith("stopped, but "):
+            incomplete = after.message
     entry, registered = Registry(paths).read(name)
     if registered == "running" and entry is not None:  # a daemon without a monitor
         did = True
@@ -305,7 +314,7 @@ def stop(name: str, paths: Optional[Paths] = None,
     if record is not None and record.state == "failed":
         record.state, record.message = "stopped", "reset by stop"
         write_record(paths, record)
-    return "stopped" if did else "not running"
+    return incomplete or ("stopped" if did else "not running")
 
 
 def _wait_gone(pid: int, started: float, uid: int, timeout: float) -> bool:

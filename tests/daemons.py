@@ -157,6 +157,21 @@ class HostileDaemon(TestDaemon):
         return [len(counts), sum(1 for c in counts if c > 1), sum(counts)]
 
 
+class PstSocket(TestDaemon):
+    """A daemon that can be given a pst attribute no persister can save (a socket)."""
+
+    def __init__(self, **kwargs):
+        self.pst_list = None
+        self.pst_sock = None
+        super().__init__(**kwargs)
+
+    def open_socket(self):
+        import socket
+
+        self.pst_sock = socket.socket()
+        return "opened"
+
+
 class Talker(TestDaemon):
     """Prints on request: fills the log for the log tests."""
 

@@ -234,3 +234,11 @@ def test_an_object_of_the_unversioned_format_loads_until_a_version_is_known(home
     storage.version_file.unlink()  # a host that never saw a versioned object of it
     assert from_config("X", paths, config).load() == {"pst_a": "old"}
     storage.close()
+
+
+def test_one_unsaveable_attribute_keeps_the_others_in_s3(home: Path, s3: SimpleNamespace):
+    """As for the file and SQLite persisters (test_pst_partial.py): the bad attribute keeps its
+    last saved value, the others are saved."""
+    from tests.integration.test_pst_partial import check_partial_save
+
+    check_partial_save(s3.config)
