@@ -29,6 +29,7 @@ from . import protocol as p
 from .channel import Channel, NotSent
 from .errors import (
     AccessDenied,
+    AmbiguousName,
     Busy,
     CallTimeout,
     CommunicationError,
@@ -46,6 +47,10 @@ from .resolve import Target, resolve
 _NO_DEFAULT = inspect.Parameter.empty
 RESEND_ATTEMPTS = 3  # re-sends of one request after dropped connections
 RESEND_PROBE = 2.0  # seconds to wait for the ping that tells which daemon answers now
+#: How long a call without a timeout looks its daemon's name up again while none of that name
+#: runs (a restart in progress); a call with a timeout does so until its deadline.
+LOOKUP_WAIT = 20.0
+LOOKUP_POLL, LOOKUP_POLL_MAX = 0.02, 0.25  # seconds between those look-ups (doubling)
 #: The most milliseconds a request says its caller waits (2**32 - 1, about 49 days): a longer
 #: wait is sent as this (the daemon then drops a request it cannot start within 49 days).
 WIRE_TIMEOUT_MS_MAX = 2**32 - 1
@@ -306,17 +311,39 @@ class Proxy:
             self.__dict__["_channel"] = channel
             return channel
 
+    def _connect_waiting(self, timeout: Optional[float], started: float) -> Channel:
+        """:meth:`_connect`, looking the name up again while no daemon of that name runs, until
+        the call's deadline (without one: :data:`LOOKUP_WAIT` seconds): a daemon its monitor
+        restarts (after ``kill -9``, in its backoff) is found once it is back."""
+        delay = LOOKUP_POLL
+        while True:
+            try:
+                return self._connect()
+            except AmbiguousName:
+                raise
+            except LookupFailed as exc:
+                waited = time.monotonic() - started
+                left = (LOOKUP_WAIT if timeout is None else timeout) - waited
+                if left <= 0:
+                    raise LookupFailed(f"{exc} (looked up again for {waited:.1f} s: "
+                                       "the request was not sent)") from None
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, LOOKUP_POLL_MAX)
+
     def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float],
                  encoded: Optional[Tuple[bytes, List[bytes]]] = None) -> Any:
+        started = time.monotonic()
         channel = self._channel
         if (channel is None or self._generation != _fork_generation or channel.broken is not None
                 or not self._target.current()):
-            channel = self._connect()
+            channel = self._connect_waiting(timeout, started)
         rid = self._rid_prefix + next(self._counter).to_bytes(8, "big")
-        timeout_ms = (None if timeout is None  # at least 1: 0 ms would be dropped unrun
-                      else max(1, min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX)))
+        timeout_ms = None
+        if timeout is not None:  # what is left of it after the look-ups; 0 ms would be dropped
+            timeout = max(timeout - (time.monotonic() - started), 0.001)
+            timeout_ms = max(1, min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX))
+            started = time.monotonic()
         frames = p.request_frames(rid, op, name, body, timeout_ms, encoded)
-        started = time.monotonic()
         try:
             try:
                 reply = channel.request(frames, rid, timeout)
@@ -325,7 +352,14 @@ class Proxy:
                 if left is not None and left <= 0:
                     raise CallTimeout(f"no connection to {self._spec} within {timeout} s: "
                                       "the request was not sent") from None
-                reply = self._connect().request(frames, rid, left)
+                resolving = time.monotonic()
+                channel = self._connect_waiting(left, resolving)
+                if left is not None:
+                    left -= time.monotonic() - resolving
+                    if left <= 0:
+                        raise CallTimeout(f"no connection to {self._spec} within {timeout} s: "
+                                          "the request was not sent") from None
+                reply = channel.request(frames, rid, left)
         except ConnectionLost as lost:
             reply = self._resend(frames, rid, timeout, started, lost)
         if reply.incarnation != self._incarnation:

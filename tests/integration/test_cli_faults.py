@@ -104,3 +104,21 @@ def test_daemon_restarted_on_a_new_port_behind_a_live_proxy(ctl: Ctl) -> None:
     assert d.pid() == after["pid"]
     assert d.tallies == 0  # the new daemon never ran the lost call
     ctl.ok("stop", "Moving")
+
+
+def test_a_call_right_after_kill_9_waits_out_the_restart(ctl: Ctl) -> None:
+    """Right after kill -9 of the daemon, a call with a timeout looks the name up again until
+    its deadline (the registry holds a stale entry, then none, then the new daemon's) and runs
+    on the daemon the monitor restarted, instead of failing at once with LookupFailed."""
+    ctl.unit("Back", backoff=2.0)  # seconds without the daemon: the call must wait them out
+    ctl.ok("start", "Back")
+    d = malacoda.get("Back")
+    for timeout in (10, None):  # None: up to proxy.LOOKUP_WAIT (20 s), as the README says
+        before = ctl.status("Back")
+        assert d.pid() == before["pid"]
+        os.kill(before["pid"], signal.SIGKILL)
+        wait_for(lambda: ctl.status("Back")["state"] != "running",  # noqa: B023
+                 what="the monitor to see the daemon die")
+        assert d.echo("x", timeout=timeout) == "x"
+        assert d.pid() not in (None, before["pid"])
+    ctl.ok("stop", "Back")
