@@ -30,6 +30,7 @@ from .errors import (
     RemoteError,
     RemoteHostError,
     ReplyLost,
+    RequestTooLarge,
     StateError,
 )
 from .version import __version__
@@ -81,6 +82,7 @@ __all__ = [
     "PstStorage",
     "RemoteError",
     "RemoteHostError",
+    "RequestTooLarge",
     "StateError",
     "__version__",
     "get",

@@ -260,6 +260,7 @@ class Malacoda:
             self._malacoda_load_pst()
             dispatcher = Dispatcher(self, self._malacoda_incarnation, __version__,
                                     read_only=READ_ONLY)
+            dispatcher.max_message = max_message  # in describe: proxies refuse larger requests
             server = Server(dispatcher, address, port, workers, queue, max_message=max_message,
                             max_connections=self._malacoda_max_connections,
                             configure=chain(curve.configure if curve else None,

@@ -97,6 +97,7 @@ class Dispatcher:
         self.read_only = read_only
         self.hidden = hidden
         self.max_items = p.MAX_REQUEST_ITEMS  # container items in one request body
+        self.max_message: Optional[int] = None  # the server's, told in describe when set
         self._cls = type(target)
         self.new_pst = bool(getattr(self._cls, "_allow_new_pst", False))
         # Names that passed the access check and that _is_method said yes to (a cache).
@@ -193,7 +194,7 @@ class Dispatcher:
                     methods[name]["annotations"] = annotations
             else:
                 attributes.append(name)
-        return {
+        found = {
             "name": getattr(self.target, "name", self._cls.__name__),
             "class": f"{self._cls.__module__}.{self._cls.__qualname__}",
             "doc": inspect.getdoc(self._cls),
@@ -202,3 +203,6 @@ class Dispatcher:
             "methods": methods,
             "attributes": attributes,
         }
+        if self.max_message is not None:  # a key more: older clients skip it
+            found["max_message"] = self.max_message
+        return found

@@ -8,6 +8,7 @@ Callers branch on these types, never on message text::
     │   ├── ConnectionLost        (also a ConnectionError) the daemon went away mid-call
     │   ├── Busy                  the daemon's workers and queue are full
     │   ├── ProtocolError         a frame that does not follow docs/protocol.md
+    │   │   └── RequestTooLarge   a request over the daemon's max_message (not sent)
     │   ├── ClusterError          the cluster registry (etcd) is unreachable or refused a request
     │   └── RemoteHostError       another host could not be used (``host`` names it)
     │       ├── HostUnreachable       unknown host name, connection refused, no route
@@ -64,6 +65,11 @@ class Busy(CommunicationError):
 
 class ProtocolError(CommunicationError):
     """A message that does not follow the wire protocol (docs/protocol.md)."""
+
+
+class RequestTooLarge(ProtocolError):
+    """A request larger than the daemon accepts (its ``max_message``, learnt from ``describe``):
+    it was not sent. Send less per call (split it), or raise the daemon's ``max_message``."""
 
 
 class RemoteHostError(CommunicationError):

@@ -307,10 +307,19 @@ class Encoder:
                 return base(obj)  # type: ignore[arg-type]
         if isinstance(obj, memoryview):
             return bytes(obj)
+        if t.__name__ in _UNSENDABLE_KINDS and t.__module__ == "builtins":
+            raise TypeError(
+                f"cannot send a {t.__name__}: generators and coroutines cannot be returned or "
+                "sent yet (no registration makes one travel); return a list of its values, or "
+                "the awaited result")
         raise TypeError(
             f"cannot send a value of type {t.__module__}.{t.__qualname__}: "
             "register it with malacoda.register_type() on both ends"
         )
+
+
+#: What no codec can send (no register_type() makes it travel): lazy values a method returned.
+_UNSENDABLE_KINDS = frozenset({"generator", "coroutine", "async_generator"})
 
 
 def _int_text(value: int) -> bytes:

@@ -40,6 +40,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     ReplyLost,
+    RequestTooLarge,
     remote_error_class,
 )
 from .resolve import Target, resolve
@@ -50,6 +51,8 @@ RESEND_PROBE = 2.0  # seconds to wait for the ping that tells which daemon answe
 #: How long a call without a timeout looks its daemon's name up again while none of that name
 #: runs (a restart in progress); a call with a timeout does so until its deadline.
 LOOKUP_WAIT = 20.0
+#: A request larger than this is checked against the daemon's max_message (from describe).
+CHECK_SIZE_ABOVE = 64 << 10
 LOOKUP_POLL, LOOKUP_POLL_MAX = 0.02, 0.25  # seconds between those look-ups (doubling)
 #: The most milliseconds a request says its caller waits (2**32 - 1, about 49 days): a longer
 #: wait is sent as this (the daemon then drops a request it cannot start within 49 days).
@@ -344,6 +347,8 @@ class Proxy:
             timeout_ms = max(1, min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX))
             started = time.monotonic()
         frames = p.request_frames(rid, op, name, body, timeout_ms, encoded)
+        if op != p.DESCRIBE and sum(map(len, frames)) > CHECK_SIZE_ABOVE:
+            self._check_size(frames)
         try:
             try:
                 reply = channel.request(frames, rid, timeout)
@@ -380,6 +385,18 @@ class Proxy:
         if status == p.DENIED:
             raise AccessDenied(message)
         raise ProtocolError(f"{p.STATUS_NAMES.get(status, status)}: {message}")
+
+    def _check_size(self, frames: List[bytes]) -> None:
+        """Refuse a request larger than the daemon's ``max_message`` before sending it (the
+        daemon would drop the connection, and the call would look lost). The limit comes from
+        ``describe``, asked once per daemon incarnation; an older daemon does not tell it."""
+        limit = self._describe().get("max_message")
+        size = sum(map(len, frames))
+        if type(limit) is int and size > limit:
+            raise RequestTooLarge(
+                f"the request is too large: {size} bytes, and {self._spec} accepts at most "
+                f"{limit} (its max_message); it was not sent: send less per call, or raise the "
+                "daemon's max_message")
 
     def _resend(self, frames: List[bytes], rid: bytes, timeout: Optional[float], started: float,
                 lost: ConnectionLost) -> p.Reply:

@@ -70,6 +70,12 @@ class TestDaemon(Malacoda):
     def fail_unicode(self):
         return b"\xff".decode("utf-8")
 
+    def numbers(self):
+        return (n for n in range(3))
+
+    async def later(self):
+        return 1
+
     def fail_exit(self, kind="SystemExit"):
         raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}[kind](kind)
 

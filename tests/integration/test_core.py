@@ -104,6 +104,32 @@ def test_remote_exceptions_keep_their_family(start_daemon):
     assert getattr(info.value, "remote_type", None) is None
 
 
+def test_a_returned_generator_or_coroutine_says_so(start_daemon):
+    """Not "register it with register_type()": no registration makes one travel."""
+    start_daemon()
+    d = malacoda.get("TestDaemon", timeout=10)
+    for method in (d.numbers, d.later):
+        with pytest.raises(TypeError) as info:
+            method()
+        text = str(info.value)
+        assert "generators and coroutines cannot be returned" in text, text
+        assert "register_type" not in text
+
+
+def test_a_request_over_max_message_says_too_large(start_daemon):
+    """Not "ConnectionLost: the daemon went away": the proxy knows the daemon's max_message
+    from describe and refuses the request before sending it."""
+    start_daemon(max_message=1 << 20)
+    d = malacoda.get("TestDaemon", timeout=10)
+    with pytest.raises(malacoda.RequestTooLarge) as info:
+        d.echo(b"x" * (2 << 20))
+    text = str(info.value)
+    assert "too large" in text and str(1 << 20) in text and "not sent" in text, text
+    assert isinstance(info.value, malacoda.ProtocolError)
+    assert d.echo(b"y" * (512 << 10)) == b"y" * (512 << 10)  # under the limit: served
+    assert d.add(1, 2) == 3
+
+
 def test_system_exit_in_a_call_is_the_callers_error_not_the_daemons_end(start_daemon):
     """SystemExit or KeyboardInterrupt raised by a method comes back to its caller; the daemon
     (whose thread ran it) goes on serving every later call."""
