@@ -30,8 +30,8 @@ Request body: ``call``: a 2-array ``[args, kwargs]`` (an array and a map with st
 ``set``: the new value; every other operation: nil.
 
 Retries: a client whose connection dropped mid-request may send the very same frames again
-(same id). A daemon remembers the replies of recent ``call``/``set`` requests (by their whole
-first frame — id, operation, name, timeout and body — and their buffers; bounded, about a
+(same id). A daemon remembers the replies of recent ``call``/``set`` requests (by id,
+operation, name, body and every buffer's content, not the timeout; bounded, about a
 minute): a copy of one that ran is answered from there, a copy of one still running gets the
 reply once it is ready (8 copies at most; further ones get BUSY); neither runs it again. The
 daemon's incarnation id (in every reply, and the ``ping`` reply) tells a client whether it is
