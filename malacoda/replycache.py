@@ -33,11 +33,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import time
+import zlib
 from typing import Deque, Dict, List, Optional, OrderedDict, Tuple
 
 from . import protocol as p
 
-MAX_ENTRIES = 4096  # requests remembered as run (their keys: the id and a 16-byte hash)
+MAX_ENTRIES = 4096  # requests remembered as run (their keys: at most 512 bytes each)
+SMALL_HEAD = 512  # a request of one frame up to this size is its own key (without timeout)
 MAX_BYTES = 8 << 20  # the replies kept of them, newest first
 MAX_REPLY = 256 << 10  # a larger reply is never kept (its request is still remembered)
 TTL = 60.0  # seconds a request is remembered after it ran
@@ -56,19 +58,31 @@ def request_key(request: p.Request) -> bytes:
     buffer frame's content — not the timeout (a re-send carries the caller's remaining time, and
     is the same request whatever it is).
 
-    Computed once per request (``begin`` and ``finish`` both need it) and kept on it.
+    Requests of one small frame are their own key (cheaper than a hash: 0.3 µs); others are
+    the id and a hash of the rest (0.2 ms a MiB of buffers). Computed once per request
+    (``begin`` and ``finish`` both need it) and kept on it.
     """
     key = request.cache_key
     if key is None:
-        h = hashlib.blake2b(digest_size=16)
-        for part in (request.op.encode(), (request.name or "").encode(), request.body):
-            h.update(len(part).to_bytes(8, "big"))
-            h.update(part)
-        h.update(b"\0" if request.name is None else b"\1")
-        for buffer in request.buffers:
-            h.update(len(buffer).to_bytes(8, "big"))
-            h.update(buffer)
-        key = request.rid + h.digest()
+        op = request.op.encode()
+        name = b"\xff" if request.name is None else request.name.encode()  # never UTF-8
+        parts = (len(request.rid).to_bytes(1, "big"), request.rid, len(op).to_bytes(4, "big"),
+                 op, len(name).to_bytes(4, "big"), name, request.body)
+        if not request.buffers and len(request.head) <= SMALL_HEAD:
+            key = b"".join(parts)
+        else:
+            # The first frame's parts under SHA-256; each buffer frame as its length and CRC-32
+            # (0.2 ms a MiB, the GIL released; SHA-256 took 0.6 ms and doubled the time of a
+            # 16 MiB echo). Two requests differ here only when a client reuses an id of 8 bytes
+            # or more, which the protocol forbids: its different buffer of the same length is
+            # then told apart but for a 2**-32 chance.
+            h = hashlib.sha256()
+            for part in parts:
+                h.update(part)
+            for buffer in request.buffers:
+                h.update(len(buffer).to_bytes(8, "big"))
+                h.update(zlib.crc32(buffer).to_bytes(4, "big"))
+            key = b"\0" + request.rid + h.digest()[:16]  # b"\0": never a small key's start
         request.cache_key = key
     return key
 
@@ -151,6 +165,12 @@ class ReplyCache:
         if now >= self._first_expiry:
             self._expire(now)
         return [[identity, *frames] for identity in waiting] if waiting else _NONE
+
+    def prepare(self, request: p.Request) -> None:
+        """Compute ``request``'s key now, before the server takes its lock: hashing its buffer
+        frames takes about 0.2 ms a MiB (zlib releases the GIL meanwhile)."""
+        if request.op in _REMEMBERED and len(request.rid) >= MIN_ID and request.cache_key is None:
+            request_key(request)
 
     def abandon(self, request: p.Request) -> None:
         """``request`` will not run after all (the daemon was busy): forget it."""

@@ -351,6 +351,8 @@ class Server:
         if request.op == p.PING:
             send_routed(router, identity, self._reply(request.rid, p.OK, "pong"))
             return True
+        if request.buffers:  # their hash, for the reply cache's key: not under the lock
+            self.replies.prepare(request)
         mu = self._mu
         with mu:  # the reply cache is guarded by the same lock
             seen = self.replies.begin(request, identity)
