@@ -157,12 +157,14 @@ class PstStorage:
         left out, if it was never saved). :attr:`unsaved` then names it with the reason
         (empty when the last save was complete).
         """
-        try:
-            payload = serialise(state)
-            self.unsaved = {}
-            self._previous = None
-        except Exception:
-            payload = serialise(self._without_unsaveable(state))
+        payload = self._still_unsaveable(state) if self.unsaved else None
+        if payload is None:
+            try:
+                payload = serialise(state)
+                self.unsaved = {}
+                self._previous = None
+            except Exception:
+                payload = serialise(self._without_unsaveable(state))
         digest = hashlib.sha256(payload).digest()
         if digest == self._last_digest:
             return False
@@ -173,6 +175,29 @@ class PstStorage:
             self._digest_of = None
         self._last_digest = digest
         return True
+
+    def _still_unsaveable(self, state: Dict[str, Any]) -> Optional[bytes]:
+        """The payload without the attributes the last save left out, while they still cannot
+        be saved and the others can (the cheap way: each of those alone, then the rest); None
+        otherwise. Trying the whole state first would cost a failed dill attempt each time."""
+        still: Dict[str, str] = {}
+        for key in self.unsaved:
+            if key in state:
+                try:
+                    serialise({key: state[key]})
+                except Exception as exc:
+                    still[key] = f"{type(exc).__name__}: {exc}"
+        if not still:
+            return None
+        kept = {k: v for k, v in state.items() if k not in still}
+        previous = self._previous or {}
+        kept.update((k, previous[k]) for k in still if k in previous)
+        try:
+            payload = serialise(kept)
+        except Exception:
+            return None  # another attribute went bad too: the full search
+        self.unsaved = still
+        return payload
 
     def _without_unsaveable(self, state: Dict[str, Any]) -> Dict[str, Any]:
         """``state`` with each attribute that cannot be serialised replaced by its value in
