@@ -202,8 +202,9 @@ def disconnect(fd: int, port: Optional[int]) -> bool:
     except OSError:
         return False  # closed meanwhile, or no socket
     try:
-        if sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != port:
-            return False
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) \
+                or sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != port:
+            return False  # a Unix socket's name is a path: no port to compare
         sock.getpeername()
         sock.shutdown(socket.SHUT_RDWR)
         return True
