@@ -104,3 +104,21 @@ def test_daemon_restarted_on_a_new_port_behind_a_live_proxy(ctl: Ctl) -> None:
     assert d.pid() == after["pid"]
     assert d.tallies == 0  # the new daemon never ran the lost call
     ctl.ok("stop", "Moving")
+
+
+@pytest.mark.slow
+def test_a_hand_over_runs_the_unit_as_it_was_loaded(ctl: Ctl) -> None:
+    """kill -9 of the monitor after a half-saved edit of the unit file: the hand-over is an
+    automatic restart too, and runs the unit as it was loaded (it re-read the file and the
+    daemon was gone for good); status still marks the file as changed."""
+    file = ctl.unit("EditedOver", cls="tests.daemons:HostileDaemon")
+    ctl.ok("start", "EditedOver")
+    row = ctl.status("EditedOver")
+    file.write_text(file.read_text() + "\nworkers = \n")  # half saved: not TOML any more
+    os.kill(row["monitor_pid"], signal.SIGKILL)
+    new = wait_for(running_again(ctl, "EditedOver", row["pid"], row["monitor_pid"]), timeout=30,
+                   what="a new monitor and daemon")
+    assert new["changed"] is True
+    wait_for(lambda: not pid_alive(row["pid"]), what="the orphan to exit")
+    ctl.ok("stop", "EditedOver")
+    assert not pid_alive(new["pid"]) and not pid_alive(new["monitor_pid"])
