@@ -301,11 +301,11 @@ class Monitor:
             self.record.restarts += 1
 
     def _died_at_once(self, proc: subprocess.Popen) -> bool:
-        """True when the daemon, just ready, exits within :data:`SETTLE` seconds: its ``_run``
-        raised at once. Its start is then a failed start, not "started" and a silent death."""
+        """True when the daemon, just ready, exits within :data:`SETTLE` seconds with an error:
+        its ``_run`` raised at once. Its start is then a failed start, not "started" and a
+        silent death. Exit 0 is a ``_run`` that returned (or a stop): it did start."""
         try:
-            proc.wait(timeout=SETTLE)
-            return True
+            return proc.wait(timeout=SETTLE) != 0
         except subprocess.TimeoutExpired:
             return False
 
