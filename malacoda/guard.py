@@ -13,7 +13,9 @@ each connection's fd):
   (so that idle connections piling up cannot lock a newcomer, the owner's next call, out).
   :func:`fds_for_connections` raises the soft ``RLIMIT_NOFILE`` to the hard limit first and
   lowers the cap so that :data:`FD_RESERVE` fds stay free for the daemon's own files.
-- **Memory held for connections.** Every ``SAMPLE`` seconds it reads the bytes the process
+- **Memory held for connections.** Every ``SAMPLE`` seconds near the ceiling, less often far
+  under it (no faster than a flood of :data:`FLOOD_RATE` could close the gap, at most
+  :data:`IDLE_SAMPLE` apart), it reads the bytes the process
   has allocated (glibc's ``mallinfo2``, else the RSS). Past the memory at start plus
   ``headroom`` (what the daemon may hold of requests by its own settings), it shuts down the
   connections that brought the most bytes (the kernel's ``tcpi_bytes_received``) one by one
@@ -47,7 +49,9 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 1024  # connections a daemon keeps open by default
 FD_RESERVE = 64  # fds kept free beyond the connections: files, pst saves, accepting
 MIN_HEADROOM = 256 << 20  # the least memory connections may hold beyond the daemon's own
-SAMPLE = 0.02  # seconds between two looks at the memory
+SAMPLE = 0.02  # seconds between two looks at the memory, near the ceiling
+IDLE_SAMPLE = 0.1  # seconds between two looks at the most, far under it
+FLOOD_RATE = 8 << 30  # bytes a second connections can bring in at most (loopback, generous)
 EVENTS = int(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
 _ACCEPTED, _DISCONNECTED = int(zmq.EVENT_ACCEPTED), int(zmq.EVENT_DISCONNECTED)
 _MIN_SUSPECT = 1 << 20  # a connection that brought less than this cannot hold much
@@ -104,10 +108,15 @@ class ConnectionGuard:
         while not stopping():
             now = time.monotonic()
             if now >= next_sample:
-                next_sample = now + SAMPLE
-                if self._held() > self.ceiling:
+                held = self._held()
+                if held > self.ceiling:
                     self._shed(open_fds)
-            if not monitor.poll(int(SAMPLE * 1000)):
+                    held = self._held()
+                # An idle daemon is far under its ceiling: looking every SAMPLE there cost it
+                # 50 wake-ups a second for nothing.
+                next_sample = now + min(IDLE_SAMPLE,
+                                        max(SAMPLE, (self.ceiling - held) / FLOOD_RATE))
+            if not monitor.poll(max(1, int((next_sample - now) * 1000))):
                 continue
             try:
                 event = recv_frames(monitor, zmq.NOBLOCK)
@@ -202,8 +211,9 @@ def disconnect(fd: int, port: Optional[int]) -> bool:
     except OSError:
         return False  # closed meanwhile, or no socket
     try:
-        if sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != port:
-            return False
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) \
+                or sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != port:
+            return False  # a Unix socket's name is a path: no port to compare
         sock.getpeername()
         sock.shutdown(socket.SHUT_RDWR)
         return True

@@ -48,7 +48,9 @@ from .runtime import (
     known_fields,
     private_dir,
     process_start_time,
+    read_pipe,
     same_process,
+    text_pipe,
     untrusted,
 )
 from .units import Unit, digest, load_file
@@ -133,20 +135,6 @@ def write_record(paths: Paths, record: Record) -> None:
     private_dir(paths.run)
     private_dir(status_dir(paths))
     atomic_write(record_path(paths, record.name), json.dumps(asdict(record)).encode())
-
-
-def _unit_pipe(unit: Unit) -> int:
-    """A pipe holding the unit file's text as the monitor loaded it, for the daemon's runner:
-    an automatic restart runs that unit, not an edit saved (maybe half) since."""
-    read_end, write_end = os.pipe()
-    os.set_inheritable(read_end, False)  # pass_fds makes it the child's, and no one else's
-
-    def write() -> None:  # in a thread: a unit larger than the pipe's buffer must not block
-        with os.fdopen(write_end, "wb") as out, contextlib.suppress(OSError):
-            out.write(unit.text.encode("utf-8"))
-
-    threading.Thread(target=write, name="malacoda-unit", daemon=True).start()
-    return read_end
 
 
 def _exit_words(code: int) -> str:
@@ -323,11 +311,11 @@ class Monitor:
             self.record.restarts += 1
 
     def _died_at_once(self, proc: subprocess.Popen) -> bool:
-        """True when the daemon, just ready, exits within :data:`SETTLE` seconds: its ``_run``
-        raised at once. Its start is then a failed start, not "started" and a silent death."""
+        """True when the daemon, just ready, exits within :data:`SETTLE` seconds with an error:
+        its ``_run`` raised at once. Its start is then a failed start, not "started" and a
+        silent death. Exit 0 is a ``_run`` that returned (or a stop): it did start."""
         try:
-            proc.wait(timeout=SETTLE)
-            return True
+            return proc.wait(timeout=SETTLE) != 0
         except subprocess.TimeoutExpired:
             return False
 
@@ -337,7 +325,9 @@ class Monitor:
         Registry(self.paths).clean_stale(unit.name)
         ready_r, ready_w = os.pipe()
         out_r, out_w = os.pipe()
-        unit_r = _unit_pipe(unit)
+        # The unit as the monitor loaded it: an automatic restart runs that, not an edit
+        # saved (maybe half) since.
+        unit_r = text_pipe(unit.text)
         env = package_env(dict(os.environ, **unit.env, PYTHONUNBUFFERED="1"))
         try:
             proc = subprocess.Popen(
@@ -407,8 +397,13 @@ class Monitor:
         return proc.wait()
 
 
-def main(unit_file: str, fd: int) -> int:
-    """Entry of ``python -m malacoda.monitor``: detach, lock, supervise (module docstring)."""
+def main(unit_file: str, fd: int, unit_fd: Optional[int] = None) -> int:
+    """Entry of ``python -m malacoda.monitor``: detach, lock, supervise (module docstring).
+
+    ``unit_fd``: a pipe (:func:`~.runtime.text_pipe`) holding the unit file's text to run, as
+    the starter loaded it; without it the file is read.
+    """
+    text = read_pipe(unit_fd) if unit_fd is not None else None
     if os.fork() > 0:
         os._exit(0)
     os.chdir("/")
@@ -424,7 +419,7 @@ def main(unit_file: str, fd: int) -> int:
                 pass
 
     try:
-        unit = load_file(Path(unit_file))
+        unit = load_file(Path(unit_file), text)
         paths = Paths.default()
         lock = NameLock(paths, unit.name, "monitor")
         if not lock.acquire():
@@ -455,4 +450,4 @@ def main(unit_file: str, fd: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], int(sys.argv[2])))
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None))

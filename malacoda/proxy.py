@@ -60,6 +60,9 @@ WIRE_TIMEOUT_MS_MAX = 2**32 - 1
 #: The largest reply a proxy accepts by default (all its frames together), like a daemon's
 #: largest request: a hostile or broken daemon cannot make its clients hold more.
 MAX_REPLY = 64 << 20
+#: The most seconds ``proxy.__doc__`` (``help(proxy)``, IPython's ``proxy?``) waits for the
+#: daemon's description: then None, not the proxy's whole wait (20 s for a hung daemon).
+DOC_WAIT = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +167,8 @@ def _signature(params: List[Any], annotations: Optional[Dict[str, Any]] = None) 
 class _DaemonDoc:
     """``Proxy.__doc__``: on the class, the Proxy class's own docs (``help(malacoda.Proxy)``);
     on a proxy, the daemon's class docstring (``proxy.__doc__``, ``help(proxy)``,
-    ``inspect.getdoc(proxy)``), from its description. None when the daemon cannot be asked:
-    introspection (help, IPython) must not fail for it."""
+    ``inspect.getdoc(proxy)``), from its description. None when the daemon cannot be asked
+    within :data:`DOC_WAIT`: introspection (help, IPython) must not fail, nor hang, for it."""
 
     def __init__(self, own: Optional[str]) -> None:
         self.own = own
@@ -174,7 +177,7 @@ class _DaemonDoc:
         if proxy is None:
             return self.own
         try:
-            doc = proxy._describe().get("doc")
+            doc = proxy._describe(wait=DOC_WAIT).get("doc")
         except MalacodaError:
             return None
         return doc if isinstance(doc, str) else None
@@ -441,13 +444,14 @@ class Proxy:
         d["_description"] = None
         d["_methods"] = {}
 
-    def _describe(self, fresh: bool = False) -> Dict[str, Any]:
+    def _describe(self, fresh: bool = False, wait: Optional[float] = None) -> Dict[str, Any]:
         """The daemon's description, asked once (methods change only with the incarnation),
-        or again when ``fresh`` (attributes come and go)."""
+        or again when ``fresh`` (attributes come and go); ``wait``: at most that long."""
         description = None if fresh else self._description
         if description is None:
+            timeout = self._timeout if wait is None else min(self._timeout or wait, wait)
             description = _checked_description(
-                self._request(p.DESCRIBE, None, None, self._timeout))
+                self._request(p.DESCRIBE, None, None, timeout))
             self.__dict__["_description"] = description
         return description
 

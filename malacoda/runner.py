@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from . import daemon as daemon_module
-from .runtime import PST_INCOMPLETE, Entry, Paths
+from .runtime import PST_INCOMPLETE, Entry, Paths, read_pipe
 from .units import Unit, load_file
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -88,11 +88,12 @@ def _watch_monitor(monitor: int, name: str) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _hand_over(unit_file: str, monitor: int) -> None:
-    """After the monitor died and this daemon stopped: start the unit under a new monitor."""
+def _hand_over(unit_file: str, monitor: int, text: Optional[str]) -> None:
+    """After the monitor died and this daemon stopped: start the unit, as it ran (``text``, the
+    file as its monitor loaded it), under a new monitor."""
     from .supervise import start  # here only: supervise sits above the runner
 
-    unit = load_file(Path(unit_file))
+    unit = load_file(Path(unit_file), text)
     _output_to_log(unit.name)
     with contextlib.suppress(OSError):
         print(f"[runner] the monitor (pid {monitor}) of {unit.name} died: the daemon (pid "
@@ -106,10 +107,7 @@ def child_main(unit_file: str, fd: int, unit_fd: Optional[int] = None) -> int:
     ``unit_fd``: a pipe holding the unit file's text as the monitor loaded it (run that, not
     what the file says now); without it the file is read.
     """
-    text = None
-    if unit_fd is not None:
-        with os.fdopen(unit_fd, "rb") as source:
-            text = source.read().decode("utf-8", "replace")
+    text = read_pipe(unit_fd) if unit_fd is not None else None
     channel = os.fdopen(fd, "w")
     monitor = os.getppid()
     name = ""
@@ -159,7 +157,7 @@ def child_main(unit_file: str, fd: int, unit_fd: Optional[int] = None) -> int:
     # when it failed (as its monitor would have restarted it); not when someone stopped it.
     if served and os.getppid() != monitor and (failed or _handing_over.is_set()):
         with contextlib.suppress(Exception):
-            _hand_over(unit_file, monitor)
+            _hand_over(unit_file, monitor, text)
     return code
 
 

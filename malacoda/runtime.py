@@ -22,6 +22,7 @@ import re
 import socket
 import stat
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -440,3 +441,24 @@ class NameLock:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+
+def text_pipe(text: str) -> int:
+    """The read end of a pipe holding ``text`` (a unit file as it was loaded) for a child
+    process, which passes it in ``pass_fds`` (it is nobody else's: not inheritable) and reads it
+    with :func:`read_pipe`; the caller closes it once the child started."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(read_end, False)
+
+    def write() -> None:  # in a thread: a unit larger than the pipe's buffer must not block
+        with os.fdopen(write_end, "wb") as out, contextlib.suppress(OSError):
+            out.write(text.encode("utf-8"))
+
+    threading.Thread(target=write, name="malacoda-unit", daemon=True).start()
+    return read_end
+
+
+def read_pipe(fd: int) -> str:
+    """All that the pipe ``fd`` (from :func:`text_pipe`) holds, and it closed."""
+    with os.fdopen(fd, "rb") as source:
+        return source.read().decode("utf-8", "replace")

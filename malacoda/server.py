@@ -180,7 +180,10 @@ class Server:
             self._cv.notify_all()
         self._wake.set()
         for t in self._threads:
-            t.join(timeout=max(0.1, deadline - time.monotonic()))
+            # The connection guard is never stuck in a call: wait for it (it looks at its stop
+            # flag every IDLE_SAMPLE at least) before its monitor socket is closed below.
+            least = 1.0 if t.name == "malacoda-connections" else 0.1
+            t.join(timeout=max(least, deadline - time.monotonic()))
         if self._monitor is not None and self._router is not None:
             # The only safe order: monitoring off, the monitor's socket, then the socket.
             try:

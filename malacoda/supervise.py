@@ -43,7 +43,15 @@ from .monitor import (
     stop_sequence,
     write_record,
 )
-from .runtime import PST_INCOMPLETE, Paths, Registry, host_name, private_dir, same_process
+from .runtime import (
+    PST_INCOMPLETE,
+    Paths,
+    Registry,
+    host_name,
+    private_dir,
+    same_process,
+    text_pipe,
+)
 from .units import Unit
 
 LSB = {"running": 0, "stale": 1, "starting": 3, "failed": 3, "stopped": 3, "invalid": 3,
@@ -225,17 +233,19 @@ def start(unit: Unit, paths: Optional[Paths] = None) -> Tuple[str, UnitStatus]:
     clean_stale(unit.name, paths)
     private_dir(paths.log)
     read_fd, write_fd = os.pipe()
+    unit_fd = text_pipe(unit.text)  # the unit as loaded here (a hand-over: as it ran)
     env = package_env(dict(os.environ))
     try:
         log_fd = os.open(paths.log_file(unit.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(log_fd, "ab") as log_file:
             starter = subprocess.Popen(
-                python_command("malacoda.monitor", [str(unit.file), str(write_fd)]),
-                pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                env=env, start_new_session=True,
+                python_command("malacoda.monitor", [str(unit.file), str(write_fd), str(unit_fd)]),
+                pass_fds=(write_fd, unit_fd), stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=log_file, env=env, start_new_session=True,
             )
     finally:
         os.close(write_fd)
+        os.close(unit_fd)
     try:
         starter.wait(timeout=30)
         word, detail = read_word(read_fd, _start_wait(unit))

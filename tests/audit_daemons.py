@@ -23,3 +23,10 @@ class Shouter(Talker):
             sys.stdout.write(chunk)
         sys.stdout.flush()
         return size
+
+
+class FinishAtOnce(TestDaemon):
+    """Its main loop has nothing to do: it returns at once, and the daemon exits 0."""
+
+    def _run(self):
+        return None

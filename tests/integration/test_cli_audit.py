@@ -21,6 +21,20 @@ def test_a_daemon_whose_run_raises_at_once_did_not_start(ctl: Ctl) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_daemon_whose_run_returns_at_once_started_and_finished(ctl: Ctl) -> None:
+    """Exit 0 right after it was ready is a main loop that had nothing to do, not a start that
+    failed (it was reported as 'did not start ... exited (code 0) ...: no error in its log')."""
+    from tests.support import wait_for
+
+    ctl.unit("FinishAtOnce", cls="tests.audit_daemons:FinishAtOnce", restart="no")
+    result = ctl("start", "FinishAtOnce")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "FinishAtOnce started" in result.stdout
+    row = wait_for(lambda: (lambda r: r if r["state"] != "running" else None)(
+        ctl.status("FinishAtOnce")), what="FinishAtOnce to finish")
+    assert row["state"] == "stopped" and row["last_exit"] == {"code": 0}, row
+
+
 def test_a_file_that_is_not_a_unit_name_is_skipped_with_a_warning(ctl: Ctl) -> None:
     ctl.unit("Good")
     (ctl.conf / ".#Good.toml").write_text("class = 'x:Y'\n")

@@ -122,3 +122,21 @@ def test_a_call_right_after_kill_9_waits_out_the_restart(ctl: Ctl) -> None:
         assert d.echo("x", timeout=timeout) == "x"
         assert d.pid() not in (None, before["pid"])
     ctl.ok("stop", "Back")
+
+
+@pytest.mark.slow
+def test_a_hand_over_runs_the_unit_as_it_was_loaded(ctl: Ctl) -> None:
+    """kill -9 of the monitor after a half-saved edit of the unit file: the hand-over is an
+    automatic restart too, and runs the unit as it was loaded (it re-read the file and the
+    daemon was gone for good); status still marks the file as changed."""
+    file = ctl.unit("EditedOver", cls="tests.daemons:HostileDaemon")
+    ctl.ok("start", "EditedOver")
+    row = ctl.status("EditedOver")
+    file.write_text(file.read_text() + "\nworkers = \n")  # half saved: not TOML any more
+    os.kill(row["monitor_pid"], signal.SIGKILL)
+    new = wait_for(running_again(ctl, "EditedOver", row["pid"], row["monitor_pid"]), timeout=30,
+                   what="a new monitor and daemon")
+    assert new["changed"] is True
+    wait_for(lambda: not pid_alive(row["pid"]), what="the orphan to exit")
+    ctl.ok("stop", "EditedOver")
+    assert not pid_alive(new["pid"]) and not pid_alive(new["monitor_pid"])

@@ -48,3 +48,24 @@ def test_dir_shows_attributes_created_after_the_proxy_was_made(start_daemon):
         other.born_later = 1
         assert "born_later" in dir(d)
         assert d.born_later == 1
+
+
+def test_doc_of_a_hung_daemon_is_none_soon(start_daemon):
+    """help(proxy) and IPython's ``proxy?`` read ``__doc__``: a daemon that cannot answer (here
+    stopped with SIGSTOP) gives None within DOC_WAIT, not after the proxy's whole wait (20 s
+    for a proxy without a timeout)."""
+    import os
+    import signal
+    import time
+
+    from malacoda import proxy as proxy_module
+
+    proc = start_daemon()
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        with malacoda.get("TestDaemon") as d:
+            began = time.monotonic()
+            assert d.__doc__ is None
+            assert time.monotonic() - began < proxy_module.DOC_WAIT + 3
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
