@@ -118,6 +118,8 @@ class Channel:
         curve: Optional[Dict[str, bytes]] = None,
         heartbeat: float = HEARTBEAT,
         max_message: int = p.MAX_MESSAGE,
+        plain: Optional[bytes] = None,
+        owner_token: Optional[bytes] = None,
     ) -> None:
         self.endpoint = endpoint
         self.heartbeat = heartbeat
@@ -136,10 +138,16 @@ class Channel:
         if endpoint.startswith("tcp://["):
             sock.setsockopt(zmq.IPV6, 1)
         self._client_key = curve["public"].decode() if curve else "<client key>"
+        self._curve = curve is not None
         if curve:
             sock.curve_secretkey = curve["secret"]
             sock.curve_publickey = curve["public"]
             sock.curve_serverkey = curve["server"]
+        elif plain is not None:  # an owner-only daemon: its secret as the ZAP PLAIN password
+            sock.plain_username = b"malacoda"
+            sock.plain_password = plain
+        if owner_token is not None:  # an open daemon of ours: mark our connection as the owner's
+            sock.setsockopt(zmq.ROUTING_ID, owner_token + b"." + os.urandom(8).hex().encode())
         self._monitor = sock.get_monitor_socket(
             zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -502,7 +510,10 @@ class Channel:
                 self._fail_all(ConnectionLost(
                     f"the daemon at {self.endpoint} refused the connection: CURVE authentication "
                     f"failed (authorize this client's key on the daemon's host: 'malacodactl keys "
-                    f"authorize {self._client_key}')"))
+                    f"authorize {self._client_key}')" if self._curve else
+                    f"the daemon at {self.endpoint} refused the connection: it accepts only its "
+                    "owner's clients (and root's) unless started open = true, or CURVE keys "
+                    "authorized with 'malacodactl keys authorize'"))
 
     def _fail_all(self, error: BaseException) -> None:
         with self._mu:

@@ -43,7 +43,7 @@ from .dispatch import Dispatcher
 from .errors import AlreadyRunning, ConfigError, ProcessError, StateError
 from .guard import MAX_CONNECTIONS
 from .runtime import Entry, NameLock, Paths, Registry, check_name, host_name, private_dir
-from .security import ServerCurve, chain, server_curve
+from .security import ServerCurve, ServerPlain, chain, is_loopback, new_secret, owner_token, server_curve
 from .server import Server
 from .storage import PstStorage, from_config
 from .version import __version__
@@ -79,6 +79,7 @@ class RunOptions:
     pst_config: Optional[Dict[str, Any]] = None
     insecure: Optional[bool] = None
     curve: Optional[bool] = None
+    open: Optional[bool] = None
     configure_socket: Optional[Callable[[zmq.Socket], object]] = None
     on_ready: List[Callable[[Entry], None]] = field(default_factory=list)
     stop_grace: float = 5.0
@@ -103,7 +104,9 @@ class Malacoda:
     ``curve`` (serve CURVE on a loopback address too, for a host shared with other users, who
     can all connect to loopback ports; default False), ``max_connections`` (connections kept
     open; past it the oldest is closed; default 1024, fewer when the open files limit is low —
-    see :mod:`malacoda.server`). The ``daemon.DaemonContext`` options
+    see :mod:`malacoda.server`), ``open`` (let any local user call a loopback daemon, over
+    the NULL mechanism; default False: only its owner and root, who authenticate with the
+    secret of its registry entry — see SECURITY.md). The ``daemon.DaemonContext`` options
     (:data:`DAEMON_CONTEXT_KEYWORDS`) go to it when ``daemonize`` is true; in the foreground
     ``stdout``, ``stderr``, ``working_directory`` and ``umask`` act as they would have when
     detached (see :func:`_as_if_detached`) and the others are ignored. Any other keyword is a
@@ -127,6 +130,7 @@ class Malacoda:
         insecure: bool = False,
         curve: bool = False,
         max_connections: int = MAX_CONNECTIONS,
+        open: bool = False,  # noqa: A002 - the unit key's name
         **daemon_kwargs: Any,
     ) -> None:
         if name is self:  # the original README's ``super().__init__(self)``
@@ -151,12 +155,26 @@ class Malacoda:
         self._malacoda_max_connections = max_connections
         insecure = opts.insecure if opts.insecure is not None else insecure
         require_curve = opts.curve if opts.curve is not None else curve
+        is_open = bool(opts.open if opts.open is not None else open)
         if opts.pst_config is not None:
             pst_config = {**(pst_config or {}), **opts.pst_config}
         paths = Paths.default()
         private_dir(paths.run)
         # before detaching, so that its errors show:
         serve_curve = server_curve(bind_address, insecure, name, paths, require_curve)
+        secret = new_secret()
+        serve_plain: Optional[ServerPlain] = None
+        if serve_curve is None and is_loopback(bind_address):
+            if is_open:
+                log.warning("%s: open = true: ANY user of this host can call every public "
+                            "method, read and set attributes and stop it", name)
+            else:
+                serve_plain = ServerPlain(secret, name)
+        elif is_open:
+            log.warning("%s: open = true has no effect: it is not served on loopback without "
+                        "CURVE", name)
+        self._malacoda_secret = secret
+        self._malacoda_open = is_open and serve_plain is None and serve_curve is None
 
         self.name = name
         self.running = True
@@ -172,11 +190,11 @@ class Malacoda:
         if daemonize:
             self._malacoda_detach(daemon_kwargs)
             self._malacoda_serve(bind_address, port or 0, workers, queue, max_message,
-                                 serve_curve, opts)
+                                 serve_curve, opts, serve_plain)
             return
         with _as_if_detached(daemon_kwargs):
             self._malacoda_serve(bind_address, port or 0, workers, queue, max_message,
-                                 serve_curve, opts)
+                                 serve_curve, opts, serve_plain)
 
     # ------------------------------------------------------------------ public API
 
@@ -247,7 +265,7 @@ class Malacoda:
 
     def _malacoda_serve(self, address: str, port: int, workers: int, queue: int,
                         max_message: int, curve: Optional[ServerCurve],
-                        opts: RunOptions) -> None:
+                        opts: RunOptions, plain: Optional[ServerPlain] = None) -> None:
         paths, name = self._malacoda_paths, self.name
         registry = Registry(paths)
         lock = NameLock(paths, name)
@@ -264,7 +282,10 @@ class Malacoda:
             server = Server(dispatcher, address, port, workers, queue, max_message=max_message,
                             max_connections=self._malacoda_max_connections,
                             configure=chain(curve.configure if curve else None,
+                                            plain.configure if plain else None,
                                             opts.configure_socket))
+            if self._malacoda_open:  # others get no tracebacks; its owner still does
+                server.owner_prefix = owner_token(self._malacoda_secret)
             try:
                 bound = server.start()
             except zmq.ZMQError as exc:
@@ -273,7 +294,9 @@ class Malacoda:
                 entry = Entry(name=name, pid=os.getpid(), port=bound, address=address,
                               start_time=_own_start_time(), incarnation=self._malacoda_incarnation,
                               uid=os.geteuid(), version=__version__, host=host_name(),
-                              server_key=curve.public_key if curve else None)
+                              server_key=curve.public_key if curve else None,
+                              secret=self._malacoda_secret if (plain or self._malacoda_open) else None,
+                              open=self._malacoda_open)
                 registry.write(entry)
                 self._malacoda_entry = entry  # rewritten when a pst attribute cannot be saved
                 announced: Optional[cluster.Registration] = None

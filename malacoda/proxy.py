@@ -312,7 +312,8 @@ class Proxy:
                 channel.close()
                 self._target.close()
             target: Target = resolve(self._spec, **self._ssh_args)
-            channel = Channel(target.endpoint, curve=target.curve, max_message=self._max_message)
+            channel = Channel(target.endpoint, curve=target.curve, max_message=self._max_message,
+                              plain=target.plain, owner_token=target.owner_token)
             self.__dict__["_target"] = target
             self.__dict__["_channel"] = channel
             return channel

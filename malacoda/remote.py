@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import ConfigError, LookupFailed, NotInstalled, RemoteHostError
 from .launch import python_command
-from .resolve import Spec, Target, client_curve, connect_address, is_wildcard, tcp_endpoint
+from .resolve import Spec, Target, client_curve, connect_address, is_wildcard, tcp_endpoint, with_auth
 from .runtime import Entry
 from .security import is_loopback
 from .ssh import Connection, connection
@@ -190,7 +190,10 @@ def resolve_remote(spec: Spec, **ssh_args: Any) -> Target:
                                 if entry and is_wildcard(entry.address) else address, port)
         return Target(endpoint, spec.name, entry, host=spec.host, curve=curve)
     tunnel, release = tunnels.acquire(host.connection, address, port)
-    return Target(tunnel.endpoint, spec.name, entry, host=spec.host, curve=curve, close=release)
+    # The entry came over SSH, authenticated as its owner: its secret (if the host's Malacoda
+    # is recent enough to have one) lets us through the daemon's owner-only check.
+    return with_auth(Target(tunnel.endpoint, spec.name, entry, host=spec.host, curve=curve,
+                            close=release), entry)
 
 
 def close_all() -> List[str]:

@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, Optional
 
 from . import cluster, cluster_watch
 from .errors import AmbiguousName, ClusterError, ConfigError, LookupFailed
-from .runtime import Entry, Registry, check_host, check_name, host_name
-from .security import Keys, is_loopback
+from .runtime import Entry, Registry, check_host, check_name, host_name, other_users_registries
+from .security import Keys, is_loopback, owner_token
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ class Target:
     entry: Optional[Entry] = None
     host: Optional[str] = None
     curve: Optional[Dict[str, bytes]] = None
+    #: The ZAP PLAIN password of an owner-only daemon (its entry's secret), else None.
+    plain: Optional[bytes] = None
+    #: For an ``open`` daemon of ours: the routing-id prefix that marks us as its owner.
+    owner_token: Optional[bytes] = None
     close: Callable[[], None] = field(default=lambda: None)
     #: False once the target is known to be gone (a cluster entry deleted or replaced): the
     #: proxy then resolves the name again even though its connection did not drop.
@@ -118,21 +122,52 @@ def client_curve(server_key: Optional[str], who: str,
     return (keys or Keys()).client_curve(server_key, who)
 
 
+def with_auth(target: Target, entry: Optional[Entry]) -> Target:
+    """``target`` with the credentials ``entry`` gives (none for an older daemon's entry)."""
+    if entry is not None and entry.secret and not target.curve:
+        if entry.open:
+            target.owner_token = owner_token(entry.secret)
+        else:
+            target.plain = entry.secret.encode()
+    return target
+
+
 def tcp_endpoint(address: str, port: int) -> str:
     address = connect_address(address)
     return f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}"
 
 
 def local(spec: Spec, registry: Optional[Registry] = None) -> Target:
-    """Resolve on this host through the registry."""
+    """Resolve on this host through the registry.
+
+    ``NAME:PORT`` reaches only a daemon whose registry entry is ours and has that port (any
+    listener on a port could pose as it otherwise). Root, finding no entry of its own, looks
+    in every other user's registry at its default place (:func:`other_users_registries`).
+    """
     registry = registry or Registry()
     entry, state = registry.read(spec.name)
     if state == "running" and entry is not None and (spec.port is None or spec.port == entry.port):
         curve = client_curve(entry.server_key, str(spec), Keys(registry.paths))
-        return Target(tcp_endpoint(entry.address, entry.port), spec.name, entry, curve=curve)
+        target = Target(tcp_endpoint(entry.address, entry.port), spec.name, entry, curve=curve)
+        return with_auth(target, entry)
+    found = []
+    for theirs in other_users_registries():
+        other, other_state = theirs.read(spec.name)
+        if other_state == "running" and other is not None and spec.port in (None, other.port):
+            found.append(other)
+    if len(found) == 1:
+        other = found[0]
+        curve = client_curve(other.server_key, str(spec))
+        target = Target(tcp_endpoint(other.address, other.port), spec.name, other, curve=curve)
+        return with_auth(target, other)
+    if len(found) > 1:
+        ports = [str(e.port) for e in found]
+        raise AmbiguousName(f"several users run a daemon named {spec.name!r} (ports "
+                            f"{', '.join(ports)}): name one, as in '{spec.name}:{ports[0]}'", ports)
     if spec.port is not None:
-        # The original's NAME:PORT: a daemon on this host at that port, registered or not.
-        return Target(tcp_endpoint("127.0.0.1", spec.port), spec.name)
+        raise LookupFailed(
+            f"no daemon named {spec.name!r} of yours is registered at port {spec.port} on this "
+            f"host: NAME:PORT reaches only your own daemons (see 'malacodactl status --all')")
     raise LookupFailed(f"no daemon named {spec.name!r} is running on this host")
 
 

@@ -52,7 +52,7 @@ def run_unit(unit: Unit, on_ready: List[Callable[[Entry], None]]) -> Any:
         name=unit.name, bind_address=unit.bind, port=unit.port, workers=unit.workers,
         queue=unit.queue, max_message=unit.max_message, max_connections=unit.max_connections,
         insecure=unit.insecure,
-        curve=unit.curve,
+        curve=unit.curve, open=unit.open,
         pst_config=unit.pst, on_ready=list(on_ready),
     )
     return cls(**unit.args)

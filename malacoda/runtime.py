@@ -297,6 +297,12 @@ class Entry:
     host: str = ""
     server_key: Optional[str] = None
     extra: Dict[str, object] = field(default_factory=dict)
+    #: The daemon's random secret: owner-only daemons take it as the ZAP PLAIN password; an
+    #: ``open`` one recognises its owner's connections by it (see docs/protocol.md). Only in
+    #: this owner-only file (and over SSH to the owner): never in a cluster entry.
+    secret: Optional[str] = None
+    #: True for a daemon started ``open = true``: any local user may call it (NULL mechanism).
+    open: bool = False
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -316,10 +322,15 @@ class Entry:
 
 
 class Registry:
-    """The local name registry: ``<run>/registry/<name>.json`` per running daemon."""
+    """The local name registry: ``<run>/registry/<name>.json`` per running daemon.
 
-    def __init__(self, paths: Optional[Paths] = None) -> None:
+    ``owner`` is the uid whose entries are trusted here (default: ours); root reads another
+    user's registry with ``owner`` set to that user's uid.
+    """
+
+    def __init__(self, paths: Optional[Paths] = None, owner: Optional[int] = None) -> None:
         self.paths = paths or Paths.default()
+        self.owner = os.geteuid() if owner is None else owner
 
     @property
     def folder(self) -> Path:
@@ -349,7 +360,7 @@ class Registry:
             return None, "stale"
         try:
             st = os.fstat(fd)
-            if untrusted(st):
+            if st.st_uid != self.owner or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                 log.warning("ignoring registry entry %s: not owned by us or writable by others", path)
                 return None, "stale"
             with os.fdopen(fd, "rb", closefd=False) as f:
@@ -360,7 +371,7 @@ class Registry:
             entry = Entry.from_json(data)
         except (ValueError, TypeError):
             return None, "stale"
-        if entry.uid != os.geteuid() or not entry.is_alive():
+        if entry.uid != self.owner or not entry.is_alive():
             return entry, "stale"
         return entry, "running"
 
@@ -462,3 +473,26 @@ def read_pipe(fd: int) -> str:
     """All that the pipe ``fd`` (from :func:`text_pipe`) holds, and it closed."""
     with os.fdopen(fd, "rb") as source:
         return source.read().decode("utf-8", "replace")
+
+
+def other_users_registries() -> Iterator[Registry]:
+    """For root: every other user's registry at its default place (``/run/user/UID/malacoda``
+    or ``~/.local/state/malacoda/run``), each trusting only that user's entries.
+
+    A daemon started with a ``MALACODA_HOME`` of its own is not found this way: root names
+    that folder with ``MALACODA_HOME`` instead. Empty for any user but root.
+    """
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    seen = set()
+    for user in pwd.getpwall():
+        if user.pw_uid == 0:
+            continue
+        home = Path(user.pw_dir)
+        for run in (Path(f"/run/user/{user.pw_uid}/malacoda"), home / ".local/state/malacoda/run"):
+            if run in seen or not (run / "registry").is_dir():
+                continue
+            seen.add(run)
+            yield Registry(Paths(run, run, run, run, run), owner=user.pw_uid)

@@ -251,6 +251,101 @@ class ServerCurve:
         return auth.stop
 
 
+#: The ZAP PLAIN user name an owner-only daemon expects (the password is its secret).
+PLAIN_USER = b"malacoda"
+
+
+def new_secret() -> str:
+    """A fresh per-daemon secret: 43 URL-safe characters (256 random bits)."""
+    import secrets
+
+    return secrets.token_urlsafe(32)
+
+
+class _PlainCheck:
+    """The ZAP handler of an owner-only daemon: one comparison per connection, not per message.
+
+    Replies per RFC 27 (ZAP) on ``inproc://zeromq.zap.01`` of the daemon's own context: 200 for
+    PLAIN with user ``malacoda`` and the daemon's secret, 400 for anything else (the handshake
+    then fails and the peer gets nothing at all).
+    """
+
+    def __init__(self, ctx: zmq.Context, secret: bytes, name: str) -> None:
+        import threading
+
+        self.secret = secret
+        self.name = name
+        self.sock = ctx.socket(zmq.REP)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind("inproc://zeromq.zap.01")
+        self._stop_r = ctx.socket(zmq.PAIR)
+        self._stop_addr = f"inproc://malacoda-zap-stop-{id(self)}"
+        self._stop_r.bind(self._stop_addr)
+        self._stop_w = ctx.socket(zmq.PAIR)
+        self._stop_w.connect(self._stop_addr)
+        self.thread = threading.Thread(target=self._serve, name="malacoda-zap", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import hmac
+
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._stop_r, zmq.POLLIN)
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if self._stop_r in ready:
+                    return
+                msg = self.sock.recv_multipart()
+                # version, request id, domain, address, identity, mechanism, credentials...
+                ok = (len(msg) >= 8 and msg[0] == b"1.0" and msg[2] == ZAP_DOMAIN.encode()
+                      and msg[5] == b"PLAIN" and msg[6] == PLAIN_USER
+                      and hmac.compare_digest(msg[7], self.secret))
+                if not ok:
+                    log.warning("%s: refused a client without this daemon's credentials "
+                                "(mechanism %s): another user?", self.name,
+                                msg[5].decode(errors="replace") if len(msg) > 5 else "?")
+                rid = msg[1] if len(msg) > 1 else b""
+                self.sock.send_multipart([b"1.0", rid, b"200" if ok else b"400",
+                                          b"OK" if ok else b"refused",
+                                          b"owner" if ok else b"", b""])
+        except zmq.ZMQError:
+            return
+
+    def stop(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self._stop_w.send(b"")
+        self.thread.join(5)
+        for sock in (self.sock, self._stop_r, self._stop_w):
+            sock.close(0)
+
+
+class ServerPlain:
+    """Owner-only access for a loopback daemon: ZAP PLAIN checked against a per-daemon secret.
+
+    The secret lives only in the daemon's registry entry (run folder 0700, file 0600), so only
+    its owner and root can present it.
+    """
+
+    def __init__(self, secret: str, name: str) -> None:
+        self.secret = secret
+        self.name = name
+
+    def configure(self, sock: zmq.Socket) -> Callable[[], None]:
+        """Make ``sock`` a PLAIN server checked by ZAP; returns the function that stops ZAP."""
+        check = _PlainCheck(sock.context, self.secret.encode(), self.name)
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        sock.zap_domain = ZAP_DOMAIN.encode()
+        sock.plain_server = True
+        return check.stop
+
+
+def owner_token(secret: str) -> bytes:
+    """The routing-id prefix by which an ``open`` daemon knows its owner's connections."""
+    return hashlib.sha256(b"malacoda-owner:" + secret.encode()).hexdigest()[:32].encode()
+
+
 def server_curve(address: str, insecure: bool, name: str,
                  paths: Optional[Paths] = None, require: bool = False) -> Optional[ServerCurve]:
     """The CURVE setup a daemon bound to ``address`` needs, or None (loopback or insecure).

@@ -117,6 +117,9 @@ class Server:
         self._inproc = _INPROC.format(id(self))
         # A re-sent call is answered from here, not run twice.
         self.replies = ReplyCache(incarnation=dispatcher.incarnation)
+        #: Set for an ``open`` daemon: only callers whose routing id starts with it (its owner)
+        #: get remote tracebacks; others get the exception's type and message alone.
+        self.owner_prefix: Optional[bytes] = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -389,7 +392,7 @@ class Server:
         # Run it here, now: it has waited for nothing, so its caller's deadline has not passed.
         reply = None
         try:
-            reply = self._run(request)
+            reply = self._run(request, identity)
         finally:
             with mu:
                 resent = self.replies.finish(request, reply)  # copies of it, sent meanwhile
@@ -422,7 +425,7 @@ class Server:
                     and (time.monotonic() - received) * 1000.0 > request.timeout_ms):
                 log.debug("dropping %s %r: its caller gave up", request.op, request.name)
             else:
-                reply = self._run(request)
+                reply = self._run(request, identity)
         finally:
             with self._mu:
                 resent = self.replies.finish(request, reply)
@@ -443,9 +446,12 @@ class Server:
             self._local.push = push
         return push
 
-    def _run(self, request: p.Request) -> List[bytes]:
+    def _run(self, request: p.Request, identity: bytes = b"") -> List[bytes]:
         """Run ``request``; its reply frames."""
         status, body = self.dispatcher.handle(request)
+        if (status != p.OK and self.owner_prefix is not None and isinstance(body, dict)
+                and body.get("traceback") and not identity.startswith(self.owner_prefix)):
+            body = {**body, "traceback": ""}
         return self._reply(request.rid, status, body)
 
     def _reply(self, rid: bytes, status: int, body: Any) -> List[bytes]:

@@ -50,6 +50,7 @@ SCHEMA: Dict[str, Tuple[Tuple[type, ...], Any, str]] = {
                         "(the class's default: 1024, fewer if the open files limit is low)"),
     "insecure": ((bool,), None, "serve a non-loopback 'bind' without CURVE (the class's: false)"),
     "curve": ((bool,), None, "serve CURVE on loopback too, for a shared host (the class's: false)"),
+    "open": ((bool,), None, "let any local user call it (no owner check; the class's: false)"),
     "pst": ((dict,), None, "pst_config over the class's own (class_name, frequency, file_path…)"),
     "restart": ((str,), "on-failure", "restart policy: 'on-failure', 'always' or 'no'"),
     "backoff": ((int, float), 1.0, "seconds before the first restart; doubled at each failure"),
@@ -84,6 +85,7 @@ class Unit:
     max_connections: Optional[int] = None
     insecure: Optional[bool] = None
     curve: Optional[bool] = None
+    open: Optional[bool] = None
     pst: Optional[Dict[str, Any]] = None
     restart: str = "on-failure"
     backoff: float = 1.0
@@ -307,7 +309,7 @@ def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
         args=dict(merged["args"]), bind=merged["bind"], port=merged["port"],
         workers=merged["workers"], queue=merged["queue"], max_message=merged["max_message"],
         max_connections=merged["max_connections"],
-        insecure=merged["insecure"], curve=merged["curve"], pst=merged["pst"],
+        insecure=merged["insecure"], curve=merged["curve"], open=merged["open"], pst=merged["pst"],
         restart=merged["restart"], backoff=float(merged["backoff"]),
         backoff_max=float(merged["backoff_max"]), backoff_reset=float(merged["backoff_reset"]),
         start_limit=merged["start_limit"], start_timeout=float(merged["start_timeout"]),

@@ -142,3 +142,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def own_credentials(sock, port: int) -> None:
+    """Give the raw ZeroMQ socket ``sock`` what docs/protocol.md says an owner's client sends
+    to our daemon at ``port``: ZAP PLAIN, user ``malacoda``, the registry entry's secret."""
+    from malacoda.runtime import Registry
+
+    for _, entry, state in Registry().entries():
+        if entry is not None and state == "running" and entry.port == port and entry.secret:
+            if not entry.open:
+                sock.plain_username = b"malacoda"
+                sock.plain_password = entry.secret.encode()
+            return
+
+
+def via(monkeypatch, endpoint: str) -> None:
+    """Make proxies reach their (registered, own) daemon through ``endpoint`` (a relay): the
+    name resolves as usual, credentials included, and only the endpoint is replaced."""
+    import dataclasses
+
+    import malacoda.proxy
+    from malacoda.resolve import resolve
+
+    monkeypatch.setattr(malacoda.proxy, "resolve",
+                        lambda spec, **kw: dataclasses.replace(resolve(spec, **kw), endpoint=endpoint))

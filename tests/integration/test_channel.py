@@ -31,10 +31,12 @@ def test_a_channel_dropped_without_close_leaves_the_next_one_working(start_daemo
     _pin_all_threads({min(everywhere)})
     try:
         start_daemon()  # inherits the one CPU
-        endpoint = f"tcp://127.0.0.1:{Registry().lookup('TestDaemon').port}"
+        entry = Registry().lookup("TestDaemon")
+        endpoint = f"tcp://127.0.0.1:{entry.port}"
+        secret = entry.secret.encode()
         for n in range(3):
-            Channel(endpoint)  # dropped at once, never closed
-            channel = Channel(endpoint, heartbeat=0.5)
+            Channel(endpoint, plain=secret)  # dropped at once, never closed
+            channel = Channel(endpoint, heartbeat=0.5, plain=secret)
             try:
                 rid = b"after-drop-%d" % n
                 reply = channel.request(p.request_frames(rid, p.PING, None, None, None), rid, 10)
@@ -82,7 +84,7 @@ def test_calls_that_timed_out_before_the_daemon_was_up_never_run(start_daemon):
         for _ in range(1500):  # more than the socket's queue (SNDHWM 1000) would hold
             with pytest.raises(CallTimeout, match="not sent"):
                 bump(0.001)
-        start_daemon(port=port)
+        start_daemon(port=port, open=True)  # (its secret does not exist before it starts)
         rid = b"get-counter"
         frames = p.request_frames(rid, p.GET, "pst_counter", None, None)
         assert channel.request(frames, rid, 10).value() == 0  # none of the 1512 calls ran

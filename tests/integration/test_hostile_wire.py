@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from malacoda import protocol as p
 from malacoda.runtime import Registry
+from tests.support import own_credentials
 
 FUZZ = settings(max_examples=120, derandomize=True, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -56,6 +57,7 @@ class Wire:
     def _open(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        own_credentials(sock, self.port)
         sock.connect(f"tcp://127.0.0.1:{self.port}")
         return sock
 
@@ -338,8 +340,9 @@ def test_a_512_mib_frame_is_refused_unread(start_daemon):
 
 
 def test_huge_declared_transport_length_drops_the_connection(start_daemon):
-    """A ZMTP frame header declaring 2**62 bytes, by hand over TCP: dropped, nothing read."""
-    proc = start_daemon("HostileDaemon")
+    """A ZMTP frame header declaring 2**62 bytes, by hand over TCP: dropped, nothing read.
+    (NULL mechanism by hand, so the daemon is ``open``: any local user could send this.)"""
+    proc = start_daemon("HostileDaemon", open=True)
     port = Registry().lookup("HostileDaemon").port
     greeting = (b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0")
                 + b"\0" + b"\0" * 31)

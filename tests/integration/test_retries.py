@@ -11,7 +11,7 @@ import malacoda
 from malacoda import protocol as p
 from malacoda.runtime import Registry
 from tests.relay import Relay
-from tests.support import InThread, wait_for
+from tests.support import InThread, own_credentials, via, wait_for
 
 
 class RawClient:
@@ -21,6 +21,7 @@ class RawClient:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        own_credentials(self.sock, port)
         self.sock.connect(f"tcp://127.0.0.1:{port}")
 
     def send(self, frames):
@@ -137,14 +138,16 @@ def test_gets_and_busy_are_not_remembered(start_daemon):
         client.close()
 
 
-def test_proxy_resends_with_the_same_id_after_a_dropped_connection(start_daemon):
+def test_proxy_resends_with_the_same_id_after_a_dropped_connection(start_daemon, monkeypatch):
     """The connection drops mid-call (a network cut): the proxy reconnects, re-sends the same
     request id, and the call that was already running is answered, not run a second time."""
     start_daemon("HostileDaemon")
     relay = Relay(Registry().lookup("HostileDaemon").port)
     try:
-        d = malacoda.get(f"HostileDaemon:{relay.port}")
         watcher = malacoda.get("HostileDaemon")
+        assert watcher.tallies == 0  # connected (resolved) before the patch below
+        via(monkeypatch, f"tcp://127.0.0.1:{relay.port}")  # NAME:PORT reaches registered ports only
+        d = malacoda.get("HostileDaemon")
         call = InThread(d.tally, 1.5)
         wait_for(lambda: watcher.tallies == 1, what="the call to start")
         relay.cut()
@@ -157,15 +160,17 @@ def test_proxy_resends_with_the_same_id_after_a_dropped_connection(start_daemon)
         relay.close()
 
 
-def test_a_lost_reply_too_large_to_keep_is_reported_lost_not_run_again(start_daemon):
+def test_a_lost_reply_too_large_to_keep_is_reported_lost_not_run_again(start_daemon, monkeypatch):
     """The reply of a call is lost with its connection, and it was too large for the daemon to
     keep (over 256 KiB): the proxy's re-send is answered GONE and the call fails with ReplyLost
     (a ConnectionLost) — it ran once — instead of running again."""
     start_daemon("HostileDaemon")
     relay = Relay(Registry().lookup("HostileDaemon").port)
     try:
-        d = malacoda.get(f"HostileDaemon:{relay.port}")
         watcher = malacoda.get("HostileDaemon")
+        assert watcher.tallies == 0  # connected (resolved) before the patch below
+        via(monkeypatch, f"tcp://127.0.0.1:{relay.port}")  # NAME:PORT reaches registered ports only
+        d = malacoda.get("HostileDaemon")
         assert d.tally() == 1
         call = InThread(d.tally_big, 0.5, 300 << 10)
         wait_for(lambda: watcher.tallies == 2, what="the call to start")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import msgpack
 import pytest
 import zmq
@@ -15,12 +18,17 @@ SIG = b"MLC\x02"
 @pytest.fixture
 def raw(start_daemon):
     start_daemon()
-    entry = Registry().lookup("TestDaemon")
+    # docs/protocol.md, "Authentication": the registry entry (JSON) gives the port and the
+    # secret; the client speaks ZAP PLAIN, user "malacoda", the secret as password.
+    entry = json.loads(open(os.path.join(os.environ["MALACODA_HOME"], "run", "registry",
+                                         "TestDaemon.json"), "rb").read())
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 10000)
-    sock.connect(f"tcp://127.0.0.1:{entry.port}")
+    sock.plain_username = b"malacoda"
+    sock.plain_password = entry["secret"].encode()
+    sock.connect(f"tcp://127.0.0.1:{entry['port']}")
     yield sock
     sock.close(0)
     ctx.term()
