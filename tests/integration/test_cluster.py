@@ -428,3 +428,20 @@ def _answers(name: str) -> bool:
             return d.echo(1) == 1
     except malacoda.MalacodaError:
         return False
+
+
+def test_etcd_entry_never_carries_the_daemons_secret(hosts, etcd):
+    """An owner-only daemon's secret is in its 0600 registry entry only: the raw etcd values
+    under malacoda/ (read with etcd's own client, not Malacoda's) do not contain it."""
+    import etcd3gw
+
+    proc = hosts.start(B, bind="127.0.0.1")
+    entry_file = hosts.home(B) / "run" / "registry" / "TestDaemon.json"
+    secret = json.loads(entry_file.read_bytes())["secret"]
+    assert secret and len(secret) >= 40
+    c = etcd3gw.client(host="127.0.0.1", port=etcd.client_port, timeout=5)
+    values = [value for value, _ in c.get_prefix("malacoda/")]
+    assert values and any(str(proc.pid).encode() in v for v in values)
+    for value in values:
+        assert secret.encode() not in value
+        assert "secret" not in json.loads(value)
