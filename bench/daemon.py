@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import malacoda.daemon as daemon_module
 from malacoda import Malacoda
@@ -42,9 +42,12 @@ class BenchEcho(Malacoda):
             return time.perf_counter() - started
 
 
-def serve_bench_echo(ready: Callable[[int], None]) -> None:
-    """Serve :class:`BenchEcho`; ``ready(port)`` once it is registered."""
-    daemon_module.run_options = RunOptions(on_ready=[lambda entry: ready(entry.port)])
+def serve_bench_echo(ready: Callable[[int], None], name: Optional[str] = None,
+                     open: bool = False) -> None:  # noqa: A002 - the unit key's name
+    """Serve :class:`BenchEcho`; ``ready(port)`` once it is registered. ``open``: without the
+    owner check (NULL mechanism), to measure what authentication costs."""
+    daemon_module.run_options = RunOptions(name=name, open=open,
+                                           on_ready=[lambda entry: ready(entry.port)])
     BenchEcho()
 
 

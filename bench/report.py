@@ -52,6 +52,13 @@ def ratio(data: Dict[str, Any], system: str, key: str) -> Optional[float]:
     return floor / mine if METRICS[key][1] else mine / floor
 
 
+def _auth_ratio(data: Dict[str, Any], key: str) -> Optional[float]:
+    """What authentication costs: Malacoda's default daemon / the same one started open."""
+    results = data["results"]
+    mine, null = median(results.get("malacoda", []), key), median(results.get("malacoda_open", []), key)
+    return None if not mine or not null else mine / null
+
+
 def _fmt_ratio(x: Optional[float]) -> str:
     return "–" if x is None else f"{x:.2f}×"
 
@@ -70,6 +77,15 @@ def targets(data: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
                   f"two CPUs {_fmt_ratio(placed['p50_split'])})")
     rows.append(("small call p50, Malacoda / raw REQ/REP", shown, "≤ 1.10× in each placement",
                  None if not known else all(r <= 1.10 for r in known)))
+    auth = {key: _auth_ratio(data, key) for key in ("p50", "p50_same", "p50_split")}
+    if any(r is not None for r in auth.values()):
+        known = [r for r in auth.values() if r is not None]
+        shown = _fmt_ratio(auth["p50"])
+        if auth["p50_same"] is not None or auth["p50_split"] is not None:
+            shown += (f" (one CPU {_fmt_ratio(auth['p50_same'])}, "
+                      f"two CPUs {_fmt_ratio(auth['p50_split'])})")
+        rows.append(("small call p50, owner-only (ZAP PLAIN) / open (NULL), same run", shown,
+                     "≤ 1.03×", all(r <= 1.03 for r in known)))
     m16, f16 = median(res, "tput16"), median(data["results"].get(FLOOR, []), "tput16")
     share = None if not m16 or not f16 else m16 / f16
     rows.append(("16-client throughput, Malacoda / raw", _fmt_ratio(share), "≥ 0.85×",

@@ -19,12 +19,15 @@ HOST = "127.0.0.1"
 SYSTEMS: Dict[str, Tuple[str, str]] = {
     "zmq_reqrep": ("raw pyzmq REQ/REP", "bytes echo, one-thread REP loop, no codec: the floor"),
     "malacoda": ("Malacoda", "d.echo('hello') through a Proxy; leader/followers daemon"),
+    "malacoda_open": ("Malacoda, open (NULL)", "the same daemon started open = true: no "
+                      "owner check (ZAP PLAIN off), the mechanism before owner-only access"),
     "pyro5": ("Pyro5", "proxy.echo('hello'); serpent, thread-pool server"),
     "rpyc": ("RPyC", "conn.root.echo('hello'); ThreadedServer (two round trips)"),
     "rpyc_cached": ("RPyC, method cached", "f = conn.root.echo once, then f('hello')"),
 }
 FLOOR = "zmq_reqrep"
 BENCH_NAME = "BenchEcho"
+OPEN_NAME = "BenchEchoOpen"
 
 
 def small_value(system: str) -> Any:
@@ -63,6 +66,10 @@ def serve(system: str) -> None:
         from bench.daemon import serve_bench_echo
 
         serve_bench_echo(_ready)
+    elif system == "malacoda_open":
+        from bench.daemon import serve_bench_echo
+
+        serve_bench_echo(_ready, name=OPEN_NAME, open=True)
     elif system == "pyro5":
         import Pyro5.api
         import serpent
@@ -127,10 +134,11 @@ class Client:
                 ctx.term()
 
             self.call, self._close = call, close
-        elif system == "malacoda":
+        elif system in ("malacoda", "malacoda_open"):
             import malacoda
 
-            proxy = malacoda.get(f"{BENCH_NAME}:{port}")
+            name = BENCH_NAME if system == "malacoda" else OPEN_NAME
+            proxy = malacoda.get(f"{name}:{port}")
             self.proxy = proxy
             self.call = lambda value: proxy.echo(value)  # the idiomatic d.echo(x), every time
             self._close = proxy._close

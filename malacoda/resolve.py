@@ -51,9 +51,9 @@ class Target:
     host: Optional[str] = None
     curve: Optional[Dict[str, bytes]] = None
     #: The ZAP PLAIN password of an owner-only daemon (its entry's secret), else None.
-    plain: Optional[bytes] = None
+    plain: Optional[bytes] = field(default=None, repr=False)
     #: For an ``open`` daemon of ours: the routing-id prefix that marks us as its owner.
-    owner_token: Optional[bytes] = None
+    owner_token: Optional[bytes] = field(default=None, repr=False)
     close: Callable[[], None] = field(default=lambda: None)
     #: False once the target is known to be gone (a cluster entry deleted or replaced): the
     #: proxy then resolves the name again even though its connection did not drop.

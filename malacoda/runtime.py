@@ -300,7 +300,7 @@ class Entry:
     #: The daemon's random secret: owner-only daemons take it as the ZAP PLAIN password; an
     #: ``open`` one recognises its owner's connections by it (see docs/protocol.md). Only in
     #: this owner-only file (and over SSH to the owner): never in a cluster entry.
-    secret: Optional[str] = None
+    secret: Optional[str] = field(default=None, repr=False)
     #: True for a daemon started ``open = true``: any local user may call it (NULL mechanism).
     open: bool = False
 
