@@ -166,3 +166,17 @@ def test_one_ssh_connection_per_host(start_daemon, web1):
 def _ssh_connections(port: int) -> list:
     return [c for c in psutil.Process().net_connections("tcp")
             if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED]
+
+
+def test_owner_only_daemon_over_ssh_needs_no_set_up(start_daemon, web1):
+    """NAME:HOST reaches an owner-only daemon: the lookup over SSH returns its entry with the
+    secret (over the authenticated SSH session), and the proxy presents it through the tunnel."""
+    start_daemon()
+    entry = Registry().lookup("TestDaemon")
+    assert entry.secret and not entry.open
+    looked_up, state = remote.RemoteHost("web1").lookup("TestDaemon")
+    assert state == "running" and looked_up is not None and looked_up.secret == entry.secret
+    d = malacoda.get("TestDaemon:web1")
+    assert d.echo("owner over ssh") == "owner over ssh"
+    assert d._target.plain == entry.secret.encode()
+    d._close()
