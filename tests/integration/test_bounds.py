@@ -294,7 +294,8 @@ def test_idle_connections_cannot_exhaust_the_daemons_fds(start_daemon):
     ping went unanswered. With a hard limit of 256 fds in the daemon: 400 idle connections,
     then a ping over a new connection is answered, and the daemon keeps fds to spare."""
     limit = 256
-    proc = start_daemon("HostileDaemon", prelude=(
+    # open: the raw peers speak NULL (an owner-only daemon drops them at the handshake)
+    proc = start_daemon("HostileDaemon", open=True, prelude=(
         f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (64, {limit}))"))
     daemon = psutil.Process(proc.pid)
     port = Registry().lookup("HostileDaemon").port
@@ -326,7 +327,7 @@ def test_idle_connections_cannot_exhaust_the_daemons_fds(start_daemon):
 def test_max_connections_is_a_setting(start_daemon):
     """``max_connections=8``: of 30 idle connections the oldest are closed by the daemon, and a
     ping over a new one is answered."""
-    proc = start_daemon("HostileDaemon", max_connections=8)
+    proc = start_daemon("HostileDaemon", max_connections=8, open=True)  # NULL raw peers
     daemon = psutil.Process(proc.pid)
     port = Registry().lookup("HostileDaemon").port
     base = daemon.num_fds()
@@ -407,7 +408,7 @@ def test_unfinished_messages_are_bounded(start_daemon):
     connection guard closes the connections that brought the most bytes once the memory passes
     what the daemon's settings let it hold of requests: with workers=2 and the 64 MiB
     max_message, queue_bytes + (2 + 2) x max_message = 384 MiB."""
-    proc = start_daemon("HostileDaemon", workers=2)
+    proc = start_daemon("HostileDaemon", workers=2, open=True)  # NULL raw peers
     daemon = psutil.Process(proc.pid)
     port = Registry().lookup("HostileDaemon").port
     before = peak_rss(daemon)
