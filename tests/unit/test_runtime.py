@@ -59,3 +59,38 @@ def test_atomic_write_without_replace_never_overwrites(tmp_path):
         atomic_write(target, b"second", replace=False)
     assert target.read_bytes() == b"first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]  # no temporary file left
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+def test_registry_of_another_user_trusts_only_that_users_own_entries(tmp_path, child) -> None:
+    """Root reads another user's registry with owner=UID: an entry counts only when the file
+    belongs to that user, is not writable by others, and says that user's uid."""
+    import json
+
+    from malacoda.runtime import Entry, Registry
+
+    other = 65534  # nobody
+    run = tmp_path / "run"
+    (run / "registry").mkdir(parents=True)
+    paths = Paths(run, run, run, run, run)
+    entry_file = run / "registry" / "X.json"
+    start = process_start_time(child.pid)
+    assert start is not None
+
+    def plant(uid_in_entry: int, file_owner: int, mode: int = 0o600) -> None:
+        entry = Entry(name="X", pid=child.pid, port=1, address="127.0.0.1", start_time=start,
+                      incarnation="i", uid=uid_in_entry, version="0", secret="s")
+        entry_file.write_text(json.dumps(entry.__dict__))
+        os.chown(entry_file, file_owner, file_owner)
+        os.chmod(entry_file, mode)
+
+    plant(other, other)  # nobody's entry, but the child runs as root: its pid check fails
+    assert Registry(paths, owner=other).read("X")[1] == "stale"
+    plant(0, other)  # a file of nobody's claiming root's daemon
+    assert Registry(paths, owner=other).read("X")[1] == "stale"
+    assert Registry(paths, owner=0).read("X")[1] == "stale"
+    plant(0, 0, 0o666)  # root's, writable by others
+    assert Registry(paths, owner=0).read("X")[1] == "stale"
+    plant(0, 0)
+    assert Registry(paths, owner=0).read("X")[1] == "running"
+    assert Registry(paths, owner=other).read("X")[1] == "stale"
