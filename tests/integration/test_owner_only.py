@@ -34,7 +34,7 @@ from malacoda import protocol as p
 from tests.daemons import TestDaemon
 from tests.support import pid_alive, wait_for
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="two-user tests create users: run as root")
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="two-user tests create users: run as root")
 
 ALICE, MALLORY = "mlca_alice", "mlca_mallory"
 SIG = b"MLC\x02"
@@ -198,6 +198,7 @@ def alice_reads(port: int) -> Any:
 # ---------------------------------------------------------------------------------------- tests
 
 
+@ROOT_ONLY
 def test_other_user_gets_nothing_for_any_operation(users, vault):
     v = vault()
     port = v.port
@@ -221,6 +222,7 @@ def test_other_user_gets_nothing_for_any_operation(users, vault):
     assert "pst_planted" not in ok(described)
 
 
+@ROOT_ONLY
 def test_owner_needs_no_configuration(users, vault):
     v = vault()
     alice = users[ALICE]
@@ -244,6 +246,7 @@ def test_owner_needs_no_configuration(users, vault):
     assert ok(as_user(alice, lambda: malacoda.get("Vault").constant)) == 11
 
 
+@ROOT_ONLY
 def test_root_reaches_another_users_daemon(users, vault):
     v = vault()
     with malacoda.get("Vault", timeout=10) as d:
@@ -252,6 +255,7 @@ def test_root_reaches_another_users_daemon(users, vault):
         assert d.constant == 10
 
 
+@ROOT_ONLY
 def test_registry_entry_holding_the_secret_is_owner_only(users, vault):
     v = vault()
     run = Path(users[ALICE].pw_dir) / ".local/state/malacoda/run"
@@ -264,6 +268,7 @@ def test_registry_entry_holding_the_secret_is_owner_only(users, vault):
     assert denied.get("error") == "PermissionError", denied
 
 
+@ROOT_ONLY
 def test_open_daemon_lets_others_in_warns_and_hides_tracebacks(users, vault):
     v = vault(open=True)
     assert "open = true: ANY user of this host can call" in v.log.read_text()
@@ -283,8 +288,26 @@ def test_open_daemon_lets_others_in_warns_and_hides_tracebacks(users, vault):
     assert "fail_value" in ok(as_user(alice, owner_traceback))
 
 
+@ROOT_ONLY
 def test_name_port_refuses_a_listener_that_is_not_our_own(users, vault):
     poser = vault(MALLORY)  # mallory's "Vault", on a port alice might try
     answer = as_user(users[ALICE], lambda: malacoda.get(f"Vault:{poser.port}", timeout=5).echo("x"))
     assert answer.get("error") == "LookupFailed", answer
     assert f"port {poser.port}" in answer["message"] and "your own" in answer["message"]
+
+
+def test_proxy_follows_a_restart_on_the_same_port_with_a_new_secret(start_daemon):
+    """Each start makes a new secret: a proxy whose daemon came back on the same port is refused
+    with the old one, resolves the name again and goes on with the new one."""
+    from tests.support import free_port
+
+    port = free_port()
+    proc = start_daemon(port=port)
+    d = malacoda.get("TestDaemon", timeout=10)
+    first = d.pid()
+    old = malacoda.runtime.Registry().lookup("TestDaemon").secret
+    proc.kill()
+    proc.wait()
+    start_daemon(port=port)
+    assert malacoda.runtime.Registry().lookup("TestDaemon").secret != old
+    assert d.pid() != first

@@ -54,3 +54,26 @@ def test_ports_and_hosts_parse() -> None:
 def test_get_with_a_non_ascii_port_is_a_config_error(home) -> None:
     with pytest.raises(ConfigError, match="'²'"):
         malacoda.get("td:²")
+
+
+def test_credentials_follow_the_entry_and_an_older_entry_means_null() -> None:
+    """An entry printed by an older Malacoda (remote_lookup on another host) has no 'secret':
+    its daemon serves NULL, and the client presents nothing. A current entry gives PLAIN, an
+    open one the owner's routing-id token, a CURVE one CURVE alone."""
+    from malacoda.resolve import Target, with_auth
+    from malacoda.runtime import Entry
+    from malacoda.security import owner_token
+
+    base = {"name": "X", "pid": 1, "port": 2, "address": "127.0.0.1", "start_time": 0.0,
+            "incarnation": "i", "uid": 0, "version": "0.0.9"}
+    older = with_auth(Target("tcp://127.0.0.1:2", "X"), Entry.from_dict(base))
+    assert (older.plain, older.owner_token) == (None, None)
+    current = with_auth(Target("tcp://127.0.0.1:2", "X"), Entry.from_dict({**base, "secret": "s"}))
+    assert (current.plain, current.owner_token) == (b"s", None)
+    shared = with_auth(Target("tcp://127.0.0.1:2", "X"),
+                       Entry.from_dict({**base, "secret": "s", "open": True}))
+    assert (shared.plain, shared.owner_token) == (None, owner_token("s"))
+    curve = with_auth(Target("tcp://127.0.0.1:2", "X", curve={"server": b"k"}),
+                      Entry.from_dict({**base, "secret": "s"}))
+    assert curve.plain is None
+    assert "'s'" not in repr(current) and "secret" not in repr(Entry.from_dict({**base, "secret": "zz"}))
