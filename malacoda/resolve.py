@@ -141,8 +141,9 @@ def local(spec: Spec, registry: Optional[Registry] = None) -> Target:
     """Resolve on this host through the registry.
 
     ``NAME:PORT`` reaches only a daemon whose registry entry is ours and has that port (any
-    listener on a port could pose as it otherwise). Root, finding no entry of its own, looks
-    in every other user's registry at its default place (:func:`other_users_registries`).
+    listener on a port could pose as it otherwise). Root, for a name it has never run a daemon
+    under since boot (no entry, no lock file), looks in every other user's registry at its
+    default place (:func:`other_users_registries`).
     """
     registry = registry or Registry()
     entry, state = registry.read(spec.name)
@@ -151,7 +152,11 @@ def local(spec: Spec, registry: Optional[Registry] = None) -> Target:
         target = Target(tcp_endpoint(entry.address, entry.port), spec.name, entry, curve=curve)
         return with_auth(target, entry)
     found = []
-    for theirs in other_users_registries():
+    # Root's own name (a lock file is left by every daemon it ran since boot, a registry entry
+    # by one that died) is never taken for another user's: its monitor's stop() must not
+    # reach someone else's daemon of the same name.
+    ours = state != "absent" or (registry.paths.run / f"{spec.name}.lock").exists()
+    for theirs in ([] if ours else other_users_registries()):
         other, other_state = theirs.read(spec.name)
         if other_state == "running" and other is not None and spec.port in (None, other.port):
             found.append(other)

@@ -311,3 +311,20 @@ def test_proxy_follows_a_restart_on_the_same_port_with_a_new_secret(start_daemon
     start_daemon(port=port)
     assert malacoda.runtime.Registry().lookup("TestDaemon").secret != old
     assert d.pid() != first
+
+
+@ROOT_ONLY
+def test_root_never_takes_another_users_daemon_for_its_own_name(users, vault, tmp_path,
+                                                                monkeypatch):
+    """Root ran a 'Vault' of its own since boot (its lock file is there): a lookup of 'Vault'
+    fails instead of reaching alice's, so root's monitor can never stop(), say, her daemon."""
+    vault()
+    home = tmp_path / "roothome"
+    (home / "run").mkdir(parents=True, mode=0o700)
+    home.chmod(0o700)
+    monkeypatch.setenv("MALACODA_HOME", str(home))
+    with malacoda.get("Vault", timeout=5) as d:  # no name of root's: alice's is found
+        assert d.echo(1) == 1
+    (home / "run" / "Vault.lock").write_text("1\n")
+    with pytest.raises(malacoda.LookupFailed):
+        malacoda.get("Vault", timeout=5).echo(1)
