@@ -192,7 +192,7 @@ def _selected(c: Context, names: Sequence[str], all_: bool) -> List[units.Unit]:
 def _warn_secrets(unit: units.Unit) -> None:
     warning = units.secrets_warning(unit)
     if warning:
-        click.echo(f"malacodactl: {warning}", err=True)
+        complain(warning)
 
 
 def _start_units(c: Context, order: List[units.Unit], verb: str) -> None:
@@ -373,8 +373,7 @@ def status(c: Context, names: Tuple[str, ...], all_: bool, hosts: Tuple[str, ...
         known = set(units.names(c.search)) | set(supervise.known_names(c.paths))
         unknown = [name for name in local if name not in known]
         for name in unknown:
-            click.echo(f"malacodactl: unknown unit {name!r}: no unit file, no record, no "
-                       "daemon of that name", err=True)
+            complain(f"unknown unit {name!r}: no unit file, no record, no daemon of that name")
         chosen = [n for n in local if n in known] if local else sorted(known)
         found = _mark_units(c, supervise.statuses(chosen, c.paths, ping_timeout))
         results += [(host_name(), r) for r in found]
@@ -396,12 +395,12 @@ def _mark_units(c: Context, found: List[supervise.UnitStatus]) -> List[supervise
     runs; one that runs from a file changed since it started says so."""
     for r in found:
         try:
-            unit = c.unit(r.name)
+            file = units.find(r.name, c.search)
+        except ConfigError:
+            continue  # no unit file: a daemon started otherwise
+        try:
+            unit = units.load_file(file)
         except ConfigError as exc:
-            try:
-                units.find(r.name, c.search)
-            except ConfigError:
-                continue  # no unit file: a daemon started otherwise
             if r.state in ("stopped", "failed"):
                 r.state, r.message = "invalid", str(exc)
             else:

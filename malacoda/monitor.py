@@ -138,6 +138,7 @@ def write_record(paths: Paths, record: Record) -> None:
 
 
 def _exit_words(code: int) -> str:
+    """:func:`describe_exit` as words: ``code 1``, ``signal SIGKILL``."""
     return ", ".join(f"{k} {v}" for k, v in describe_exit(code).items())
 
 
@@ -274,8 +275,7 @@ class Monitor:
             uptime = time.monotonic() - up_since
             Registry(self.paths).clean_stale(unit.name)  # a killed daemon leaves its entry
             self.record.last_exit = describe_exit(code)
-            self.note(f"{unit.name} (pid {proc.pid if proc else '-'}) exited: "
-                      + ", ".join(f"{k} {v}" for k, v in self.record.last_exit.items()))
+            self.note(f"{unit.name} (pid {proc.pid if proc else '-'}) exited: {_exit_words(code)}")
             # A daemon whose final pst save was incomplete stopped as asked: no failure to
             # restart it for, but its stop says so (the error names the attribute).
             failed = outcome != "ready" or code not in (0, PST_INCOMPLETE)
@@ -369,9 +369,8 @@ class Monitor:
             code = proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             return "error", "closed its readiness pipe without a word"
-        how = ", ".join(f"{k} {v}" for k, v in describe_exit(code).items())
-        return "error", f"exited ({how}) before it was ready; see 'malacodactl logs {self.unit.name}'"
-
+        return "error", (f"exited ({_exit_words(code)}) before it was ready; "
+                         f"see 'malacodactl logs {self.unit.name}'")
 
     def watch(self, proc: subprocess.Popen) -> int:
         """Wait for the daemon to exit; on a stop request, stop it. Returns its exit code."""

@@ -166,9 +166,11 @@ def check_not_writable_by_others(path: Path, what: str = "", why: str = "", fix:
         raise error(f"{what}{path} belongs to uid {st.st_uid}, not to you or root: refusing it")
 
 
-def untrusted(st: os.stat_result) -> bool:
-    """True for a file another user owns, or one others could have written."""
-    return st.st_uid != os.geteuid() or bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+def untrusted(st: os.stat_result, owner: Optional[int] = None) -> bool:
+    """True for a file another user than ``owner`` (default: us) owns, or one others could
+    have written."""
+    owner = os.geteuid() if owner is None else owner
+    return st.st_uid != owner or bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
 def atomic_write(path: Path, data: Union[bytes, Sequence[bytes]], mode: int = 0o600,
@@ -360,7 +362,7 @@ class Registry:
             return None, "stale"
         try:
             st = os.fstat(fd)
-            if st.st_uid != self.owner or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            if untrusted(st, self.owner):
                 log.warning("ignoring registry entry %s: not owned by us or writable by others", path)
                 return None, "stale"
             with os.fdopen(fd, "rb", closefd=False) as f:
