@@ -47,6 +47,7 @@ system-deps:
 lint: venv
 	$(VENV)/bin/ruff check malacoda tests examples bench
 	$(VENV)/bin/mypy malacoda
+	$(VENV)/bin/lint-imports --no-cache
 
 test: system-deps venv lint
 	$(PY) -m pytest -q -p no:cacheprovider tests

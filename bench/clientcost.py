@@ -34,8 +34,9 @@ LOOPS = [
 def _loop(kind: str, port: int) -> Callable[[], Any]:
     import zmq
 
-    from malacoda import protocol as p
-    from malacoda.frames import RCVMORE, get_option, recv_one, send_one
+    from malacoda.wire import codec
+    from malacoda.wire import protocol as p
+    from malacoda.wire.frames import RCVMORE, get_option, recv_one, send_one
 
     endpoint = f"tcp://127.0.0.1:{port}"
     prefix, count = os.urandom(8), [0]
@@ -44,7 +45,7 @@ def _loop(kind: str, port: int) -> Callable[[], Any]:
         count[0] += 1
         rid = prefix + count[0].to_bytes(8, "big")
         return rid, p.request_frames(rid, p.CALL, "echo", None, None,
-                                     p.encode_call(("hello",), {}))
+                                     codec.encode_call(("hello",), {}))
 
     if kind == "proxy":
         import malacoda
@@ -52,7 +53,7 @@ def _loop(kind: str, port: int) -> Callable[[], Any]:
         proxy = malacoda.get(f"BenchEcho:{port}")
         return lambda: proxy.echo("hello")
     if kind == "channel":
-        from malacoda.channel import Channel
+        from malacoda.client.channel import Channel
 
         channel = Channel(endpoint)
 

@@ -7,9 +7,9 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-import malacoda.daemon as daemon_module
+import malacoda.daemon.base as daemon_module
 from malacoda import Malacoda
-from malacoda.daemon import RunOptions
+from malacoda.daemon.base import RunOptions
 
 
 class BenchEcho(Malacoda):

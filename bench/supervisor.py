@@ -66,7 +66,7 @@ class Daemons:
         self.ready_times: List[float] = []
 
     def start(self, name: str) -> None:
-        from malacoda.runtime import Registry
+        from malacoda.host.registry import Registry
 
         code = "import sys; from bench.daemon import BenchIdle; BenchIdle(name=sys.argv[1])"
         t0 = time.perf_counter()

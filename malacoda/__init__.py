@@ -9,7 +9,7 @@ import importlib
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from .errors import (
+from malacoda.errors import (
     AccessDenied,
     AlreadyRunning,
     AmbiguousName,
@@ -33,16 +33,16 @@ from .errors import (
     RequestTooLarge,
     StateError,
 )
-from .version import __version__
+from malacoda.version import __version__
 
 if TYPE_CHECKING:
-    from .daemon import Malacoda
-    from .protocol import register_type
-    from .proxy import Proxy
-    from .storage import PstFileStorage, PstS3Storage, PstSqliteStorage, PstStorage
+    from malacoda.client.proxy import Proxy
+    from malacoda.daemon.base import Malacoda
+    from malacoda.storage import PstFileStorage, PstS3Storage, PstSqliteStorage, PstStorage
+    from malacoda.wire.codec import register_type
 
 # Imported on first use: a command line (malacodactl) needs none of the daemon's side.
-_LAZY = {"Malacoda": "daemon", "register_type": "protocol", "Proxy": "proxy",
+_LAZY = {"Malacoda": "daemon.base", "register_type": "wire.codec", "Proxy": "client.proxy",
          "PstFileStorage": "storage", "PstS3Storage": "storage", "PstSqliteStorage": "storage",
          "PstStorage": "storage"}
 
@@ -98,7 +98,7 @@ def get(name: str, timeout: Optional[float] = None, **ssh_args: Any) -> Proxy:
     timeout of every call made through the proxy; ``ssh_args`` go to paramiko's
     ``SSHClient.connect`` for a remote host.
     """
-    from .proxy import Proxy
+    from malacoda.client.proxy import Proxy
 
     return Proxy(name, timeout=timeout, **ssh_args)
 
@@ -109,7 +109,7 @@ def stop(name: str, wait: float = 10.0, **ssh_args: Any) -> None:
     Raises :class:`LookupFailed` when it is not running and :class:`ProcessError` when it is
     still there after ``wait`` seconds.
     """
-    from .proxy import Proxy
+    from malacoda.client.proxy import Proxy
 
     with Proxy(name, **ssh_args) as proxy:
         incarnation = proxy._request("describe", None, None, wait)["incarnation"]

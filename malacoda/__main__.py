@@ -1,5 +1,5 @@
 """``python -m malacoda`` is ``malacodactl``."""
 
-from .cli import main
+from malacoda.cli.app import main
 
 main()

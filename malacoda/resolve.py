@@ -3,7 +3,7 @@
 ``NAME`` alone, or ``NAME:PORT`` (a number, as in the original), is looked up in this host's
 registry, then — when one is configured — in the cluster registry (:mod:`malacoda.cluster`).
 ``NAME:HOST`` and ``NAME:HOST:PORT`` are looked up in the cluster's entry for that host, else
-on that host over SSH (see :mod:`malacoda.remote`). Every backend returns a :class:`Target`.
+on that host over SSH (see :mod:`malacoda.remote.host`). Every backend returns a :class:`Target`.
 
 A cluster entry says how to reach its daemon: bound to loopback, through an SSH tunnel to its
 host (the default); bound to another address, directly over TCP — with CURVE when it has a
@@ -13,128 +13,17 @@ server key — to that address, or to the host's name when it bound a wildcard a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Optional
 
-from . import cluster, cluster_watch
-from .errors import AmbiguousName, ClusterError, ConfigError, LookupFailed
-from .runtime import Entry, Registry, check_host, check_name, host_name, other_users_registries
-from .security import Keys, is_loopback, owner_token
+from malacoda import cluster
+from malacoda.address import Spec, Target, is_loopback, is_wildcard, parse, tcp_endpoint
+from malacoda.cluster import view as cluster_watch
+from malacoda.errors import AmbiguousName, ClusterError, LookupFailed
+from malacoda.host.paths import host_name
+from malacoda.host.registry import Registry, other_users_registries
+from malacoda.security import Keys, client_curve, with_auth
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Spec:
-    """A parsed daemon address."""
-
-    name: str
-    host: Optional[str] = None
-    port: Optional[int] = None
-
-    def __str__(self) -> str:
-        parts = [self.name]
-        if self.host:
-            parts.append(self.host)
-        if self.port:
-            parts.append(str(self.port))
-        return ":".join(parts)
-
-
-@dataclass
-class Target:
-    """Where to connect: a ZeroMQ endpoint and how to reach it."""
-
-    endpoint: str
-    name: str
-    entry: Optional[Entry] = None
-    host: Optional[str] = None
-    curve: Optional[Dict[str, bytes]] = None
-    #: The ZAP PLAIN password of an owner-only daemon (its entry's secret), else None.
-    plain: Optional[bytes] = field(default=None, repr=False)
-    #: For an ``open`` daemon of ours: the routing-id prefix that marks us as its owner.
-    owner_token: Optional[bytes] = field(default=None, repr=False)
-    close: Callable[[], None] = field(default=lambda: None)
-    #: False once the target is known to be gone (a cluster entry deleted or replaced): the
-    #: proxy then resolves the name again even though its connection did not drop.
-    current: Callable[[], bool] = field(default=lambda: True)
-
-
-def _port(spec: str, text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ConfigError(f"{spec!r}: the port must be a number (digits 0-9), got {text!r}")
-    return int(text)
-
-
-def parse(spec: str) -> Spec:
-    """``'NAME'``, ``'NAME:PORT'``, ``'NAME:HOST'`` or ``'NAME:HOST:PORT'`` → :class:`Spec`."""
-    if not isinstance(spec, str) or not spec:
-        raise ConfigError(f"a daemon is named as NAME[:HOST][:PORT], got {spec!r}")
-    parts = spec.split(":")
-    name, rest = parts[0], parts[1:]
-    check_name(name)
-    host: Optional[str] = None
-    port: Optional[int] = None
-    if len(rest) == 1:
-        if rest[0].isdigit():  # any script's digits: a port, or a mistyped one
-            port = _port(spec, rest[0])
-        else:
-            host = rest[0]
-    elif len(rest) == 2:
-        host = rest[0]
-        port = _port(spec, rest[1])
-    elif rest:
-        raise ConfigError(f"{spec!r}: expected NAME[:HOST][:PORT]")
-    if host is not None and not host:
-        raise ConfigError(f"{spec!r}: the host is empty")
-    if host is not None:
-        check_host(host, repr(spec))
-    if port is not None and not 0 < port < 65536:
-        raise ConfigError(f"{spec!r}: port {port} is out of range")
-    return Spec(name, host, port)
-
-
-#: Bind addresses that mean "every interface" rather than one address to connect to.
-WILDCARD_ADDRESSES = ("0.0.0.0", "::", "*", "")
-
-
-def is_wildcard(address: str) -> bool:
-    """True for a bind address that means every interface (``0.0.0.0``, ``::``, ``*``)."""
-    return address in WILDCARD_ADDRESSES
-
-
-def connect_address(address: str) -> str:
-    """The address to connect to on the daemon's own host for a daemon bound to ``address``."""
-    if is_wildcard(address):
-        return "::1" if address == "::" else "127.0.0.1"
-    return address
-
-
-def client_curve(server_key: Optional[str], who: str,
-                 keys: Optional[Keys] = None) -> Optional[Dict[str, bytes]]:
-    """The client CURVE settings to reach a daemon whose entry carries ``server_key``, or None
-    for one without (bound to loopback, or started ``insecure``): it is reached in the clear.
-
-    ``who`` names the daemon in the error raised when this user has no client key.
-    """
-    if not server_key:
-        return None
-    return (keys or Keys()).client_curve(server_key, who)
-
-
-def with_auth(target: Target, entry: Optional[Entry]) -> Target:
-    """``target`` with the credentials ``entry`` gives (none for an older daemon's entry)."""
-    if entry is not None and entry.secret and not target.curve:
-        if entry.open:
-            target.owner_token = owner_token(entry.secret)
-        else:
-            target.plain = entry.secret.encode()
-    return target
-
-
-def tcp_endpoint(address: str, port: int) -> str:
-    address = connect_address(address)
-    return f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}"
 
 
 def local(spec: Spec, registry: Optional[Registry] = None) -> Target:
@@ -203,7 +92,7 @@ def resolve(spec: str, **ssh_args: Any) -> Target:
 
 
 def _remote(spec: Spec, **ssh_args: Any) -> Target:
-    from .remote import resolve_remote  # imported on demand: paramiko is slow to import
+    from malacoda.remote.host import resolve_remote  # imported on demand: paramiko is slow to import
 
     return resolve_remote(spec, **ssh_args)
 

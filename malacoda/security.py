@@ -4,7 +4,7 @@ A daemon bound to a loopback address needs nothing here: only users of this host
 other hosts go through SSH. A daemon bound to any other address serves CURVE (encryption plus
 an allow-list of client public keys) or refuses to start, unless it is explicitly ``insecure``.
 
-Everything lives under :attr:`Paths.keys <malacoda.runtime.Paths>` (folder 0700, files 0600),
+Everything lives under :attr:`Paths.keys <malacoda.host.paths.Paths>` (folder 0700, files 0600),
 in pyzmq's ``zmq.auth`` certificate format::
 
     keys/server.key            this host's server public key (daemons serve with it)
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import re
 import stat
@@ -32,8 +31,11 @@ from typing import Callable, Dict, Optional
 import zmq
 from zmq.utils import z85
 
-from .errors import ConfigError
-from .runtime import Paths, atomic_write, private_dir, untrusted
+from malacoda.address import Target, is_loopback
+from malacoda.errors import ConfigError
+from malacoda.host.files import atomic_write, private_dir, untrusted
+from malacoda.host.paths import Paths
+from malacoda.host.registry import Entry
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +51,6 @@ class KeyPair:
 
     public: bytes
     secret: bytes
-
-
-def is_loopback(address: str) -> bool:
-    """True when a daemon bound to ``address`` is reachable from this host only."""
-    if address in ("localhost", "localhost6"):
-        return True
-    try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a wildcard, an interface name or a host name: assume it is public
 
 
 def parse_public_key(text: str) -> bytes:
@@ -197,7 +189,7 @@ class Keys:
     # ------------------------------------------------------------------ both ends of a socket
 
     def client_curve(self, server_key: str, who: str) -> Dict[str, bytes]:
-        """The ``curve`` settings for a :class:`~malacoda.channel.Channel` to a CURVE daemon."""
+        """The ``curve`` settings for a :class:`~malacoda.client.channel.Channel` to a CURVE daemon."""
         pair = self.pair("client")
         if pair is None:
             raise ConfigError(
@@ -400,3 +392,25 @@ def chain(*hooks: Optional[Callable[[zmq.Socket], object]]) -> Optional[Callable
 
     return configure
 
+
+
+def client_curve(server_key: Optional[str], who: str,
+                 keys: Optional[Keys] = None) -> Optional[Dict[str, bytes]]:
+    """The client CURVE settings to reach a daemon whose entry carries ``server_key``, or None
+    for one without (bound to loopback, or started ``insecure``): it is reached in the clear.
+
+    ``who`` names the daemon in the error raised when this user has no client key.
+    """
+    if not server_key:
+        return None
+    return (keys or Keys()).client_curve(server_key, who)
+
+
+def with_auth(target: Target, entry: Optional[Entry]) -> Target:
+    """``target`` with the credentials ``entry`` gives (none for an older daemon's entry)."""
+    if entry is not None and entry.secret and not target.curve:
+        if entry.open:
+            target.owner_token = owner_token(entry.secret)
+        else:
+            target.plain = entry.secret.encode()
+    return target

@@ -15,7 +15,7 @@ and use them::
 
 ``malacoda_unit`` starts the unit exactly as ``malacodactl start`` does (monitor, log file,
 restart policy, the units it ``requires`` first: looked up beside the unit file, then along the
-unit search path), returns once it serves, and yields a :class:`~malacoda.proxy.Proxy`; every
+unit search path), returns once it serves, and yields a :class:`~malacoda.client.proxy.Proxy`; every
 unit it started is stopped when the test ends, requirements last. The temporary home is the
 test's own. Relative ``path`` entries and ``workdir`` given inline (``path=["."]``) are the
 test file's folder, as they would be for a unit file written beside it.
@@ -29,10 +29,10 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
-from .proxy import Proxy
-from .runtime import Paths
-from .supervise import start, stop
-from .units import Unit, load_file, ordered, search_path
+from malacoda.client.proxy import Proxy
+from malacoda.host.paths import Paths
+from malacoda.supervisor.supervise import start, stop
+from malacoda.supervisor.units import Unit, load_file, ordered, search_path
 
 
 def write_unit(folder: Path, name: str, **keys: Any) -> Path:

@@ -41,7 +41,7 @@ def start_daemon(home: Path, processes: Processes) -> Callable[..., DaemonProces
 
     ``module`` names another module of daemon classes; ``prelude`` is code run first.
     """
-    from malacoda.runtime import Registry
+    from malacoda.host.registry import Registry
 
     def start(cls: str = "TestDaemon", wait: bool = True, module: str = "tests.daemons",
               prelude: str = "", **kwargs: Any) -> DaemonProcess:

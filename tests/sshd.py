@@ -135,7 +135,7 @@ def web1(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     """An sshd reachable as ``web1`` through a temporary ``~/.ssh/config``; stopped after the test."""
     if not (os.access(SSHD, os.X_OK) and os.access(KEYGEN, os.X_OK)):
         pytest.skip(f"OpenSSH server not installed ({SSHD}): run 'make system-deps'")
-    from malacoda import remote
+    from malacoda.remote import host as remote
 
     server = SSHServer(tmp_path / "sshd")
     server.start()

@@ -147,7 +147,7 @@ def free_port() -> int:
 def own_credentials(sock, port: int) -> None:
     """Give the raw ZeroMQ socket ``sock`` what docs/protocol.md says an owner's client sends
     to our daemon at ``port``: ZAP PLAIN, user ``malacoda``, the registry entry's secret."""
-    from malacoda.runtime import Registry
+    from malacoda.host.registry import Registry
 
     for _, entry, state in Registry().entries():
         if entry is not None and state == "running" and entry.port == port and entry.secret:
@@ -162,8 +162,8 @@ def via(monkeypatch, endpoint: str) -> None:
     name resolves as usual, credentials included, and only the endpoint is replaced."""
     import dataclasses
 
-    import malacoda.proxy
+    import malacoda.client.proxy
     from malacoda.resolve import resolve
 
-    monkeypatch.setattr(malacoda.proxy, "resolve",
+    monkeypatch.setattr(malacoda.client.proxy, "resolve",
                         lambda spec, **kw: dataclasses.replace(resolve(spec, **kw), endpoint=endpoint))

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from malacoda import protocol as p
-from malacoda.channel import Channel
-from malacoda.runtime import Registry
+from malacoda.client.channel import Channel
+from malacoda.host.registry import Registry
+from malacoda.wire import protocol as p
 
 
 def _pin_all_threads(cpus: set) -> None:

@@ -580,7 +580,7 @@ def test_the_testing_fixture_runs_a_unit_under_the_monitor(malacoda_unit) -> Non
     assert d.pst_counter == 1
     e = malacoda_unit(name="Echo2", cls="tests.daemons:TestDaemon", path=[str(ROOT)], **FAST)
     assert e.add(1, 2) == 3
-    from malacoda.supervise import status
+    from malacoda.supervisor.supervise import status
 
     assert status("Echo2").monitor_pid is not None  # a real monitor is its parent
     assert psutil.Process(status("Echo2").pid).ppid() == status("Echo2").monitor_pid
@@ -653,8 +653,9 @@ def test_restart_policies(ctl: Ctl) -> None:
 
 
 def test_a_status_record_naming_another_process_is_never_signalled(ctl: Ctl, processes) -> None:
-    from malacoda.monitor import Record, write_record
-    from malacoda.runtime import Paths, process_start_time
+    from malacoda.host.paths import Paths
+    from malacoda.host.process import process_start_time
+    from malacoda.supervisor.monitor import Record, write_record
     from tests.support import DaemonProcess
 
     bystander = processes.add(DaemonProcess("import time; time.sleep(60)", ctl.env))

@@ -23,7 +23,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import malacoda
-from malacoda import cluster, cluster_watch, remote
+from malacoda import cluster
+from malacoda.cluster import view as cluster_watch
+from malacoda.remote import host as remote
 from malacoda.security import Keys
 from tests.etcd import ETCD, EtcdServer, make_tls
 from tests.support import ROOT, DaemonProcess, Processes, wait_for

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 import malacoda
-from malacoda.runtime import Registry
+from malacoda.host.registry import Registry
 from tests.support import pid_alive, wait_for
 
 
@@ -353,7 +353,7 @@ def test_periodic_save_survives_kill(start_daemon, home):
     d = malacoda.get("TestDaemon")
     d.pst_counter = 5
     state = home / "lib" / "TestDaemon.pst"
-    from malacoda.runtime import Paths
+    from malacoda.host.paths import Paths
     from malacoda.storage import PstFileStorage
 
     storage = PstFileStorage("TestDaemon", Paths.default())
@@ -404,7 +404,7 @@ def test_daemonize_true_detaches(home, processes):
 
 def test_a_supervisors_zero_workers_is_an_error_not_the_default(start_daemon) -> None:
     """RunOptions(workers=0) is the supervisor's value, refused as such: not replaced by 8."""
-    prelude = "from malacoda import daemon; daemon.run_options = daemon.RunOptions(workers=0)"
+    prelude = "from malacoda.daemon import base as daemon; daemon.run_options = daemon.RunOptions(workers=0)"
     proc = start_daemon("TestDaemon", wait=False, prelude=prelude)
     assert proc.wait(timeout=30) != 0
     assert "workers must be at least 1" in proc.output()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 import malacoda
-from malacoda.channel import Channel
-from malacoda.protocol import request_frames
-from malacoda.runtime import Paths, Registry
+from malacoda.client.channel import Channel
+from malacoda.host.paths import Paths
+from malacoda.host.registry import Registry
 from malacoda.security import Keys
+from malacoda.wire.protocol import request_frames
 
 
 def test_public_bind_without_curve_is_refused(start_daemon):

@@ -17,7 +17,7 @@ import pytest
 
 import malacoda
 from malacoda.errors import StateError
-from malacoda.runtime import Paths
+from malacoda.host.paths import Paths
 from malacoda.storage import PstFileStorage
 from tests.fault_daemons import state_is_consistent
 from tests.support import InThread, wait_for

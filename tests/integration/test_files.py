@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 import malacoda
-from malacoda.runtime import Entry, Paths, Registry, process_start_time
+from malacoda.host.paths import Paths
+from malacoda.host.process import process_start_time
+from malacoda.host.registry import Entry, Registry
 from malacoda.security import Keys
 from tests.support import wait_for
 
@@ -214,8 +216,8 @@ def fake_monitor(home: Path, **popen) -> subprocess.Popen:
 def test_forged_status_record_never_gets_a_process_signalled(home, forgery):
     """A status record names the monitor pid that ``stop`` signals: one another user could have
     written, or naming another user's process, is ignored."""
-    from malacoda import supervise
-    from malacoda.monitor import Record, record_path, write_record
+    from malacoda.supervisor import supervise as supervise
+    from malacoda.supervisor.monitor import Record, record_path, write_record
 
     paths = Paths.default()
     victim = fake_monitor(home, user=NOBODY if forgery == "another uid's process" else None)
@@ -239,7 +241,7 @@ def test_forged_status_record_never_gets_a_process_signalled(home, forgery):
 
 def test_faithful_status_record_is_used(home):
     """The control for the test above: our own record naming our own monitor is trusted."""
-    from malacoda.monitor import Record, read_record, write_record
+    from malacoda.supervisor.monitor import Record, read_record, write_record
 
     paths = Paths.default()
     victim = fake_monitor(home)
@@ -256,8 +258,8 @@ def test_faithful_status_record_is_used(home):
 def test_curve_on_loopback_for_a_shared_host(start_daemon):
     """Every local user can connect to a loopback port; ``curve=True`` closes that: only
     authorized client keys get in, and this user's proxy finds the key in the registry."""
-    from malacoda.channel import Channel
-    from malacoda.protocol import request_frames
+    from malacoda.client.channel import Channel
+    from malacoda.wire.protocol import request_frames
 
     keys = Keys(Paths.default())
     pairs = keys.init()

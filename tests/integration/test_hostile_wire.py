@@ -25,8 +25,9 @@ import zmq
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from malacoda import protocol as p
-from malacoda.runtime import Registry
+from malacoda.host.registry import Registry
+from malacoda.wire import codec
+from malacoda.wire import protocol as p
 from tests.support import own_credentials
 
 FUZZ = settings(max_examples=120, derandomize=True, deadline=None, database=None,
@@ -209,7 +210,7 @@ def test_truncated_and_over_long_codec_payloads(wire):
     @FUZZ
     @given(value=values, cut=st.integers(0, 10**6), tail=st.binary(min_size=1, max_size=40))
     def run(value, cut, tail):
-        body, buffers = p.encode([[value], {}])
+        body, buffers = codec.encode([[value], {}])
         truncated = body[:cut % max(1, len(body))]
         reply = wire.ask(msg(truncated, *buffers, rid=b"t"))
         assert reply.status == p.BAD_REQUEST
@@ -255,7 +256,7 @@ def test_deep_nesting(wire, depth):
         assert reply.status == p.BAD_REQUEST
     nested = msgpack.packb(None)
     for _ in range(min(depth, 2000)):  # tuples: each an extension type holding the next
-        nested = msgpack.packb(msgpack.ExtType(p.EXT_TUPLE, b"\x91" + nested))
+        nested = msgpack.packb(msgpack.ExtType(codec.EXT_TUPLE, b"\x91" + nested))
     assert wire.ask(msg(b"\x92\x91" + nested + b"\x80", rid=b"e")).status == p.BAD_REQUEST
     assert wire.alive()
 
@@ -291,9 +292,9 @@ def test_pickles_in_every_position_are_never_unpickled(wire):
             msg(msgpack.packb([[], {}]), name=blob.decode("latin-1")),
             msg(msgpack.packb(None), op=blob.decode("latin-1")),
             msg(blob, op="set", name="pst_counter"),
-            msg(msgpack.packb([[msgpack.ExtType(p.EXT_NAMED, blob)], {}])),
+            msg(msgpack.packb([[msgpack.ExtType(codec.EXT_NAMED, blob)], {}])),
             msg(msgpack.packb([[msgpack.ExtType(99, blob)], {}])),
-            msg(msgpack.packb([[msgpack.ExtType(p.EXT_NAMED, msgpack.packb(
+            msg(msgpack.packb([[msgpack.ExtType(codec.EXT_NAMED, msgpack.packb(
                 ["pickle.loads", blob], use_bin_type=True))], {}])),
         ]
         for frames in messages:

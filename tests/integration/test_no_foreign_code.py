@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from malacoda.launch import python_command
+from malacoda.host.launch import python_command
 from malacoda.testing import write_unit
 from tests.integration.test_cli import FAST, Ctl
 from tests.support import ROOT
@@ -103,7 +103,7 @@ def test_the_remote_lookup_command_takes_no_module_from_the_remote_home(home: Pa
                                                                       tmp_path: Path):
     """What ``NAME:HOST`` runs over SSH, run here by a shell in a folder of planted modules
     (sshd starts it in the remote user's home)."""
-    from malacoda.remote import shell_command
+    from malacoda.remote.host import shell_command
 
     markers = tmp_path / "markers"
     remote_home = plant(tmp_path / "remote-home", markers)
@@ -130,7 +130,7 @@ def test_python_command_drops_only_the_current_folder(tmp_path: Path):
 def test_an_empty_or_relative_pythonpath_entry_does_not_reach_the_children(tmp_path: Path):
     """``PYTHONPATH=/opt/lib:`` (an empty entry: the current folder) as the CLI passes it on to
     the monitor and the daemon."""
-    from malacoda.monitor import PACKAGE_PARENT, package_env
+    from malacoda.supervisor.monitor import PACKAGE_PARENT, package_env
 
     env = package_env({"PYTHONPATH": os.pathsep.join(["", "/opt/lib", "", "rel"])})
     assert env["PYTHONPATH"].split(os.pathsep) == [PACKAGE_PARENT, "/opt/lib", os.path.abspath("rel")]
@@ -277,7 +277,7 @@ def test_sqlite_files_others_wrote_are_refused_before_sqlite_reads_them(home: Pa
     import shutil
 
     from malacoda import StateError
-    from malacoda.runtime import Paths
+    from malacoda.host.paths import Paths
     from malacoda.storage import PstSqliteStorage
 
     marker = tmp_path / "code-ran"
@@ -310,7 +310,7 @@ def test_sqlite_control_our_own_wal_is_read(home: Path, tmp_path: Path):
     """The control: the same -wal, ours and private, is read (and its row loaded)."""
     import shutil
 
-    from malacoda.runtime import Paths
+    from malacoda.host.paths import Paths
     from malacoda.storage import PstSqliteStorage
 
     marker = tmp_path / "code-ran"
@@ -327,7 +327,7 @@ def test_sqlite_control_our_own_wal_is_read(home: Path, tmp_path: Path):
 
 
 def _state_file(path: Path, state: dict) -> None:
-    from malacoda.runtime import Paths
+    from malacoda.host.paths import Paths
     from malacoda.storage import PstFileStorage
 
     PstFileStorage(path.stem, Paths.default(), file_path=str(path)).save(state)
@@ -335,7 +335,7 @@ def _state_file(path: Path, state: dict) -> None:
 
 def test_a_state_file_swapped_for_a_link_is_refused(home: Path, tmp_path: Path):
     from malacoda import StateError
-    from malacoda.runtime import Paths
+    from malacoda.host.paths import Paths
     from malacoda.storage import PstFileStorage, PstSqliteStorage
 
     folder = tmp_path / "state"
@@ -355,7 +355,7 @@ def test_a_state_file_swapped_for_a_link_is_refused(home: Path, tmp_path: Path):
 def test_a_state_file_in_a_folder_others_can_write_is_refused(home: Path, tmp_path: Path,
                                                                other_user: int, damage: str):
     from malacoda import StateError
-    from malacoda.runtime import Paths
+    from malacoda.host.paths import Paths
     from malacoda.storage import PstFileStorage, PstSqliteStorage
 
     folder = tmp_path / "state"
@@ -424,7 +424,9 @@ def test_every_folder_made_is_0700_under_umask_0(other_user: int):
         home.chmod(0o700)
 
         def make_everything() -> None:
-            from malacoda.runtime import Paths, Registry, private_dir
+            from malacoda.host.files import private_dir
+            from malacoda.host.paths import Paths
+            from malacoda.host.registry import Registry
             from malacoda.security import Keys
 
             paths = Paths.default()

@@ -27,7 +27,8 @@ from multiprocessing import Process
 from pathlib import Path
 
 import malacoda
-from malacoda.runtime import Paths, Registry
+from malacoda.host.paths import Paths
+from malacoda.host.registry import Registry
 from malacoda.storage import PstFileStorage
 from tests.support import free_port, wait_for
 

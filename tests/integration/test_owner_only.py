@@ -26,11 +26,12 @@ import pytest
 import zmq
 
 import malacoda
-import malacoda.cli
-import malacoda.daemon
-import malacoda.remote_lookup  # noqa: F401
+import malacoda.cli.app
+import malacoda.daemon.base
+import malacoda.remote.lookup  # noqa: F401
 import malacoda.storage  # noqa: F401
-from malacoda import protocol as p
+from malacoda.host.registry import Registry
+from malacoda.wire import protocol as p
 from tests.daemons import TestDaemon
 from tests.support import pid_alive, wait_for
 
@@ -236,7 +237,7 @@ def test_owner_needs_no_configuration(users, vault):
         for argv in (["call", "Vault", "echo", "cli"], ["get", "Vault", "constant"],
                      ["set", "Vault", "constant", "11"], ["status", "Vault"]):
             try:
-                malacoda.cli.cli.main(args=argv, prog_name="malacodactl", standalone_mode=False)
+                malacoda.cli.app.cli.main(args=argv, prog_name="malacodactl", standalone_mode=False)
             except SystemExit as exc:
                 if exc.code:
                     raise
@@ -305,11 +306,11 @@ def test_proxy_follows_a_restart_on_the_same_port_with_a_new_secret(start_daemon
     proc = start_daemon(port=port)
     d = malacoda.get("TestDaemon", timeout=10)
     first = d.pid()
-    old = malacoda.runtime.Registry().lookup("TestDaemon").secret
+    old = Registry().lookup("TestDaemon").secret
     proc.kill()
     proc.wait()
     start_daemon(port=port)
-    assert malacoda.runtime.Registry().lookup("TestDaemon").secret != old
+    assert Registry().lookup("TestDaemon").secret != old
     assert d.pid() != first
 
 

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 import malacoda
-from malacoda.control import describe
+from malacoda.client.control import describe
 from tests.support import pid_alive, wait_for
 
 BAD_TIMEOUTS = [float("nan"), 0, 0.0, -1, -0.5, -(10**400), "5", b"5", True, [1]]

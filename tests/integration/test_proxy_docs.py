@@ -7,7 +7,7 @@ import inspect
 import pydoc
 
 import malacoda
-from malacoda import protocol as p
+from malacoda.wire import protocol as p
 
 DOC = "A daemon with one of everything the tests need."
 
@@ -58,7 +58,7 @@ def test_doc_of_a_hung_daemon_is_none_soon(start_daemon):
     import signal
     import time
 
-    from malacoda import proxy as proxy_module
+    from malacoda.client import proxy as proxy_module
 
     proc = start_daemon()
     os.kill(proc.pid, signal.SIGSTOP)

@@ -9,7 +9,7 @@ from typing import Any, Dict
 
 import pytest
 
-from malacoda.runtime import Paths
+from malacoda.host.paths import Paths
 from malacoda.storage import from_config
 from tests.integration.test_cli import Ctl, ctl  # noqa: F401 - the fixture, by name
 from tests.support import wait_for
@@ -48,7 +48,7 @@ def test_an_attribute_never_saved_is_left_out(home: Path) -> None:
 
 def test_status_names_the_unsaved_attribute_and_stop_fails(ctl: Ctl) -> None:  # noqa: F811
     """The issue's case under malacodactl: pst_sock = socket.socket() in a running daemon."""
-    from malacoda.runner import PST_INCOMPLETE
+    from malacoda.supervisor.runner import PST_INCOMPLETE
 
     ctl.unit("Sock", cls="tests.daemons:PstSocket", pst={"frequency": 0.2})
     ctl.ok("start", "Sock")

@@ -11,8 +11,9 @@ import psutil
 import pytest
 
 import malacoda
-from malacoda import remote
-from malacoda.runtime import Paths, Registry
+from malacoda.host.paths import Paths
+from malacoda.host.registry import Registry
+from malacoda.remote import host as remote
 from malacoda.security import Keys
 from tests.sshd import keygen
 

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 import zmq
 
-from malacoda.runtime import Paths
+from malacoda.host.paths import Paths
 from malacoda.security import Keys
 from tests.integration.test_cli import Ctl, Follower, one_line_error
 from tests.support import wait_for

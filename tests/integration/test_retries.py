@@ -8,8 +8,8 @@ import pytest
 import zmq
 
 import malacoda
-from malacoda import protocol as p
-from malacoda.runtime import Registry
+from malacoda.host.registry import Registry
+from malacoda.wire import protocol as p
 from tests.relay import Relay
 from tests.support import InThread, own_credentials, via, wait_for
 

@@ -14,7 +14,7 @@ import pytest
 
 import malacoda
 from malacoda import StateError
-from malacoda.runtime import Paths, host_name
+from malacoda.host.paths import Paths, host_name
 from malacoda.storage import PstS3Storage, from_config
 from tests.s3 import CREDENTIALS, S3Server
 from tests.support import free_port

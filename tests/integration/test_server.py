@@ -6,9 +6,9 @@ import threading
 
 import zmq
 
-from malacoda import protocol as p
-from malacoda.dispatch import Dispatcher
-from malacoda.server import Server
+from malacoda.daemon.dispatch import Dispatcher
+from malacoda.daemon.server import Server
+from malacoda.wire import protocol as p
 from tests.support import wait_for
 
 

@@ -209,7 +209,7 @@ def test_a_cluster_entry_whose_host_is_no_host_name_is_ignored(hosts: Hosts,
 @pytest.mark.slow
 def test_another_hosts_log(web1, home, tmp_path) -> None:
     """``logs NAME:HOST`` streams that host's malacodactl output: shown here made visible."""
-    from malacoda.runtime import Paths
+    from malacoda.host.paths import Paths
 
     conf = tmp_path / "conf"
     conf.mkdir(mode=0o700)

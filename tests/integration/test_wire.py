@@ -9,7 +9,7 @@ import msgpack
 import pytest
 import zmq
 
-from malacoda.runtime import Registry
+from malacoda.host.registry import Registry
 from tests.support import ROOT
 
 SIG = b"MLC\x02"

@@ -7,15 +7,16 @@ from decimal import Decimal
 
 import pytest
 
-from malacoda import protocol as p
-from malacoda.dispatch import Dispatcher
+from malacoda.daemon.dispatch import Dispatcher
 from malacoda.errors import ProtocolError
+from malacoda.wire import codec
+from malacoda.wire import protocol as p
 
 P = 2**61 - 1  # integers k * P all hash alike (to 0)
 
 
 def round_trip(value):
-    return p.decode(*p.encode(value), max_items=p.MAX_REQUEST_ITEMS)
+    return codec.decode(*codec.encode(value), max_items=codec.MAX_REQUEST_ITEMS)
 
 
 @pytest.mark.parametrize("value", [
@@ -50,10 +51,10 @@ def test_ordinary_sets_and_maps_round_trip(value):
 
 
 def test_maps_with_other_keys_are_still_counted():
-    body, buffers = p.encode([{i: None for i in range(2000)} for _ in range(3)])
+    body, buffers = codec.encode([{i: None for i in range(2000)} for _ in range(3)])
     with pytest.raises(ProtocolError, match="container items"):
-        p.decode(body, buffers, max_items=5000)
-    assert len(p.decode(body, buffers, max_items=7000)) == 3
+        codec.decode(body, buffers, max_items=5000)
+    assert len(codec.decode(body, buffers, max_items=7000)) == 3
 
 
 class Plain:
@@ -68,7 +69,7 @@ class Creates(Plain):
 
 
 def _set(target, name, value):
-    body, buffers = p.encode(value)
+    body, buffers = codec.encode(value)
     request = p.Request(b"r" * 8, p.SET, name, None, body, buffers)
     return Dispatcher(target, "i", "v").handle(request)[0]
 

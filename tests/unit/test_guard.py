@@ -9,7 +9,7 @@ import time
 
 import zmq
 
-from malacoda import guard
+from malacoda.daemon import guard as guard
 
 
 def test_disconnect_leaves_a_unix_socket_alone():

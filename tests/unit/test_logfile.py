@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from malacoda import logfile
+from malacoda.supervisor import logfile as logfile
 
 
 def whole_file_tail(path: Path, lines: int) -> List[str]:

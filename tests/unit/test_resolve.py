@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 import malacoda
+from malacoda.address import Spec, connect_address, is_wildcard, parse, tcp_endpoint
 from malacoda.errors import ConfigError
-from malacoda.resolve import Spec, client_curve, connect_address, is_wildcard, parse, tcp_endpoint
-from malacoda.runtime import Paths
-from malacoda.security import Keys
+from malacoda.host.paths import Paths
+from malacoda.security import Keys, client_curve
 
 
 @pytest.mark.parametrize("address, wildcard, connect", [
@@ -60,9 +60,9 @@ def test_credentials_follow_the_entry_and_an_older_entry_means_null() -> None:
     """An entry printed by an older Malacoda (remote_lookup on another host) has no 'secret':
     its daemon serves NULL, and the client presents nothing. A current entry gives PLAIN, an
     open one the owner's routing-id token, a CURVE one CURVE alone."""
-    from malacoda.resolve import Target, with_auth
-    from malacoda.runtime import Entry
-    from malacoda.security import owner_token
+    from malacoda.address import Target
+    from malacoda.host.registry import Entry
+    from malacoda.security import owner_token, with_auth
 
     base = {"name": "X", "pid": 1, "port": 2, "address": "127.0.0.1", "start_time": 0.0,
             "incarnation": "i", "uid": 0, "version": "0.0.9"}

@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from malacoda.errors import ConfigError
-from malacoda.runtime import Paths, atomic_write, process_start_time, same_process
+from malacoda.host.files import atomic_write
+from malacoda.host.paths import Paths
+from malacoda.host.process import process_start_time, same_process
 from tests.support import wait_for
 
 
@@ -67,7 +69,7 @@ def test_registry_of_another_user_trusts_only_that_users_own_entries(tmp_path, c
     belongs to that user, is not writable by others, and says that user's uid."""
     import json
 
-    from malacoda.runtime import Entry, Registry
+    from malacoda.host.registry import Entry, Registry
 
     other = 65534  # nobody
     run = tmp_path / "run"

@@ -8,9 +8,10 @@ import pytest
 import zmq
 import zmq.auth
 
+from malacoda.address import is_loopback
 from malacoda.errors import ConfigError
-from malacoda.runtime import Paths
-from malacoda.security import Keys, is_loopback, parse_public_key, server_curve
+from malacoda.host.paths import Paths
+from malacoda.security import Keys, parse_public_key, server_curve
 
 
 def _mode(path) -> int:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from malacoda import supervise
+from malacoda.supervisor import supervise as supervise
 
 
 def test_statuses_are_looked_at_side_by_side_and_come_back_in_order():

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from malacoda import ConfigError
-from malacoda.control import as_text, parse_value
+from malacoda.client.control import as_text, parse_value
+from malacoda.supervisor.units import SCHEMA, load_file, ordered
 from malacoda.testing import write_unit
-from malacoda.units import SCHEMA, load_file, ordered
 from tests.support import ROOT
 
 

@@ -1,0 +1,532 @@
+"""The client side: a :class:`Proxy` that feels like the daemon object itself.
+
+::
+
+    d = malacoda.get("MessageDaemon")
+    d.insert_message("hi", timeout=2)   # a remote call; TimeoutError subclass after 2 s
+    d.pst_counter                       # a remote attribute read
+    d.pst_counter = 0                   # a remote attribute write
+    help(d.insert_message)              # the remote signature and docstring
+
+A proxy is bound to a *name*: when its daemon restarts (new pid, maybe a new port), the next
+call resolves the name again and goes through. One proxy may be used by many threads at once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import itertools
+import logging
+import math
+import numbers
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
+
+from malacoda.address import Target
+from malacoda.client.channel import Channel, NotSent
+from malacoda.errors import (
+    AccessDenied,
+    AmbiguousName,
+    Busy,
+    CallTimeout,
+    CommunicationError,
+    ConfigError,
+    ConnectionLost,
+    LookupFailed,
+    MalacodaError,
+    ProtocolError,
+    RemoteError,
+    ReplyLost,
+    RequestTooLarge,
+    remote_error_class,
+)
+from malacoda.resolve import resolve
+from malacoda.wire import codec
+from malacoda.wire import protocol as p
+
+_NO_DEFAULT = inspect.Parameter.empty
+RESEND_ATTEMPTS = 3  # re-sends of one request after dropped connections
+RESEND_PROBE = 2.0  # seconds to wait for the ping that tells which daemon answers now
+#: How long a call without a timeout looks its daemon's name up again while none of that name
+#: runs (a restart in progress); a call with a timeout does so until its deadline.
+LOOKUP_WAIT = 20.0
+#: A request larger than this is checked against the daemon's max_message (from describe).
+CHECK_SIZE_ABOVE = 64 << 10
+LOOKUP_POLL, LOOKUP_POLL_MAX = 0.02, 0.25  # seconds between those look-ups (doubling)
+#: The most milliseconds a request says its caller waits (2**32 - 1, about 49 days): a longer
+#: wait is sent as this (the daemon then drops a request it cannot start within 49 days).
+WIRE_TIMEOUT_MS_MAX = 2**32 - 1
+#: The largest reply a proxy accepts by default (all its frames together), like a daemon's
+#: largest request: a hostile or broken daemon cannot make its clients hold more.
+MAX_REPLY = 64 << 20
+#: The most seconds ``proxy.__doc__`` (``help(proxy)``, IPython's ``proxy?``) waits for the
+#: daemon's description: then None, not the proxy's whole wait (20 s for a hung daemon).
+DOC_WAIT = 2.0
+
+log = logging.getLogger(__name__)
+
+#: How many times this process is a fork's child: a proxy made in a parent compares it on each
+#: call (a global read, not a getpid call) and starts afresh in the child.
+_fork_generation = 0
+
+
+def _forked() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+class _RemoteTraceback(Exception):
+    """Carries the remote traceback text as the ``__cause__`` of a re-raised exception."""
+
+    def __str__(self) -> str:
+        return "\n\nRemote traceback:\n" + (self.args[0] if self.args else "")
+
+
+class _Default:
+    """Shows a remote parameter's default as the daemon wrote it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def remote_exception(body: Any) -> BaseException:
+    """Rebuild the exception an ERROR reply describes (built-in types as themselves)."""
+    if not isinstance(body, dict):
+        return ProtocolError(f"malformed error reply: {body!r}")
+    type_name = str(body.get("type", "Exception"))
+    module = str(body.get("module", ""))
+    message = str(body.get("message", ""))
+    text = str(body.get("traceback", ""))
+    exc: Optional[BaseException] = None
+    remote_type = f"{module}.{type_name}" if module else type_name
+    cls = getattr(builtins, type_name, None) if module == "builtins" else None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        args = body.get("args")
+        try:
+            exc = cls(*args) if isinstance(args, list) else cls(message)
+        except Exception:
+            exc = cls(message)
+    if exc is None:
+        family = getattr(builtins, str(body.get("builtin", "")), None)
+        kind: type = RemoteError
+        if isinstance(family, type) and issubclass(family, Exception):
+            kind = remote_error_class(family)
+        exc = cast(BaseException, kind(remote_type, message, text))
+    if isinstance(exc, OSError):  # errno, strerror, filename(2) travel beside the args
+        for attr in ("errno", "strerror", "filename", "filename2"):
+            if attr in body:
+                try:
+                    setattr(exc, attr, body[attr])
+                except (TypeError, AttributeError):
+                    pass
+    exc.remote_type = remote_type  # type: ignore[attr-defined]
+    exc.remote_traceback = text  # type: ignore[attr-defined]
+    if text:
+        exc.__cause__ = _RemoteTraceback(text)
+    return exc
+
+
+class _Text(str):
+    """A remote annotation: the text the daemon's source has (``int``, ``List[int]``), shown
+    without quotes in a signature; it is a ``str`` (nothing is evaluated here)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _signature(params: List[Any], annotations: Optional[Dict[str, Any]] = None) -> inspect.Signature:
+    parameters = []
+    has_timeout = False
+    notes = annotations if isinstance(annotations, dict) else {}
+
+    def annotation(key: str) -> Any:
+        text = notes.get(key)
+        return _Text(text) if isinstance(text, str) else _NO_DEFAULT
+
+    for name, kind, default in params:
+        kind = inspect._ParameterKind(kind)
+        value = _NO_DEFAULT if default is None else _Default(default)
+        parameters.append(inspect.Parameter(name, kind, default=value, annotation=annotation(name)))
+        has_timeout = has_timeout or name == "timeout"
+    if not has_timeout:
+        timeout = inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY, default=None)
+        if parameters and parameters[-1].kind == inspect.Parameter.VAR_KEYWORD:
+            parameters.insert(len(parameters) - 1, timeout)
+        else:
+            parameters.append(timeout)
+    return inspect.Signature(parameters, return_annotation=annotation("return"))
+
+
+class _DaemonDoc:
+    """``Proxy.__doc__``: on the class, the Proxy class's own docs (``help(malacoda.Proxy)``);
+    on a proxy, the daemon's class docstring (``proxy.__doc__``, ``help(proxy)``,
+    ``inspect.getdoc(proxy)``), from its description. None when the daemon cannot be asked
+    within :data:`DOC_WAIT`: introspection (help, IPython) must not fail, nor hang, for it."""
+
+    def __init__(self, own: Optional[str]) -> None:
+        self.own = own
+
+    def __get__(self, proxy: Optional[Proxy], owner: Optional[type] = None) -> Optional[str]:
+        if proxy is None:
+            return self.own
+        try:
+            doc = proxy._describe(wait=DOC_WAIT).get("doc")
+        except MalacodaError:
+            return None
+        return doc if isinstance(doc, str) else None
+
+    def __set__(self, proxy: Proxy, value: Any) -> None:
+        raise AccessDenied("'__doc__' is private: names starting with '_' are never reachable")
+
+
+def _checked_description(value: Any) -> Dict[str, Any]:
+    """``value`` if it is a description as docs/protocol.md gives it; else ProtocolError (a
+    hostile or broken daemon's reply must not surface as a TypeError in ``dir()``)."""
+    def bad(what: str) -> ProtocolError:
+        return ProtocolError(f"malformed describe reply: {what}")
+
+    if not isinstance(value, dict):
+        raise bad(f"a {type(value).__name__}, not a map")
+    methods, attributes = value.get("methods"), value.get("attributes")
+    if not isinstance(methods, dict) or not isinstance(attributes, list):
+        raise bad("'methods' must be a map and 'attributes' an array")
+    if not all(type(a) is str for a in attributes):
+        raise bad("'attributes' must hold str names")
+    if not (value.get("doc") is None or type(value.get("doc")) is str):
+        raise bad("'doc' must be a str or nil")
+    for name, info in methods.items():
+        if type(name) is not str or not isinstance(info, dict):
+            raise bad(f"method {name!r} must be a str name with a map")
+        params, doc = info.get("params", []), info.get("doc")
+        if not (doc is None or type(doc) is str) or not isinstance(params, list):
+            raise bad(f"method {name!r}: 'doc' must be a str or nil and 'params' an array")
+        for row in params:
+            if (not isinstance(row, list) or len(row) != 3 or type(row[0]) is not str
+                    or type(row[1]) is not int or not 0 <= row[1] <= 4
+                    or not (row[2] is None or type(row[2]) is str)):
+                raise bad(f"method {name!r}: a parameter must be [str name, int kind 0-4, "
+                          "str default or nil]")
+        try:
+            _signature(params)
+        except (TypeError, ValueError) as exc:
+            raise bad(f"method {name!r}: {exc}") from None
+    return value
+
+
+def check_timeout(value: Any) -> Optional[float]:
+    """A call timeout as seconds, or None (wait for ever: ``None`` or ``float('inf')``).
+
+    Raises :class:`~.errors.ConfigError` naming the value for anything else than a number of
+    seconds more than 0: a call with no time at all to run would still be sent and run.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"timeout={value!r}: a timeout is a number of seconds (or None)")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float: for ever, or less than 0
+        seconds = math.inf if cast(Any, value) > 0 else -math.inf
+    if math.isnan(seconds):
+        raise ConfigError(f"timeout={value!r}: a timeout is a number of seconds, not NaN")
+    if seconds <= 0:
+        raise ConfigError(f"timeout={value!r}: a timeout must be more than 0 seconds "
+                          "(None waits for ever)")
+    return None if math.isinf(seconds) else seconds
+
+
+class Proxy:
+    """A stand-in for the daemon ``spec`` names (``NAME[:HOST][:PORT]``).
+
+    ``timeout`` is the default for every call (None: wait as long as the call takes, failing
+    with :class:`~.errors.ConnectionLost` if the daemon dies meanwhile); a call's own
+    ``timeout=`` keyword overrides it, except for a remote method that has a ``timeout``
+    parameter of its own: the keyword is then that method's. A timeout is a number of seconds
+    more than 0; ``None`` or ``float('inf')`` waits for ever; anything else raises
+    :class:`~.errors.ConfigError`. ``max_message`` (bytes, default 64 MiB) is the largest reply
+    accepted: a larger one fails the call with :class:`~.errors.ProtocolError` (a single frame
+    over it drops the connection), and a reply decodes into at most ``max_message / 64``
+    container items. Every malformed reply is a :class:`~.errors.ProtocolError`. Other
+    keywords go to the SSH connection of a remote spec (paramiko's ``SSHClient.connect``).
+
+    On a proxy, ``__doc__`` (and so ``help(proxy)``) is the daemon's class docstring, and each
+    ``dir(proxy)`` asks the daemon again: attributes it made since are listed.
+    """
+
+    __doc__ = _DaemonDoc(__doc__)  # type: ignore[assignment]
+
+    def __init__(self, spec: str, timeout: Optional[float] = None,
+                 max_message: int = MAX_REPLY, **ssh_args: Any) -> None:
+        d = self.__dict__
+        d["_spec"] = spec
+        d["_timeout"] = check_timeout(timeout)
+        if isinstance(max_message, bool) or not isinstance(max_message, int) or max_message < 1:
+            raise ConfigError(f"max_message={max_message!r}: give the largest reply accepted, "
+                              "in bytes (an int of at least 1)")
+        d["_max_message"] = max_message
+        d["_ssh_args"] = ssh_args
+        d["_lock"] = threading.Lock()
+        d["_target"] = None
+        d["_channel"] = None
+        d["_description"] = None
+        d["_methods"] = {}
+        d["_incarnation"] = None
+        d["_rid_prefix"] = os.urandom(8)
+        d["_counter"] = itertools.count(1)
+        d["_generation"] = _fork_generation
+        self._connect()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _start_afresh_after_fork(self) -> None:
+        """In a fork's child: forget the parent's connection without closing it (its ZeroMQ
+        sockets, tunnel and locks belong to the parent), and take request ids of its own:
+        the parent's would be answered from the daemon's reply cache with the parent's replies.
+        """
+        d = self.__dict__
+        channel = d["_channel"]
+        if channel is not None:
+            channel.abandon()  # else its __del__ would close the parent's sockets
+        d["_generation"] = _fork_generation
+        d["_lock"] = threading.Lock()
+        d["_channel"] = None
+        d["_target"] = None
+        d["_rid_prefix"] = os.urandom(8)
+        d["_counter"] = itertools.count(1)
+
+    def _connect(self) -> Channel:
+        if self._generation != _fork_generation:
+            self._start_afresh_after_fork()
+        with self._lock:
+            channel = self._channel
+            if channel is not None and channel.poll_broken() is None and self._target.current():
+                return channel
+            if channel is not None:
+                channel.close()
+                self._target.close()
+            target: Target = resolve(self._spec, **self._ssh_args)
+            channel = Channel(target.endpoint, curve=target.curve, max_message=self._max_message,
+                              plain=target.plain, owner_token=target.owner_token)
+            self.__dict__["_target"] = target
+            self.__dict__["_channel"] = channel
+            return channel
+
+    def _connect_waiting(self, timeout: Optional[float], started: float) -> Channel:
+        """:meth:`_connect`, looking the name up again while no daemon of that name runs, until
+        the call's deadline (without one: :data:`LOOKUP_WAIT` seconds): a daemon its monitor
+        restarts (after ``kill -9``, in its backoff) is found once it is back."""
+        delay = LOOKUP_POLL
+        while True:
+            try:
+                return self._connect()
+            except AmbiguousName:
+                raise
+            except LookupFailed as exc:
+                waited = time.monotonic() - started
+                left = (LOOKUP_WAIT if timeout is None else timeout) - waited
+                if left <= 0:
+                    raise LookupFailed(f"{exc} (looked up again for {waited:.1f} s: "
+                                       "the request was not sent)") from None
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, LOOKUP_POLL_MAX)
+
+    def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float],
+                 encoded: Optional[Tuple[bytes, List[bytes]]] = None) -> Any:
+        started = time.monotonic()
+        channel = self._channel
+        if (channel is None or self._generation != _fork_generation or channel.broken is not None
+                or not self._target.current()):
+            channel = self._connect_waiting(timeout, started)
+        rid = self._rid_prefix + next(self._counter).to_bytes(8, "big")
+        timeout_ms = None
+        if timeout is not None:  # what is left of it after the look-ups; 0 ms would be dropped
+            timeout = max(timeout - (time.monotonic() - started), 0.001)
+            timeout_ms = max(1, min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX))
+            started = time.monotonic()
+        frames = p.request_frames(rid, op, name, body, timeout_ms, encoded)
+        if op != p.DESCRIBE and sum(map(len, frames)) > CHECK_SIZE_ABOVE:
+            self._check_size(frames)
+        try:
+            try:
+                reply = channel.request(frames, rid, timeout)
+            except NotSent:  # the link was down before the request left: resolve, send
+                left = None if timeout is None else timeout - (time.monotonic() - started)
+                if left is not None and left <= 0:
+                    raise CallTimeout(f"no connection to {self._spec} within {timeout} s: "
+                                      "the request was not sent") from None
+                resolving = time.monotonic()
+                channel = self._connect_waiting(left, resolving)
+                if left is not None:
+                    left -= time.monotonic() - resolving
+                    if left <= 0:
+                        raise CallTimeout(f"no connection to {self._spec} within {timeout} s: "
+                                          "the request was not sent") from None
+                reply = channel.request(frames, rid, left)
+        except ConnectionLost as lost:
+            reply = self._resend(frames, rid, timeout, started, lost)
+        if reply.incarnation != self._incarnation:
+            if self._incarnation is not None:
+                self._forget_methods()
+            self.__dict__["_incarnation"] = reply.incarnation
+        value = reply.value()
+        status = reply.status
+        if status == p.OK:
+            return value
+        if status == p.ERROR:
+            raise remote_exception(value)
+        message = value.get("message", "") if isinstance(value, dict) else str(value)
+        if status == p.BUSY:
+            raise Busy(message)
+        if status == p.GONE:
+            raise ReplyLost(message)
+        if status == p.DENIED:
+            raise AccessDenied(message)
+        raise ProtocolError(f"{p.STATUS_NAMES.get(status, status)}: {message}")
+
+    def _check_size(self, frames: List[bytes]) -> None:
+        """Refuse a request larger than the daemon's ``max_message`` before sending it (the
+        daemon would drop the connection, and the call would look lost). The limit comes from
+        ``describe``, asked once per daemon incarnation; an older daemon does not tell it."""
+        limit = self._describe().get("max_message")
+        size = sum(map(len, frames))
+        if type(limit) is int and size > limit:
+            raise RequestTooLarge(
+                f"the request is too large: {size} bytes, and {self._spec} accepts at most "
+                f"{limit} (its max_message); it was not sent: send less per call, or raise the "
+                "daemon's max_message")
+
+    def _resend(self, frames: List[bytes], rid: bytes, timeout: Optional[float], started: float,
+                lost: ConnectionLost) -> p.Reply:
+        """After the connection dropped mid-request: send the same frames (same id) again.
+
+        Only to the same daemon incarnation, whose reply cache answers a request it already ran
+        instead of running it again; a restarted daemon (or none) re-raises ``lost``: the call
+        may or may not have run, and running it again could run it twice.
+        """
+        def remaining() -> Optional[float]:
+            return None if timeout is None else timeout - (time.monotonic() - started)
+
+        for _ in range(RESEND_ATTEMPTS):
+            known, left = self._incarnation, remaining()
+            if known is None or (left is not None and left <= 0):
+                raise lost
+            try:
+                channel = self._connect()
+                probe = self._rid_prefix + next(self._counter).to_bytes(8, "big")
+                ping = p.request_frames(probe, p.PING, None, None, None)
+                now = channel.request(ping, probe, RESEND_PROBE if left is None
+                                      else min(left, RESEND_PROBE)).incarnation
+            except ConnectionLost:
+                continue  # dropped again: try again; the first loss is what is reported
+            except (CommunicationError, LookupFailed):
+                raise lost from None
+            if now != known:
+                raise lost  # another daemon now: the call may have run in the old one
+            log.info("connection to %s dropped mid-request: re-sending request %s",
+                     self._spec, rid.hex())
+            try:
+                return channel.request(frames, rid, remaining())
+            except ConnectionLost:
+                continue
+        raise lost
+
+    def _forget_methods(self) -> None:
+        """The daemon restarted: its methods may have changed."""
+        d = self.__dict__
+        for name in d["_methods"]:
+            d.pop(name, None)
+        d["_description"] = None
+        d["_methods"] = {}
+
+    def _describe(self, fresh: bool = False, wait: Optional[float] = None) -> Dict[str, Any]:
+        """The daemon's description, asked once (methods change only with the incarnation),
+        or again when ``fresh`` (attributes come and go); ``wait``: at most that long."""
+        description = None if fresh else self._description
+        if description is None:
+            timeout = self._timeout if wait is None else min(self._timeout or wait, wait)
+            description = _checked_description(
+                self._request(p.DESCRIBE, None, None, timeout))
+            self.__dict__["_description"] = description
+        return description
+
+    def _method(self, name: str, info: Dict[str, Any]) -> Callable[..., Any]:
+        proxy = self
+        # A method with a parameter of that name gets its timeout= keyword itself.
+        own_timeout = any(row[0] == "timeout" for row in info.get("params", []))
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            timeout = proxy._timeout
+            if kwargs and "timeout" in kwargs and not own_timeout:
+                timeout = check_timeout(kwargs.pop("timeout"))
+            return proxy._request(p.CALL, name, None, timeout, codec.encode_call(args, kwargs))
+
+        method.__name__ = method.__qualname__ = name
+        method.__doc__ = info.get("doc")
+        method.__signature__ = _signature(  # type: ignore[attr-defined]
+            info.get("params", []), info.get("annotations"))
+        method.__module__ = "malacoda.remote_method"
+        return method
+
+    def _close(self) -> None:
+        """Close the connection (a later call opens a new one)."""
+        if self._generation != _fork_generation:
+            self._start_afresh_after_fork()  # the parent's connection is the parent's to close
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._target.close()
+            self.__dict__["_channel"] = None
+
+    # ------------------------------------------------------------------ the object's face
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AccessDenied(f"{name!r} is private: names starting with '_' are never reachable")
+        description = self._describe()
+        info = description["methods"].get(name)
+        if info is not None:
+            method = self._methods.get(name)
+            if method is None:
+                method = self._methods[name] = self._method(name, info)
+                # Found in the instance dict from now on: no __getattr__ on the next call.
+                self.__dict__[name] = method
+            return method
+        return self._request(p.GET, name, None, self._timeout)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            raise AccessDenied(f"{name!r} is private: names starting with '_' are never reachable")
+        self._request(p.SET, name, value, self._timeout)
+
+    def __delattr__(self, name: str) -> None:
+        raise AccessDenied("attributes of a daemon cannot be deleted through a proxy")
+
+    def __dir__(self) -> List[str]:
+        description = self._describe(fresh=True)  # attributes made since the last describe too
+        return sorted([*description["methods"], *description["attributes"]])
+
+    def __repr__(self) -> str:
+        target = self._target
+        where = target.endpoint if target is not None else "not connected"
+        return f"<malacoda.Proxy {self._spec} at {where}>"
+
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._close()
+
+    def __del__(self) -> None:
+        try:
+            self._close()
+        except Exception:
+            pass
