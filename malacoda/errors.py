@@ -8,7 +8,8 @@ Callers branch on these types, never on message text::
     │   ├── ConnectionLost        (also a ConnectionError) the daemon went away mid-call
     │   ├── Busy                  the daemon's workers and queue are full
     │   ├── ProtocolError         a frame that does not follow docs/protocol.md
-    │   │   └── RequestTooLarge   a request over the daemon's max_message (not sent)
+    │   │   ├── RequestTooLarge   a request over the daemon's max_message (not sent)
+    │   │   └── UnsupportedVersion  a message in a protocol version this end does not speak
     │   ├── ClusterError          the cluster registry (etcd) is unreachable or refused a request
     │   └── RemoteHostError       another host could not be used (``host`` names it)
     │       ├── HostUnreachable       unknown host name, connection refused, no route
@@ -70,6 +71,11 @@ class ProtocolError(CommunicationError):
 class RequestTooLarge(ProtocolError):
     """A request larger than the daemon accepts (its ``max_message``, learnt from ``describe``):
     it was not sent. Send less per call (split it), or raise the daemon's ``max_message``."""
+
+
+class UnsupportedVersion(ProtocolError):
+    """A message with Malacoda's signature but a protocol version this end does not speak (a
+    daemon answers it with the status BAD_VERSION)."""
 
 
 class RemoteHostError(CommunicationError):

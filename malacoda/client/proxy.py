@@ -23,7 +23,7 @@ import numbers
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, cast
 
 from malacoda.address import Target
 from malacoda.client.channel import Channel, NotSent
@@ -67,6 +67,11 @@ MAX_REPLY = 64 << 20
 DOC_WAIT = 2.0
 
 log = logging.getLogger(__name__)
+
+#: The error a reply's status raises, with the reply's message (OK returns the value, ERROR
+#: raises the remote exception, any other status is a ProtocolError naming it).
+_STATUS_ERRORS: Dict[int, Type[MalacodaError]] = {
+    p.BUSY: Busy, p.GONE: ReplyLost, p.DENIED: AccessDenied}
 
 #: How many times this process is a fork's child: a proxy made in a parent compares it on each
 #: call (a global read, not a getpid call) and starts afresh in the child.
@@ -384,12 +389,9 @@ class Proxy:
         if status == p.ERROR:
             raise remote_exception(value)
         message = value.get("message", "") if isinstance(value, dict) else str(value)
-        if status == p.BUSY:
-            raise Busy(message)
-        if status == p.GONE:
-            raise ReplyLost(message)
-        if status == p.DENIED:
-            raise AccessDenied(message)
+        error = _STATUS_ERRORS.get(status)
+        if error is not None:
+            raise error(message)
         raise ProtocolError(f"{p.STATUS_NAMES.get(status, status)}: {message}")
 
     def _check_size(self, frames: List[bytes]) -> None:

@@ -43,7 +43,7 @@ from malacoda.daemon.guard import (
     fds_for_connections,
 )
 from malacoda.daemon.replycache import ReplyCache
-from malacoda.errors import ProtocolError
+from malacoda.errors import ProtocolError, UnsupportedVersion
 from malacoda.wire import protocol as p
 from malacoda.wire.frames import recv_frames, recv_routed, send_frames, send_routed
 
@@ -356,7 +356,7 @@ class Server:
         try:
             request = p.parse_request(frames[1:])
         except ProtocolError as exc:
-            status = p.BAD_VERSION if "version" in str(exc) else p.BAD_REQUEST
+            status = p.BAD_VERSION if isinstance(exc, UnsupportedVersion) else p.BAD_REQUEST
             rid = p.peek_request_id(frames[1:])
             send_routed(router, identity, self._reply(rid, status, p.error_body(exc)))
             return True

@@ -86,7 +86,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import msgpack
 
-from malacoda.errors import ProtocolError
+from malacoda.errors import ProtocolError, UnsupportedVersion
 from malacoda.wire.codec import NO_BUFFERS, decode, encode
 
 _plain = msgpack.Packer(use_bin_type=True)
@@ -139,8 +139,8 @@ def _envelope(head: bytes, what: str) -> List[Any]:
             raise ProtocolError(f"undecodable {what} envelope: {exc}") from None
     elif head[:4] != SIGNATURE:
         if head[:3] == SIGNATURE[:3] and len(head) >= 4:
-            raise ProtocolError(f"unsupported protocol version {head[3]}: this end speaks "
-                                f"version {VERSION}")
+            raise UnsupportedVersion(f"unsupported protocol version {head[3]}: this end speaks "
+                                     f"version {VERSION}")
         raise ProtocolError(f"frame 0 does not start with the signature {SIGNATURE!r}")
     else:  # a large body: one array only, so the size cannot amplify into objects
         try:
