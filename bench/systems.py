@@ -136,12 +136,13 @@ class Client:
             self.call, self._close = call, close
         elif system in ("malacoda", "malacoda_open"):
             import malacoda
+            from malacoda.client.proxy import close
 
             name = BENCH_NAME if system == "malacoda" else OPEN_NAME
             proxy = malacoda.get(f"{name}:{port}")
             self.proxy = proxy
             self.call = lambda value: proxy.echo(value)  # the idiomatic d.echo(x), every time
-            self._close = proxy._close
+            self._close = lambda: close(proxy)
         elif system == "pyro5":
             import Pyro5.api
             import serpent

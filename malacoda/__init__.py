@@ -109,15 +109,15 @@ def stop(name: str, wait: float = 10.0, **ssh_args: Any) -> None:
     Raises :class:`LookupFailed` when it is not running and :class:`ProcessError` when it is
     still there after ``wait`` seconds.
     """
-    from malacoda.client.proxy import Proxy
+    from malacoda.client.proxy import Proxy, request
 
     with Proxy(name, **ssh_args) as proxy:
-        incarnation = proxy._request("describe", None, None, wait)["incarnation"]
+        incarnation = request(proxy, "describe", None, None, wait)["incarnation"]
         proxy.stop(timeout=wait)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             try:
-                if proxy._request("describe", None, None, 0.5)["incarnation"] != incarnation:
+                if request(proxy, "describe", None, None, 0.5)["incarnation"] != incarnation:
                     return
             except (CommunicationError, LookupFailed):
                 return

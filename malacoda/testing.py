@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
-from malacoda.client.proxy import Proxy
+from malacoda.client.proxy import Proxy, close
 from malacoda.host.paths import Paths
 from malacoda.supervisor.supervise import start, stop
 from malacoda.supervisor.units import Unit, load_file, ordered, search_path
@@ -106,6 +106,6 @@ def malacoda_unit(malacoda_home: Path, tmp_path: Path,
 
     yield start_unit
     for proxy in proxies:
-        proxy._close()
+        close(proxy)
     for unit in reversed(started):
         stop(unit.name, paths, unit.stop_timeout)

@@ -521,11 +521,12 @@ def _print_value(c: Context, value: Any, as_json: bool) -> None:
 @pass_ctx
 def get(c: Context, name: str, attr: str, timeout: Optional[float], as_json: bool) -> None:
     """Print the attribute ATTR of the daemon NAME. Exit codes as for call."""
+    from malacoda.client.proxy import request
     from malacoda.wire import protocol as p
 
     public_name(attr)
     with _proxy(name, timeout) as proxy:
-        result = _remote(c, lambda: proxy._request(p.GET, attr, None, timeout))
+        result = _remote(c, lambda: request(proxy, p.GET, attr, None, timeout))
     _print_value(c, result, as_json)
 
 

@@ -15,6 +15,7 @@ import uuid
 from decimal import Decimal
 from typing import Any, Dict
 
+from malacoda.client import proxy as client
 from malacoda.client.proxy import Proxy
 from malacoda.errors import CommunicationError, ConfigError, LookupFailed
 from malacoda.wire import protocol as p
@@ -27,7 +28,7 @@ def ping(spec: str, timeout: float) -> bool:
     """True when the daemon ``spec`` answers a ping within ``timeout`` seconds."""
     try:
         with Proxy(spec) as proxy:
-            proxy._request(p.PING, None, None, timeout)
+            client.request(proxy, p.PING, None, None, timeout)
             return True
     except (CommunicationError, LookupFailed):
         return False
@@ -36,7 +37,7 @@ def ping(spec: str, timeout: float) -> bool:
 def describe(proxy: Proxy) -> Dict[str, Any]:
     """The daemon's description: ``name``, ``class``, ``doc``, ``methods`` (with ``params``
     and ``doc``), ``attributes``, ``incarnation``, ``version``."""
-    return dict(proxy._describe())
+    return dict(client.describe(proxy))
 
 
 def parse_value(text: str) -> Any:

@@ -532,3 +532,27 @@ class Proxy:
             self._close()
         except Exception:
             pass
+
+
+# ---------------------------------------------------------------------- Malacoda's own use
+# A proxy's attributes are its daemon's names (``d.stop`` is the daemon's stop), so what the
+# rest of Malacoda asks of a proxy besides them is a function here, not a method: no name of
+# Malacoda's can hide one of the daemon's, and the methods behind these stay private.
+
+
+def request(proxy: Proxy, op: str, name: Optional[str], body: Any, timeout: Optional[float],
+            encoded: Optional[Tuple[bytes, List[bytes]]] = None) -> Any:
+    """One request of the operation ``op`` (``protocol.CALL``, ``GET``, ``PING``…) through
+    ``proxy``, as its calls go: the reply's value, or the error its status stands for."""
+    return proxy._request(op, name, body, timeout, encoded)
+
+
+def describe(proxy: Proxy, fresh: bool = False, wait: Optional[float] = None) -> Dict[str, Any]:
+    """The daemon's description, asked once per incarnation (again when ``fresh``); ``wait``:
+    at most that long. Shared by the proxy: do not change it."""
+    return proxy._describe(fresh, wait)
+
+
+def close(proxy: Proxy) -> None:
+    """Close ``proxy``'s connection (a later call through it opens a new one)."""
+    proxy._close()

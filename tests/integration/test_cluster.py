@@ -24,6 +24,7 @@ import pytest
 
 import malacoda
 from malacoda import cluster
+from malacoda.client.proxy import close
 from malacoda.cluster import view as cluster_watch
 from malacoda.remote import host as remote
 from malacoda.security import Keys
@@ -214,7 +215,7 @@ def test_loopback_daemon_is_reached_through_ssh(hosts, etcd, web1, home):
     d = malacoda.get("TestDaemon", timeout=10)
     assert d.pid() == proc.pid
     assert d.echo("through ssh") == "through ssh"
-    d._close()
+    close(d)
     assert remote.close_all() == ["web1"]  # the connection the lookup and the tunnel used
 
 

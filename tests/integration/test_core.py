@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 
 import malacoda
+from malacoda.client.proxy import request
 from malacoda.host.registry import Registry
 from tests.support import pid_alive, wait_for
 
@@ -170,9 +171,9 @@ def test_private_and_dotted_names_refused_on_the_wire(start_daemon):
     for name in ("_run", "__init__", "__class__", "lock.acquire", "echo.__globals__", "stop()"):
         for op, body in (("call", [[], {}]), ("get", None), ("set", 1)):
             with pytest.raises(malacoda.AccessDenied):
-                d._request(op, name, body, 5)
+                request(d, op, name, body, 5)
     with pytest.raises(malacoda.ProtocolError):
-        d._request("exec", "echo", None, 5)
+        request(d, "exec", "echo", None, 5)
 
 
 def test_dir_doc_and_signature(start_daemon):

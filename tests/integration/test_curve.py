@@ -6,6 +6,7 @@ import pytest
 
 import malacoda
 from malacoda.client.channel import Channel
+from malacoda.client.proxy import close
 from malacoda.host.paths import Paths
 from malacoda.host.registry import Registry
 from malacoda.security import Keys
@@ -47,7 +48,7 @@ def test_authorized_client_calls_and_revoked_client_is_refused(start_daemon):
     with pytest.raises(malacoda.ConnectionLost, match="CURVE authentication failed") as info:
         refused.echo(1)
     assert pairs["client"].public.decode() in str(info.value)  # the key to authorize
-    refused._close()
+    close(refused)
     assert d.echo("still connected") == "still connected"  # an established session stays
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import malacoda
+from malacoda.client.proxy import request
 from malacoda.errors import StateError
 from malacoda.host.paths import Paths
 from malacoda.storage import PstFileStorage
@@ -197,7 +198,7 @@ def test_stopped_daemon_times_out_then_recovers(start_daemon):
         with pytest.raises(malacoda.CallTimeout):
             d.echo(2, timeout=0.5)
         with pytest.raises(malacoda.CallTimeout):
-            d._request("ping", None, None, 0.5)
+            request(d, "ping", None, None, 0.5)
         forever = InThread(d.echo, 3).join(30)  # no timeout: the heartbeat must end it
         assert isinstance(forever.error, malacoda.ConnectionLost), forever.value
         assert "did not answer a ping" in str(forever.error)

@@ -30,6 +30,7 @@ import malacoda.cli.app
 import malacoda.daemon.base
 import malacoda.remote.lookup  # noqa: F401
 import malacoda.storage  # noqa: F401
+from malacoda.client.proxy import describe
 from malacoda.host.registry import Registry
 from malacoda.wire import protocol as p
 from tests.daemons import TestDaemon
@@ -219,7 +220,7 @@ def test_other_user_gets_nothing_for_any_operation(users, vault):
     # no effect: the daemon serves on, pst_counter unchanged, nothing planted, not stopped
     assert pid_alive(v.pid)
     assert ok(as_user(users[ALICE], lambda: alice_reads(port))) == [0, 10, "still here"]
-    described = as_user(users[ALICE], lambda: sorted(malacoda.get("Vault")._describe()["attributes"]))
+    described = as_user(users[ALICE], lambda: sorted(describe(malacoda.get("Vault"))["attributes"]))
     assert "pst_planted" not in ok(described)
 
 

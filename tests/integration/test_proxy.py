@@ -13,6 +13,7 @@ import pytest
 
 import malacoda
 from malacoda.client.control import describe
+from malacoda.client.proxy import request
 from tests.support import pid_alive, wait_for
 
 BAD_TIMEOUTS = [float("nan"), 0, 0.0, -1, -0.5, -(10**400), "5", b"5", True, [1]]
@@ -119,7 +120,7 @@ def test_decorated_methods_are_methods(start_daemon):
         d._kind_int(3)  # private names stay unreachable
     assert "system" not in describe(d)["methods"]  # os.system held by the class
     with pytest.raises(TypeError):  # not callable through the proxy: the attribute it is
-        malacoda.get("Decorated", timeout=10)._request("call", "system", [["true"], {}], 10)
+        request(malacoda.get("Decorated", timeout=10), "call", "system", [["true"], {}], 10)
 
 
 def test_a_methods_own_timeout_parameter_gets_the_keyword(start_daemon):
@@ -153,4 +154,4 @@ def test_a_daemon_refuses_int_text_beyond_4300_digits_from_another_client(start_
     d = malacoda.get("TestDaemon", timeout=10)
     body = msgpack.packb([[msgpack.ExtType(11, b"9" * 4301)], {}])
     with pytest.raises(malacoda.ProtocolError, match="more than 4300 digits"):
-        d._request("call", "echo", None, 10, (body, []))
+        request(d, "call", "echo", None, 10, (body, []))

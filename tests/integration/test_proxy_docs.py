@@ -7,6 +7,7 @@ import inspect
 import pydoc
 
 import malacoda
+from malacoda.client.proxy import request
 from malacoda.wire import protocol as p
 
 DOC = "A daemon with one of everything the tests need."
@@ -34,7 +35,7 @@ def test_annotations_are_kept_as_text_in_remote_signatures(start_daemon):
         assert signature.return_annotation == "int"
         assert str(inspect.signature(d.echo)) == "(value, *rest, timeout=None, **kw)"
         # An older client reads the description as before: rows of three, one key more.
-        description = d._request(p.DESCRIBE, None, None, 10)
+        description = request(d, p.DESCRIBE, None, None, 10)
         add = description["methods"]["add"]
         assert add["params"] == [["a", 1, None], ["b", 1, "2"]]
         assert add["annotations"] == {"a": "int", "b": "int", "return": "int"}

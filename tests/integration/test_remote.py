@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 import malacoda
+from malacoda.client.proxy import close
 from malacoda.host.paths import Paths
 from malacoda.host.registry import Registry
 from malacoda.remote import host as remote
@@ -180,4 +181,4 @@ def test_owner_only_daemon_over_ssh_needs_no_set_up(start_daemon, web1):
     d = malacoda.get("TestDaemon:web1")
     assert d.echo("owner over ssh") == "owner over ssh"
     assert d._target.plain == entry.secret.encode()
-    d._close()
+    close(d)
