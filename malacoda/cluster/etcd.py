@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import pwd
@@ -181,16 +182,13 @@ class Etcd:
 
     def snapshot(self) -> Tuple[Dict[str, str], int]:
         """``({key: incarnation}, revision)`` of every registered daemon."""
-        from etcd3gw.utils import _encode, _increment_last_byte
-
         def range_all(c: Any) -> Dict[str, Any]:
-            return c.post(c.get_url("/kv/range"), json={
-                "key": _encode(PREFIX), "range_end": _encode(_increment_last_byte(PREFIX))})
+            return c.post(c.get_url("/kv/range"), json=prefix_range(PREFIX))
 
         reply = self.call("list daemons", range_all)
         found = {}
         for kv in reply.get("kvs", []):
-            key, value = _b64(kv["key"]).decode(), _b64(kv.get("value", ""))
+            key, value = decode(kv["key"]).decode(), decode(kv.get("value", ""))
             try:
                 found[key] = Member.from_json(value).incarnation
             except (ValueError, TypeError):
@@ -230,10 +228,27 @@ def _on(client: Any, lease: Any) -> Any:
     return Lease(lease.id, client=client)
 
 
-def _b64(text: str) -> bytes:
-    import base64
+# ------------------------------------------------------------------- the gateway's encoding
+# etcd's JSON gateway sends keys and values as base64 text, and a prefix as the range from the
+# prefix to the prefix with its last byte one higher. Every module here uses these (etcd3gw's
+# own are private).
 
+
+def encode(text: str) -> str:
+    """``text`` (a key or value) as the gateway sends it: the base64 of its UTF-8 bytes."""
+    return base64.b64encode(text.encode()).decode()
+
+
+def decode(text: str) -> bytes:
+    """The bytes of a key or value as the gateway sent it (base64 text)."""
     return base64.b64decode(text)
+
+
+def prefix_range(prefix: str) -> Dict[str, str]:
+    """The gateway's ``key`` and ``range_end`` that select every key starting with ``prefix``."""
+    raw = prefix.encode()
+    end = raw[:-1] + bytes([raw[-1] + 1])  # "malacoda/daemons/" -> "malacoda/daemons0"
+    return {"key": encode(prefix), "range_end": base64.b64encode(end).decode()}
 
 
 _REASONS = (  # (marker in the error text, what to tell the user)

@@ -16,7 +16,6 @@ because etcd is down. One view per process and cluster configuration, shared by 
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import socket
@@ -24,6 +23,7 @@ import threading
 from typing import Any, Dict, Optional, Tuple
 
 from malacoda.cluster import PREFIX, ClusterConfig, Etcd, Member
+from malacoda.cluster.etcd import decode, prefix_range
 from malacoda.errors import ClusterError
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,7 @@ class ClusterView:
         quickly: the caller keeps backing off until a watch has worked.
         """
         client = self._etcd.current_client()
-        request = {"create_request": {"key": _b64(PREFIX), "range_end": _b64(_prefix_end(PREFIX)),
-                                      "start_revision": revision}}
+        request = {"create_request": {**prefix_range(PREFIX), "start_revision": revision}}
         response = client.session.post(client.get_url("/watch"), json=request, stream=True,
                                        timeout=(self.config.timeout, READ_TIMEOUT))
         self._response = response
@@ -115,12 +114,12 @@ class ClusterView:
             return False
         for event in result.get("events", []):
             kv = event.get("kv", {})
-            key = base64.b64decode(kv.get("key", "")).decode(errors="replace")
+            key = decode(kv.get("key", "")).decode(errors="replace")
             if event.get("type") == "DELETE":
                 self._known.pop(key, None)
                 continue
             try:
-                self._known[key] = Member.from_json(base64.b64decode(kv.get("value", ""))).incarnation
+                self._known[key] = Member.from_json(decode(kv.get("value", ""))).incarnation
             except (ValueError, TypeError):
                 self._known.pop(key, None)
         return True
@@ -168,14 +167,6 @@ def view_of(config: ClusterConfig) -> Optional[ClusterView]:
     """The running view of ``config``'s cluster, if a proxy holds one."""
     with _views_lock:
         return _views.get(config)
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def _prefix_end(prefix: str) -> str:
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def _shutdown(response: Any) -> None:
