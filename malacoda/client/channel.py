@@ -32,6 +32,7 @@ from typing import Deque, Dict, List, Optional
 import zmq
 
 from malacoda.errors import CallTimeout, ConnectionLost, ProtocolError
+from malacoda.host.pool import Pool
 from malacoda.wire import codec
 from malacoda.wire import protocol as p
 from malacoda.wire.frames import (
@@ -54,19 +55,12 @@ LINK_QUIET = 0.01  # seconds without a reply after which a call first reads the 
 # 0.1 s let a call go out on the dead link; nothing restarts within 10 ms)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
-_context_lock = threading.Lock()
-_context: Optional[zmq.Context] = None
-_context_pid = 0
+_contexts: Pool[None, zmq.Context] = Pool(per_process=True)
 
 
 def context() -> zmq.Context:
     """This process's ZeroMQ context, made anew after a fork (zmq is not fork-safe)."""
-    global _context, _context_pid
-    with _context_lock:
-        if _context is None or _context_pid != os.getpid():
-            _context = zmq.Context()
-            _context_pid = os.getpid()
-        return _context
+    return _contexts.get(None, zmq.Context)
 
 
 def _close_monitored(sock: zmq.Socket, monitor: zmq.Socket) -> None:

@@ -20,19 +20,17 @@ import json
 import logging
 import socket
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from malacoda.cluster import PREFIX, ClusterConfig, Etcd, Member
 from malacoda.cluster.etcd import decode, prefix_range
 from malacoda.errors import ClusterError
+from malacoda.host.pool import Pool
 
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 30.0  # a silent stream is re-established after this many seconds
 MAX_BACKOFF = 5.0
-
-_views_lock = threading.Lock()
-_views: Dict[ClusterConfig, ClusterView] = {}
 
 
 class ClusterView:
@@ -44,7 +42,6 @@ class ClusterView:
         self.lists = 0  # how many times the view (re-)listed the registry
         self._etcd = Etcd(config)
         self._known: Dict[str, str] = {}
-        self._users = 0
         self._stop = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(target=self._loop, name="malacoda-cluster-watch", daemon=True)
@@ -126,47 +123,31 @@ class ClusterView:
 
     # ------------------------------------------------------------------ sharing
 
-    def _acquire(self) -> None:
-        self._users += 1
-        if self._users == 1:
-            self._thread.start()
+    def start(self) -> ClusterView:
+        """Start the watch (for its first user: the view is shared through a pool)."""
+        self._thread.start()
+        return self
 
-    def _release(self) -> bool:
-        """Drop one user; True when it was the last (the watch stops)."""
-        self._users -= 1
-        if self._users > 0:
-            return False
+    def stop(self) -> None:
+        """Stop the watch (its last user has gone)."""
         self._stop.set()
         response = self._response
         if response is not None:
             _shutdown(response)
-        return True
 
 
-def acquire(config: ClusterConfig) -> Tuple[ClusterView, Any]:
+#: One view per cluster configuration, shared by the proxies that found a daemon in it.
+_views: Pool[ClusterConfig, ClusterView] = Pool(close=ClusterView.stop)
+
+
+def acquire(config: ClusterConfig) -> Tuple[ClusterView, Callable[[], None]]:
     """The shared view of ``config``'s cluster and the function that releases it."""
-    with _views_lock:
-        view = _views.get(config)
-        if view is None:
-            view = _views[config] = ClusterView(config)
-        view._acquire()
-    released = threading.Event()
-
-    def release() -> None:
-        if released.is_set():
-            return
-        released.set()
-        with _views_lock:
-            if view._release() and _views.get(config) is view:
-                del _views[config]
-
-    return view, release
+    return _views.acquire(config, lambda: ClusterView(config).start())
 
 
 def view_of(config: ClusterConfig) -> Optional[ClusterView]:
     """The running view of ``config``'s cluster, if a proxy holds one."""
-    with _views_lock:
-        return _views.get(config)
+    return _views.find(config)
 
 
 def _shutdown(response: Any) -> None:

@@ -30,12 +30,12 @@ import os
 import re
 import shlex
 import sys
-import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from malacoda.address import Spec, Target, connect_address, is_loopback, is_wildcard, tcp_endpoint
 from malacoda.errors import ConfigError, LookupFailed, NotInstalled, RemoteHostError
 from malacoda.host.launch import python_command
+from malacoda.host.pool import Pool
 from malacoda.host.registry import Entry
 from malacoda.remote.ssh import Connection, connection
 from malacoda.remote.tunnel import Tunnel
@@ -125,48 +125,14 @@ def _missing(status: int, err: bytes) -> bool:
     return status != 0 and re.search(rb"No module named '?malacoda", err) is not None
 
 
-class _Tunnels:
-    """Shared tunnels, one per (SSH connection, remote address, port), counted by user."""
-
-    def __init__(self) -> None:
-        # Re-entrant: a proxy collected by the GC while this thread holds the lock releases
-        # its tunnel from inside (Proxy.__del__).
-        self._mu = threading.RLock()
-        self._tunnels: Dict[Tuple[int, str, int], Tuple[Tunnel, int]] = {}
-
-    def acquire(self, conn: Connection, address: str, port: int) -> Tuple[Tunnel, Any]:
-        key = (id(conn), address, port)
-        with self._mu:
-            tunnel, users = self._tunnels.get(key, (None, 0))
-            if tunnel is None or tunnel.connection is not conn:
-                tunnel, users = Tunnel(conn, address, port), 0
-            self._tunnels[key] = (tunnel, users + 1)
-        released = threading.Event()
-
-        def release() -> None:
-            if released.is_set():
-                return
-            released.set()
-            with self._mu:
-                current, count = self._tunnels.get(key, (None, 0))
-                if current is not tunnel:
-                    return
-                if count > 1:
-                    self._tunnels[key] = (tunnel, count - 1)
-                    return
-                del self._tunnels[key]
-            tunnel.close()
-
-        return tunnel, release
-
-    def close_all(self) -> None:
-        with self._mu:
-            tunnels, self._tunnels = self._tunnels, {}
-        for tunnel, _ in tunnels.values():
-            tunnel.close()
+#: Shared tunnels, one per (SSH connection, remote address, port), counted by user.
+_tunnels: Pool[Tuple[int, str, int], Tunnel] = Pool(close=Tunnel.close)
 
 
-tunnels = _Tunnels()
+def acquire_tunnel(conn: Connection, address: str, port: int) -> Tuple[Tunnel, Callable[[], None]]:
+    """The shared tunnel through ``conn`` to ``address:port``, and the function that releases it."""
+    return _tunnels.acquire((id(conn), address, port), lambda: Tunnel(conn, address, port),
+                            fits=lambda tunnel: tunnel.connection is conn)
 
 
 def resolve_remote(spec: Spec, **ssh_args: Any) -> Target:
@@ -189,7 +155,7 @@ def resolve_remote(spec: Spec, **ssh_args: Any) -> Target:
         endpoint = tcp_endpoint(host.connection.config.hostname
                                 if entry and is_wildcard(entry.address) else address, port)
         return Target(endpoint, spec.name, entry, host=spec.host, curve=curve)
-    tunnel, release = tunnels.acquire(host.connection, address, port)
+    tunnel, release = acquire_tunnel(host.connection, address, port)
     # The entry came over SSH, authenticated as its owner: its secret (if the host's Malacoda
     # is recent enough to have one) lets us through the daemon's owner-only check.
     return with_auth(Target(tunnel.endpoint, spec.name, entry, host=spec.host, curve=curve,
@@ -200,5 +166,5 @@ def close_all() -> List[str]:
     """Close every tunnel and shared SSH connection of this process; returns the hosts."""
     from malacoda.remote.ssh import close_all as close_connections
 
-    tunnels.close_all()
+    _tunnels.close_all()
     return close_connections()

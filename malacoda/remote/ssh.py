@@ -40,6 +40,7 @@ from malacoda.errors import (
     RemoteHostError,
 )
 from malacoda.host.files import make_dirs
+from malacoda.host.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +273,8 @@ def _translate(exc: BaseException, c: HostConfig, where: str) -> BaseException:
     return exc
 
 
-_pool_lock = threading.Lock()
-_pool: Dict[Tuple[str, int, str], Connection] = {}
+#: This process's SSH connections, one per host, port and user (not counted: they stay).
+_connections: Pool[Tuple[str, int, str], Connection] = Pool(close=Connection.close)
 
 
 def connection(alias: str, accept_new: Optional[bool] = None, **ssh_args: Any) -> Connection:
@@ -284,18 +285,10 @@ def connection(alias: str, accept_new: Optional[bool] = None, **ssh_args: Any) -
     """
     args = dict(ssh_args)
     config = host_config(alias, args, accept_new)
-    with _pool_lock:
-        conn = _pool.get(config.key)
-        if conn is None or conn.config != config:
-            conn = _pool[config.key] = Connection(config, args)
-        return conn
+    return _connections.get(config.key, lambda: Connection(config, args),
+                            fits=lambda conn: conn.config == config)
 
 
 def close_all() -> List[str]:
     """Close every shared SSH connection; returns the hosts that were connected."""
-    with _pool_lock:
-        conns = list(_pool.values())
-        _pool.clear()
-    for conn in conns:
-        conn.close()
-    return [conn.config.alias for conn in conns]
+    return [conn.config.alias for conn in _connections.close_all()]
