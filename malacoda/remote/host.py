@@ -135,8 +135,9 @@ def acquire_tunnel(conn: Connection, address: str, port: int) -> Tuple[Tunnel, C
                             fits=lambda tunnel: tunnel.connection is conn)
 
 
-def resolve_remote(spec: Spec, **ssh_args: Any) -> Target:
-    """Look ``spec`` up on its host over SSH and return a target reached through a tunnel."""
+def find(spec: Spec, **ssh_args: Any) -> Target:
+    """The remote backend of :mod:`malacoda.resolve`: look ``spec`` up on its host over SSH and
+    return a target reached through a tunnel."""
     assert spec.host is not None
     host = RemoteHost(spec.host, **ssh_args)
     entry, state = host.lookup(spec.name)
