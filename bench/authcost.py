@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import List
 
-from bench.run import Server
+from bench.harness import Server
 
 
 def _p50(call, n: int) -> float:

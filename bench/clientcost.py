@@ -16,8 +16,7 @@ import threading
 import time
 from typing import Any, Callable, List, Tuple
 
-from bench.profile import timed_calls
-from bench.run import Server
+from bench.harness import Server, timed_calls
 
 WINDOW = 1.5
 LOOPS = [

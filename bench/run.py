@@ -14,9 +14,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,10 +21,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from bench import report
+from bench.harness import ROOT, Server, child_env
 from bench.systems import FLOOR, SYSTEMS
 from bench.workers import Worker, percentile
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -54,59 +50,6 @@ class Params:
         return cls(repeats=3, warmup=200, calls=2000, window=2.0, mib_warmup=3, mib_calls=20,
                    shared_window=2.0, pst_mib=100, pst_saves=5, daemons=50, cli_runs=7,
                    placements=True)
-
-
-def child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class Server:
-    """One system's echo server in a process (and session) of its own."""
-
-    def __init__(self, system: str, timeout: float = 30.0, cpus: Optional[Any] = None) -> None:
-        self.system = system
-        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.systems", system], cwd=str(ROOT), env=child_env(),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=pin)  # before any thread exists: every thread inherits the CPUs
-        line = _readline(self.proc, timeout)
-        if not line.startswith("READY "):
-            err = self.stop()
-            raise RuntimeError(f"{system} server did not start: {line!r} {err[-800:]}")
-        self.port = int(line.split()[1])
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            _, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            err = b""
-        return (err or b"").decode(errors="replace")
-
-
-def _readline(proc: subprocess.Popen, timeout: float) -> str:
-    import selectors
-
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout):
-        return ""
-    return proc.stdout.readline().decode(errors="replace").strip()
 
 
 class Pool:

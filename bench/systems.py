@@ -110,65 +110,79 @@ def serve(system: str) -> None:
         raise SystemExit(f"unknown system {system!r}")
 
 
+#: A client of one system: (call, close, the proxy or connection underneath).
+_Opened = Tuple[Callable[[Any], Any], Callable[[], None], Any]
+
+
+def _zmq_client(system: str, port: int) -> _Opened:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{HOST}:{port}")
+
+    def call(value: Any) -> Any:
+        sock.send(value)
+        return sock.recv()
+
+    def close() -> None:
+        sock.close(0)
+        ctx.term()
+
+    return call, close, None
+
+
+def _malacoda_client(system: str, port: int) -> _Opened:
+    import malacoda
+    from malacoda.client.proxy import close
+
+    name = BENCH_NAME if system == "malacoda" else OPEN_NAME
+    proxy = malacoda.get(f"{name}:{port}")
+    # the idiomatic d.echo(x), every time
+    return (lambda value: proxy.echo(value)), (lambda: close(proxy)), proxy
+
+
+def _pyro5_client(system: str, port: int) -> _Opened:
+    import Pyro5.api
+    import serpent
+
+    proxy = Pyro5.api.Proxy(f"PYRO:echo@{HOST}:{port}")
+
+    def call(value: Any) -> Any:
+        result = proxy.echo(value)
+        if type(result) is dict and result.get("encoding") == "base64":
+            result = serpent.tobytes(result)
+        return result
+
+    return call, proxy._pyroRelease, proxy
+
+
+def _rpyc_client(system: str, port: int) -> _Opened:
+    import rpyc
+
+    conn = rpyc.connect(HOST, port, config={"sync_request_timeout": 60})
+    if system == "rpyc_cached":
+        return conn.root.echo, conn.close, conn
+    return (lambda value: conn.root.echo(value)), conn.close, conn
+
+
+#: How each system's client connects, by system name.
+CLIENTS: Dict[str, Callable[[str, int], _Opened]] = {
+    "zmq_reqrep": _zmq_client, "malacoda": _malacoda_client, "malacoda_open": _malacoda_client,
+    "pyro5": _pyro5_client, "rpyc": _rpyc_client, "rpyc_cached": _rpyc_client}
+
+
 class Client:
-    """One connection of ``system`` to the server on ``port``: ``call(x)`` echoes ``x``."""
+    """One connection of ``system`` to the server on ``port``: ``call(x)`` echoes ``x``;
+    ``proxy`` is the system's own proxy or connection (None for raw ZeroMQ)."""
 
     def __init__(self, system: str, port: int) -> None:
-        self.system = system
-        self.call: Callable[[Any], Any]
-        self._close: Callable[[], None]
-        if system == "zmq_reqrep":
-            import zmq
-
-            ctx = zmq.Context()
-            sock = ctx.socket(zmq.REQ)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(f"tcp://{HOST}:{port}")
-
-            def call(value: Any) -> Any:
-                sock.send(value)
-                return sock.recv()
-
-            def close() -> None:
-                sock.close(0)
-                ctx.term()
-
-            self.call, self._close = call, close
-        elif system in ("malacoda", "malacoda_open"):
-            import malacoda
-            from malacoda.client.proxy import close
-
-            name = BENCH_NAME if system == "malacoda" else OPEN_NAME
-            proxy = malacoda.get(f"{name}:{port}")
-            self.proxy = proxy
-            self.call = lambda value: proxy.echo(value)  # the idiomatic d.echo(x), every time
-            self._close = lambda: close(proxy)
-        elif system == "pyro5":
-            import Pyro5.api
-            import serpent
-
-            proxy = Pyro5.api.Proxy(f"PYRO:echo@{HOST}:{port}")
-
-            def call(value: Any) -> Any:
-                result = proxy.echo(value)
-                if type(result) is dict and result.get("encoding") == "base64":
-                    result = serpent.tobytes(result)
-                return result
-
-            self.proxy = proxy
-            self.call, self._close = call, proxy._pyroRelease
-        elif system in ("rpyc", "rpyc_cached"):
-            import rpyc
-
-            conn = rpyc.connect(HOST, port, config={"sync_request_timeout": 60})
-            if system == "rpyc_cached":
-                self.call = conn.root.echo
-            else:
-                self.call = lambda value: conn.root.echo(value)
-            self.conn = conn
-            self._close = conn.close
-        else:
+        opened = CLIENTS.get(system)
+        if opened is None:
             raise ValueError(f"unknown system {system!r}")
+        self.system = system
+        self.call, self._close, self.proxy = opened(system, port)
 
     def close(self) -> None:
         try:

@@ -10,6 +10,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from bench.harness import pin_threads
 from bench.systems import Client, small_value
 
 
@@ -121,12 +122,7 @@ def worker_main(conn: Connection) -> None:
                 conn.send({"ok": True})
                 return
             if op == "pin":  # every thread of this process, zmq's I/O threads included
-                cpus = cmd["cpus"] or sorted(ALL_CPUS)
-                for task in os.listdir("/proc/self/task"):
-                    try:
-                        os.sched_setaffinity(int(task), cpus)
-                    except OSError:
-                        pass
+                pin_threads(cmd["cpus"] or sorted(ALL_CPUS))
                 conn.send({"ok": True})
                 continue
             if op == "connect":

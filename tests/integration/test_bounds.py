@@ -21,8 +21,8 @@ import zmq
 from malacoda.host.registry import Registry
 from malacoda.wire import codec
 from malacoda.wire import protocol as p
-from tests.integration.test_hostile_wire import Wire, msg, peak_rss
-from tests.support import wait_for
+from tests.support import peak_rss, wait_for
+from tests.support.wire import Wire, msg
 
 P = 2**61 - 1  # integers k * P all hash alike
 

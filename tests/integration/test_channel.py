@@ -9,15 +9,7 @@ import pytest
 from malacoda.client.channel import Channel
 from malacoda.host.registry import Registry
 from malacoda.wire import protocol as p
-
-
-def _pin_all_threads(cpus: set) -> None:
-    """Every thread of this process (ZeroMQ's included) to ``cpus``."""
-    for task in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(task), cpus)
-        except OSError:
-            pass  # the thread ended meanwhile
+from tests.support import pin_threads
 
 
 def test_a_channel_dropped_without_close_leaves_the_next_one_working(start_daemon):
@@ -28,7 +20,7 @@ def test_a_channel_dropped_without_close_leaves_the_next_one_working(start_daemo
     sending (found by the benchmark). Pinned to one CPU, as it was found.
     """
     everywhere = os.sched_getaffinity(0)
-    _pin_all_threads({min(everywhere)})
+    pin_threads({min(everywhere)})
     try:
         start_daemon()  # inherits the one CPU
         entry = Registry().lookup("TestDaemon")
@@ -44,7 +36,7 @@ def test_a_channel_dropped_without_close_leaves_the_next_one_working(start_daemo
                 channel.close()
             assert reply.value() == "pong"
     finally:
-        _pin_all_threads(everywhere)  # threads started meanwhile too
+        pin_threads(everywhere)  # threads started meanwhile too
 
 
 def test_calls_that_timed_out_before_the_daemon_was_up_never_run(start_daemon):

@@ -4,154 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import psutil
 import pytest
 
-from malacoda.testing import write_unit
 from tests.support import ROOT, pid_alive, wait_for
-
-FAST = {"backoff": 0.1, "backoff_max": 0.5, "stop_timeout": 4, "start_timeout": 20}
-
-
-class Ctl:
-    """Runs ``python -m malacoda`` with a private MALACODA_HOME and unit folder."""
-
-    def __init__(self, home: Path, conf: Path) -> None:
-        self.home = home
-        self.conf = conf
-        self.env = dict(os.environ, MALACODA_HOME=str(home), PYTHONUNBUFFERED="1")
-        self.env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-        self.env.pop("MALACODA_UNIT_PATH", None)
-        self.env.pop("NOTIFY_SOCKET", None)
-
-    def argv(self, *args: str) -> List[str]:
-        return [sys.executable, "-m", "malacoda", "--unit-path", str(self.conf), *args]
-
-    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(*args), env=self.env, cwd=str(self.home), timeout=timeout,
-                              capture_output=True, text=True)
-
-    def ok(self, *args: str) -> str:
-        result = self(*args)
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-        return result.stdout
-
-    def popen(self, *args: str, **kw: Any) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(*args), env={**self.env, **kw.pop("env", {})},
-                                cwd=str(self.home), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, **kw)
-
-    def unit(self, name: str, cls: str = "tests.daemons:TestDaemon", **keys: Any) -> Path:
-        return write_unit(self.conf, name, cls=cls, path=[str(ROOT)], **{**FAST, **keys})
-
-    def status(self, name: str, *extra: str) -> Dict[str, Any]:
-        result = self("status", name, "--json", *extra)
-        [row] = json.loads(result.stdout)
-        row["exit"] = result.returncode
-        return row
-
-    def processes(self) -> List[psutil.Process]:
-        """Our monitors and daemons: the processes whose MALACODA_HOME is this one."""
-        found = []
-        for proc in psutil.process_iter():
-            try:
-                if proc.environ().get("MALACODA_HOME") == str(self.home) and proc.pid != os.getpid():
-                    found.append(proc)
-            except (psutil.Error, OSError):
-                continue
-        return found
-
-    def daemons(self, name: str) -> List[psutil.Process]:
-        out = []
-        for proc in self.processes():
-            try:
-                cmd = proc.cmdline()
-            except psutil.Error:
-                continue
-            if "malacoda.runner" in cmd and str(self.conf / f"{name}.toml") in cmd:
-                out.append(proc)
-        return out
-
-    def cleanup(self) -> None:
-        for proc in self.processes():
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-
-
-class Follower:
-    """``malacodactl logs SPEC -f -n 0`` in the background, its lines in a queue.
-
-    Entering waits until it follows: it says a marker through the daemon until the line shows.
-    """
-
-    def __init__(self, ctl: Ctl, spec: str) -> None:
-        self.ctl, self.spec = ctl, spec
-        self.proc = ctl.popen("logs", spec, "-f", "-n", "0")
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout],
-                         daemon=True).start()
-
-    def next_line(self, timeout: float = 30) -> str:
-        try:
-            return self.lines.get(timeout=timeout).rstrip("\n")
-        except queue.Empty:
-            raise AssertionError(f"logs -f printed nothing for {timeout} s") from None
-
-    def _following(self) -> bool:
-        self.ctl.ok("call", self.spec, "say", "marker", "1")
-        try:
-            while True:
-                if self.next_line(timeout=1).endswith("marker 0"):
-                    return True
-        except AssertionError:
-            return False
-
-    def __enter__(self) -> Follower:
-        try:
-            wait_for(self._following, timeout=30, what=f"logs -f {self.spec} to follow")
-        except BaseException:
-            self.close(signal.SIGKILL)
-            raise
-        return self
-
-    def close(self, sig: int = signal.SIGINT) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.proc.communicate(timeout=10)
-        return self.proc.returncode
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
-@pytest.fixture
-def ctl(home: Path, tmp_path: Path):
-    conf = tmp_path / "conf"
-    conf.mkdir(mode=0o700)
-    runner = Ctl(home, conf)
-    yield runner
-    runner.cleanup()
+from tests.support.ctl import FAST, Ctl, Follower, one_line_error
 
 
 def test_message_daemon_from_conf(ctl: Ctl) -> None:
@@ -208,7 +73,7 @@ def test_call_values_and_remote_errors(ctl: Ctl) -> None:
     assert json.loads(ctl.ok("call", "Echo", "echo", "{'a': (1, {2})}", "--json")) == {"a": [1, [2]]}
     assert ctl.ok("call", "Echo", "echo", "b'\\x00'", "--json") == '{"base64": "AA=="}\n'
     one_line_error(ctl("call", "Echo", "fail_value"), 1, "ValueError: bad value")
-    one_line_error(ctl("call", "Echo", "fail_custom"), 1, "tests.daemons.CustomError: custom failure")
+    one_line_error(ctl("call", "Echo", "fail_custom"), 1, "tests.support.daemons.CustomError: custom failure")
     verbose = ctl("--verbose", "call", "Echo", "fail_value")
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "fail_value" in verbose.stderr
     one_line_error(ctl("call", "Echo", "echo", "[1, 2"), 2, "bad literal '[1, 2'")
@@ -262,7 +127,7 @@ def test_kill_9_of_the_daemon_brings_a_new_one(ctl: Ctl) -> None:
 
 
 def test_crash_loop_ends_failed(ctl: Ctl) -> None:
-    ctl.unit("Crashy", cls="tests.daemons:CrashAfterReady", backoff=0.05, start_limit=2)
+    ctl.unit("Crashy", cls="tests.support.daemons:CrashAfterReady", backoff=0.05, start_limit=2)
     ctl.ok("start", "Crashy")  # it was ready: start succeeded; the crashes come later
     row = wait_for(lambda: (lambda r: r if r["state"] == "failed" else None)(ctl.status("Crashy")),
                    timeout=40, what="Crashy to be failed")
@@ -299,7 +164,7 @@ def test_start_fails_with_the_daemons_own_error(ctl: Ctl) -> None:
                    "ModuleNotFoundError: No module named 'no_such_module'")
     failed = ctl.status("NoModule")
     assert failed["state"] == "failed" and failed["exit"] == 3
-    ctl.unit("BadInit", cls="tests.daemons:FailInit")
+    ctl.unit("BadInit", cls="tests.support.daemons:FailInit")
     one_line_error(ctl("start", "BadInit"), 1, "ValueError: bad setting: 42")
     assert "Traceback" in ctl.ok("logs", "BadInit")  # the whole story is in the log
     with socket.socket() as taken:
@@ -319,7 +184,7 @@ def test_start_fails_with_the_daemons_own_error(ctl: Ctl) -> None:
 def test_a_daemon_not_ready_in_start_timeout_is_stopped_at_once(ctl: Ctl) -> None:
     """Never ready, it serves no socket to be asked on: the monitor sends SIGTERM at once
     (not after half of stop_timeout) and start reports the daemon's timeout, not its own."""
-    ctl.unit("Sluggish", cls="tests.daemons:SlowInit", start_timeout=2, stop_timeout=30)
+    ctl.unit("Sluggish", cls="tests.support.daemons:SlowInit", start_timeout=2, stop_timeout=30)
     one_line_error(ctl("start", "Sluggish"), 1, "Sluggish did not start",
                    "not ready within start_timeout = 2 s")
     assert ctl.status("Sluggish")["state"] == "failed"
@@ -331,7 +196,7 @@ def test_start_waits_for_the_stop_of_a_daemon_not_ready(ctl: Ctl) -> None:
     """A daemon not ready in start_timeout that ignores SIGTERM ends by SIGKILL at
     stop_timeout: start waits for that (start_timeout + stop_timeout and a margin) and reports
     the daemon's own timeout rather than its monitor's silence."""
-    ctl.unit("Mulish", cls="tests.daemons:SlowInit", start_timeout=1, stop_timeout=12,
+    ctl.unit("Mulish", cls="tests.support.daemons:SlowInit", start_timeout=1, stop_timeout=12,
              args={"ignore_term": True})
     one_line_error(ctl("start", "Mulish"), 1, "Mulish did not start",
                    "not ready within start_timeout = 1 s")
@@ -352,19 +217,19 @@ def test_two_starts_racing_leave_one_daemon(ctl: Ctl) -> None:
 
 
 @pytest.mark.parametrize("text, fragments", [
-    ('class = "tests.daemons:TestDaemon"\nport = = 1\nbind = "x"\n', ["TOML syntax error", "line 2"]),
-    ('class = "tests.daemons:TestDaemon"\ncolour = "red"\n', ["unknown key 'colour'"]),
-    ('class = "tests.daemons:TestDaemon"\nport = "80"\n', ["'port' must be an integer", "'80'"]),
-    ('class = "tests.daemons:TestDaemon"\nrestart = "sometimes"\n', ["'restart' must be one of"]),
+    ('class = "tests.support.daemons:TestDaemon"\nport = = 1\nbind = "x"\n', ["TOML syntax error", "line 2"]),
+    ('class = "tests.support.daemons:TestDaemon"\ncolour = "red"\n', ["unknown key 'colour'"]),
+    ('class = "tests.support.daemons:TestDaemon"\nport = "80"\n', ["'port' must be an integer", "'80'"]),
+    ('class = "tests.support.daemons:TestDaemon"\nrestart = "sometimes"\n', ["'restart' must be one of"]),
     ('path = ["."]\n', ["'class' is required"]),
-    ('class = "tests.daemons:TestDaemon"\nstart_timeout = nan\n',
+    ('class = "tests.support.daemons:TestDaemon"\nstart_timeout = nan\n',
      ["'start_timeout' must be a finite number", "nan"]),
-    ('class = "tests.daemons:TestDaemon"\nbackoff_max = inf\n', ["'backoff_max'", "finite"]),
-    ('class = "tests.daemons:TestDaemon"\nworkers = 0\n', ["'workers' must be at least 1"]),
-    ('class = "tests.daemons:TestDaemon"\nmax_message = 0\n', ["'max_message' must be at least 1"]),
-    ('class = "tests.daemons:TestDaemon"\n[env]\n"A=B" = "x"\n', ["'A=B' cannot name"]),
-    ('class = "tests.daemons:TestDaemon"\n[env]\n"" = "x"\n', ["'' cannot name"]),
-    ('class = "tests.daemons:TestDaemon"\n[env]\nA = "x\\u0000y"\n', ["'A' holds a NUL"]),
+    ('class = "tests.support.daemons:TestDaemon"\nbackoff_max = inf\n', ["'backoff_max'", "finite"]),
+    ('class = "tests.support.daemons:TestDaemon"\nworkers = 0\n', ["'workers' must be at least 1"]),
+    ('class = "tests.support.daemons:TestDaemon"\nmax_message = 0\n', ["'max_message' must be at least 1"]),
+    ('class = "tests.support.daemons:TestDaemon"\n[env]\n"A=B" = "x"\n', ["'A=B' cannot name"]),
+    ('class = "tests.support.daemons:TestDaemon"\n[env]\n"" = "x"\n', ["'' cannot name"]),
+    ('class = "tests.support.daemons:TestDaemon"\n[env]\nA = "x\\u0000y"\n', ["'A' holds a NUL"]),
 ])
 def test_bad_unit_files(ctl: Ctl, text: str, fragments: List[str]) -> None:
     (ctl.conf / "Bad.toml").write_text(text)
@@ -378,7 +243,7 @@ def test_check_unknown_unit_unimportable_class_and_unsafe_files(ctl: Ctl) -> Non
     one_line_error(ctl("check", "Ghost"), 2, "unknown unit 'Ghost'")
     ctl.unit("Good")
     assert ctl.ok("check", "Good").startswith("Good: ok")
-    ctl.unit("Missing", cls="tests.daemons:NoSuchClass")
+    ctl.unit("Missing", cls="tests.support.daemons:NoSuchClass")
     one_line_error(ctl("check", "Missing"), 2, "Missing.toml", "no class 'NoSuchClass'")
     result = ctl("check")  # all of them: one line per bad unit, exit 2
     assert result.returncode == 2 and "Good: ok" in result.stdout and "NoSuchClass" in result.stderr
@@ -395,7 +260,7 @@ def test_check_unknown_unit_unimportable_class_and_unsafe_files(ctl: Ctl) -> Non
 
 
 def test_logs_tail_and_follow_across_rotation(ctl: Ctl) -> None:
-    ctl.unit("Talk", cls="tests.daemons:Talker", log_max_bytes=4000, log_backups=3)
+    ctl.unit("Talk", cls="tests.support.daemons:Talker", log_max_bytes=4000, log_backups=3)
     ctl.ok("start", "Talk")
     ctl.ok("call", "Talk", "say", "first", "3")
     wait_for(lambda: "first 2" in ctl.ok("logs", "Talk"), what="the output in the log")
@@ -426,7 +291,7 @@ def test_requires_start_first_and_stop_last(ctl: Ctl) -> None:
     assert [line.split()[0] for line in out] == ["Base", "Top"]
     out = ctl.ok("stop", "--all").splitlines()
     assert [line.split()[0] for line in out] == ["Top", "Base"]
-    ctl.unit("BadBase", cls="tests.daemons:FailInit")
+    ctl.unit("BadBase", cls="tests.support.daemons:FailInit")
     ctl.unit("Above", requires=["BadBase"])
     result = ctl("start", "Above")
     assert result.returncode == 1
@@ -506,7 +371,7 @@ def test_run_serves_on_when_notify_socket_cannot_be_reached(ctl: Ctl, tmp_path: 
 
 
 def test_run_reports_the_daemons_error(ctl: Ctl) -> None:
-    ctl.unit("ForeBad", cls="tests.daemons:FailInit")
+    ctl.unit("ForeBad", cls="tests.support.daemons:FailInit")
     one_line_error(ctl("run", "ForeBad"), 1, "ForeBad failed: ValueError: bad setting: 42")
 
 
@@ -578,7 +443,7 @@ def test_the_testing_fixture_runs_a_unit_under_the_monitor(malacoda_unit) -> Non
     d = malacoda_unit(str(ROOT / "conf" / "MessageDaemon.toml"))
     assert d.insert_message("from a fixture") == "Message received!"
     assert d.pst_counter == 1
-    e = malacoda_unit(name="Echo2", cls="tests.daemons:TestDaemon", path=[str(ROOT)], **FAST)
+    e = malacoda_unit(name="Echo2", cls="tests.support.daemons:TestDaemon", path=[str(ROOT)], **FAST)
     assert e.add(1, 2) == 3
     from malacoda.supervisor.supervise import status
 
@@ -599,7 +464,7 @@ def test_the_shipped_systemd_template_verifies(tmp_path: Path) -> None:
 
 
 def test_stop_escalates_to_sigkill_of_the_process_group(ctl: Ctl) -> None:
-    ctl.unit("Mule", cls="tests.daemons:Stubborn", stop_timeout=1.5)
+    ctl.unit("Mule", cls="tests.support.daemons:Stubborn", stop_timeout=1.5)
     ctl.ok("start", "Mule")
     pid = ctl.status("Mule")["pid"]
     child = int(wait_for(lambda: ctl("get", "Mule", "child").stdout.strip().isdigit()

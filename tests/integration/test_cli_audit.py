@@ -6,13 +6,11 @@ import json
 import os
 import subprocess
 
-from tests.integration.test_cli import Ctl, ctl, one_line_error  # noqa: F401 - the fixture
-
-__all__ = ["ctl"]
+from tests.support.ctl import Ctl, one_line_error
 
 
 def test_a_daemon_whose_run_raises_at_once_did_not_start(ctl: Ctl) -> None:
-    ctl.unit("CrashAtStart", cls="tests.audit_daemons:CrashAtStart", restart="no")
+    ctl.unit("CrashAtStart", cls="tests.support.audit_daemons:CrashAtStart", restart="no")
     result = ctl("start", "CrashAtStart")
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "started" not in result.stdout
@@ -26,7 +24,7 @@ def test_a_daemon_whose_run_returns_at_once_started_and_finished(ctl: Ctl) -> No
     failed (it was reported as 'did not start ... exited (code 0) ...: no error in its log')."""
     from tests.support import wait_for
 
-    ctl.unit("FinishAtOnce", cls="tests.audit_daemons:FinishAtOnce", restart="no")
+    ctl.unit("FinishAtOnce", cls="tests.support.audit_daemons:FinishAtOnce", restart="no")
     result = ctl("start", "FinishAtOnce")
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "FinishAtOnce started" in result.stdout
@@ -89,7 +87,7 @@ def test_malacoda_home_is_not_mixed_with_the_system_units(ctl: Ctl) -> None:
 
 
 def test_lines_without_newline_are_split_when_logged(ctl: Ctl) -> None:
-    ctl.unit("Shouter", cls="tests.audit_daemons:Shouter")
+    ctl.unit("Shouter", cls="tests.support.audit_daemons:Shouter")
     ctl.ok("start", "Shouter")
     ctl.ok("call", "Shouter", "shout", str(4 * 1024 * 1024))
     ctl.ok("call", "Shouter", "say", "after", "1")

@@ -12,17 +12,8 @@ from typing import Any, Dict, List
 import pytest
 
 import malacoda
-from tests.integration.test_cli import Ctl
 from tests.support import ROOT, InThread, pid_alive, wait_for
-
-
-@pytest.fixture
-def ctl(home, tmp_path):
-    conf = tmp_path / "conf"
-    conf.mkdir(mode=0o700)
-    runner = Ctl(home, conf)
-    yield runner
-    runner.cleanup()
+from tests.support.ctl import Ctl
 
 
 def running_again(ctl: Ctl, name: str, old_pid: int, old_monitor: int):
@@ -64,7 +55,7 @@ def handed_over(ctl: Ctl, name: str, cls: str) -> Dict[str, Any]:
 def test_killed_monitor_hands_its_daemon_over_to_a_new_one(ctl: Ctl) -> None:
     """kill -9 of the monitor: the daemon notices, stops as on SIGTERM (pst saved) and starts
     again under a new monitor — never left running without one."""
-    new = handed_over(ctl, "Orphaned", "tests.daemons:HostileDaemon")
+    new = handed_over(ctl, "Orphaned", "tests.support.daemons:HostileDaemon")
     # Each hand-over passes the environment on: the package folder is still there once, first.
     for pid in (new["pid"], new["monitor_pid"]):
         entries = pythonpath(pid)
@@ -78,7 +69,7 @@ def test_killed_monitor_hands_its_daemon_over_to_a_new_one(ctl: Ctl) -> None:
 def test_killed_monitor_of_a_daemon_that_prints_hands_it_over(ctl: Ctl) -> None:
     """A daemon printing every 50 ms meets the broken log pipe as soon as its monitor is killed:
     it is handed over all the same (pst saved), and what it prints afterwards is logged."""
-    new = handed_over(ctl, "Chatty", "tests.daemons:Chatty")
+    new = handed_over(ctl, "Chatty", "tests.support.daemons:Chatty")
     wait_for(lambda: "chatty" in ctl.ok("logs", "Chatty", "-n", "1").split("\n")[0],
              what="the new daemon's prints in the log")
     assert ctl.ok("stop", "Chatty") == "Chatty stopped\n"
@@ -89,7 +80,7 @@ def test_killed_monitor_of_a_daemon_that_prints_hands_it_over(ctl: Ctl) -> None:
 def test_daemon_restarted_on_a_new_port_behind_a_live_proxy(ctl: Ctl) -> None:
     """The monitor restarts a killed daemon (new pid, new port): a proxy made before follows it;
     the call in flight during the kill fails as lost and is not run again by the new daemon."""
-    ctl.unit("Moving", cls="tests.daemons:HostileDaemon")
+    ctl.unit("Moving", cls="tests.support.daemons:HostileDaemon")
     ctl.ok("start", "Moving")
     d = malacoda.get("Moving")
     before = ctl.status("Moving")
@@ -129,7 +120,7 @@ def test_a_hand_over_runs_the_unit_as_it_was_loaded(ctl: Ctl) -> None:
     """kill -9 of the monitor after a half-saved edit of the unit file: the hand-over is an
     automatic restart too, and runs the unit as it was loaded (it re-read the file and the
     daemon was gone for good); status still marks the file as changed."""
-    file = ctl.unit("EditedOver", cls="tests.daemons:HostileDaemon")
+    file = ctl.unit("EditedOver", cls="tests.support.daemons:HostileDaemon")
     ctl.ok("start", "EditedOver")
     row = ctl.status("EditedOver")
     file.write_text(file.read_text() + "\nworkers = \n")  # half saved: not TOML any more

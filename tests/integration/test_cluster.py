@@ -28,8 +28,8 @@ from malacoda.client.proxy import close
 from malacoda.cluster import view as cluster_watch
 from malacoda.remote import host as remote
 from malacoda.security import Keys
-from tests.etcd import ETCD, EtcdServer, make_tls
 from tests.support import ROOT, DaemonProcess, Processes, wait_for
+from tests.support.etcd import ETCD, EtcdServer, make_tls
 
 pytestmark = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (apt install etcd-server)")
 
@@ -85,7 +85,7 @@ class Hosts:
         # about the cluster registry, not about CURVE (tests/integration/test_curve.py).
         if insecure is None:
             insecure = bind != "127.0.0.1"
-        code = (f"from tests.daemons import TestDaemon; "
+        code = (f"from tests.support.daemons import TestDaemon; "
                 f"TestDaemon(name={name!r}, bind_address={bind!r}, insecure={insecure})")
         proc = self.processes.add(DaemonProcess(code, self.env(host)))
         if wait:

@@ -69,7 +69,7 @@ def test_remote_exceptions(start_daemon):
     assert info.value.args == ("missing",)
     with pytest.raises(malacoda.RemoteError) as info:
         d.fail_custom()
-    assert info.value.remote_type == "tests.daemons.CustomError"
+    assert info.value.remote_type == "tests.support.daemons.CustomError"
     assert "custom failure" in str(info.value)
     with pytest.raises(TypeError):
         d.add()  # a wrong call is the caller's TypeError, as locally
@@ -363,7 +363,7 @@ def test_periodic_save_survives_kill(start_daemon, home):
 
 
 def test_custom_persister(start_daemon, tmp_path):
-    config = {"class_name": "tests.daemons:CustomStorage", "folder": str(tmp_path)}
+    config = {"class_name": "tests.support.daemons:CustomStorage", "folder": str(tmp_path)}
     start_daemon(pst_config=config)
     malacoda.get("TestDaemon").pst_counter = 3
     malacoda.stop("TestDaemon")
@@ -387,7 +387,7 @@ def test_daemonize_true_detaches(home, processes):
     from tests.support import ROOT
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    code = "from tests.daemons import TestDaemon; TestDaemon(daemonize=True)"
+    code = "from tests.support.daemons import TestDaemon; TestDaemon(daemonize=True)"
     launcher = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(ROOT), timeout=30)
     assert launcher.returncode == 0
     entry = wait_for(lambda: Registry().read("TestDaemon")[0], what="the detached daemon")

@@ -20,15 +20,15 @@ from malacoda.client.proxy import request
 from malacoda.errors import StateError
 from malacoda.host.paths import Paths
 from malacoda.storage import PstFileStorage
-from tests.fault_daemons import state_is_consistent
 from tests.support import InThread, wait_for
+from tests.support.fault_daemons import state_is_consistent
 
 KILL_ROUNDS = 30
 FAST_SAVES = {"class_name": "PstFileStorage", "frequency": 0.005}
 
 
 def saver(start_daemon, wait=True, **kwargs):
-    return start_daemon("SaverDaemon", wait=wait, module="tests.fault_daemons", **kwargs)
+    return start_daemon("SaverDaemon", wait=wait, module="tests.support.fault_daemons", **kwargs)
 
 
 def last_saved(output: str) -> int:

@@ -21,7 +21,7 @@ from malacoda.host.paths import Paths
 from malacoda.host.process import process_start_time
 from malacoda.host.registry import Entry, Registry
 from malacoda.security import Keys
-from tests.support import wait_for
+from tests.support import RunsCode, wait_for
 
 NOBODY = 65534
 UMASK_0 = "import os; os.umask(0)"
@@ -159,16 +159,8 @@ def test_unsafe_run_dir_is_refused(start_daemon, home, damage):
     assert "ConfigError" in out and str(run) in out, out
 
 
-class Evil:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def malicious_state_file(path: Path, marker: Path) -> None:
-    payload = pickle.dumps({"pst_counter": Evil(str(marker))})
+    payload = pickle.dumps({"pst_counter": RunsCode(str(marker))})
     header = b"MLCPST1\n" + struct.pack(">Q", len(payload)) + hashlib.sha256(payload).digest()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_bytes(header + payload)

@@ -14,116 +14,33 @@ import os
 import pickle
 import socket
 import struct
-import time
 from pathlib import Path
-from typing import List, Optional
 
 import msgpack
 import psutil
 import pytest
-import zmq
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from malacoda.host.registry import Registry
 from malacoda.wire import codec
 from malacoda.wire import protocol as p
-from tests.support import own_credentials
+from tests.support import RunsCode, peak_rss
+from tests.support.wire import SIG, Wire, msg
 
 FUZZ = settings(max_examples=120, derandomize=True, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
 RSS_LIMIT = 200 << 20  # the daemon's peak RSS after all of it (it starts near 40 MiB)
-SIG = p.SIGNATURE
-
-
-class Evil:
-    """Unpickling this creates ``path`` (it would run any code the same way)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-class Wire:
-    """A raw DEALER to the daemon, with a liveness check."""
-
-    def __init__(self, port: int) -> None:
-        self.ctx = zmq.Context()
-        self.port = port
-        self.sock = self._open()
-        self.pings = 0
-
-    def _open(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        own_credentials(sock, self.port)
-        sock.connect(f"tcp://127.0.0.1:{self.port}")
-        return sock
-
-    def send(self, frames: List[bytes]) -> None:
-        self.sock.send_multipart(frames, copy=True)
-
-    def ask(self, frames: List[bytes], timeout: float = 10.0) -> p.Reply:
-        """Send ``frames`` (a well-formed request) and return the reply to its id."""
-        rid = p.parse_request(frames).rid
-        self.send(frames)
-        return self._reply_to(rid, timeout)
-
-    def _reply_to(self, rid: bytes, timeout: float) -> p.Reply:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000)):
-                raise AssertionError(f"no reply to {rid!r} within {timeout} s")
-            frames = self.sock.recv_multipart()
-            assert frames[0][:4] == SIG, frames[:3]
-            reply = p.parse_reply(frames)
-            if reply.rid == rid:
-                return reply
-
-    def alive(self, timeout: float = 10.0) -> bool:
-        """The daemon answers a ping (replies to earlier garbage are skipped)."""
-        self.pings += 1
-        rid = b"alive-%d" % self.pings
-        reply = self.ask(p.request_frames(rid, p.PING, None, None, None), timeout)
-        return reply.status == p.OK and reply.value() == "pong"
-
-    def reconnect(self) -> None:
-        self.sock.close(0)
-        self.sock = self._open()
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
 
 
 @pytest.fixture
-def wire(start_daemon, tmp_path):
+def wire(start_daemon, dealer, tmp_path):
     proc = start_daemon("HostileDaemon")
-    w = Wire(Registry().lookup("HostileDaemon").port)
+    w = dealer(Registry().lookup("HostileDaemon").port)
     w.proc = psutil.Process(proc.pid)
     w.marker = tmp_path / "UNPICKLED"
     yield w
-    w.close()
     assert not w.marker.exists(), "the daemon unpickled something it was sent"
-
-
-def peak_rss(proc: psutil.Process) -> int:
-    """The process's peak resident size (VmHWM), in bytes."""
-    with open(f"/proc/{proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return proc.memory_info().rss
-
-
-def msg(body: bytes = b"\xc0", *buffers: bytes, rid: bytes = b"r", op: str = "call",
-        name: Optional[str] = "echo", timeout: Optional[int] = 10000) -> List[bytes]:
-    """A request with the raw (maybe malformed) ``body`` and buffer frames, by hand."""
-    envelope = msgpack.packb([rid, op, name, timeout, body], use_bin_type=True)
-    return [SIG + envelope, *buffers]
 
 
 # ------------------------------------------------------------------------------- strategies
@@ -277,7 +194,7 @@ def test_amplifying_bodies_are_refused(wire):
 
 def test_pickles_in_every_position_are_never_unpickled(wire):
     marker = str(wire.marker)
-    pickles = [pickle.dumps(Evil(marker), protocol=n) for n in range(0, pickle.HIGHEST_PROTOCOL + 1)]
+    pickles = [pickle.dumps(RunsCode(marker), protocol=n) for n in range(0, pickle.HIGHEST_PROTOCOL + 1)]
     for blob in pickles:
         messages = [
             [blob],

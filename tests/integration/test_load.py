@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 import malacoda
-from tests.load_caller import Tally, run_threads
 from tests.support import ROOT
+from tests.support.load_caller import Tally, run_threads
 
 PROCESSES = 2  # caller processes, each with THREADS_PER_PROCESS threads (a proxy each)
 THREADS_PER_PROCESS = 16
@@ -40,7 +40,7 @@ def test_64_callers_get_their_own_replies_none_lost_or_doubled(start_daemon):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     started = time.monotonic()
     others = [
-        subprocess.Popen([sys.executable, "-m", "tests.load_caller", "HostileDaemon",
+        subprocess.Popen([sys.executable, "-m", "tests.support.load_caller", "HostileDaemon",
                           str(1000 * (n + 1)), str(THREADS_PER_PROCESS), str(CALLS)],
                          cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for n in range(PROCESSES)

@@ -17,8 +17,8 @@ import pytest
 
 from malacoda.host.launch import python_command
 from malacoda.testing import write_unit
-from tests.integration.test_cli import FAST, Ctl
-from tests.support import ROOT
+from tests.support import ROOT, RunsCode
+from tests.support.ctl import FAST, Ctl
 
 PLANTED = ("json", "logging", "signal", "zmq")
 
@@ -36,15 +36,6 @@ def plant(folder: Path, markers: Path) -> Path:
 
 def ran(markers: Path) -> list:
     return sorted(p.name for p in markers.iterdir())
-
-
-@pytest.fixture
-def ctl(home: Path, tmp_path: Path) -> Iterator[Ctl]:
-    conf = tmp_path / "conf"
-    conf.mkdir(mode=0o700)
-    runner = Ctl(home, conf)
-    yield runner
-    runner.cleanup()
 
 
 def console_script() -> str:
@@ -159,7 +150,7 @@ def planted_daemon(folder: Path, markers: Path) -> Path:
     markers.mkdir(mode=0o700, exist_ok=True)
     (folder / "planted_mod.py").write_text(
         f"open({str(markers / 'planted_mod')!r}, 'w')\n"
-        "from tests.daemons import TestDaemon as Planted\n")
+        "from tests.support.daemons import TestDaemon as Planted\n")
     return folder / "planted_mod.py"
 
 
@@ -233,16 +224,6 @@ def test_code_and_workdir_of_our_own_are_used(ctl: Ctl, tmp_path: Path):
 # ---------------------------------------------------------------------- state files
 
 
-class _RunsCode:
-    """Unpickling this creates ``path``: what a planted state row or file would do."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def _wal_with_a_row(folder: Path, marker: Path) -> tuple:
     """``(database, wal)`` copies: the database without the row, its ``-wal`` holding it (a
     row dill would load, running code), as a writer that never checkpointed leaves them."""
@@ -261,7 +242,7 @@ def _wal_with_a_row(folder: Path, marker: Path) -> tuple:
     db.execute("PRAGMA wal_autocheckpoint=0")
     with db:
         db.execute("INSERT INTO malacoda_pst VALUES (?, ?)",
-                   ("TestDaemon", pickle.dumps({"pst_counter": _RunsCode(str(marker))})))
+                   ("TestDaemon", pickle.dumps({"pst_counter": RunsCode(str(marker))})))
     copies = folder / "db.copy", folder / "wal.copy"
     shutil.copy(db_path, copies[0])
     shutil.copy(str(db_path) + "-wal", copies[1])

@@ -150,7 +150,7 @@ class SimpleMalacoda(malacoda.Malacoda):
 
 FOREGROUND = """
 import os, sys
-from tests.daemons import TestDaemon
+from tests.support.daemons import TestDaemon
 
 class Here(TestDaemon):
     def where(self):

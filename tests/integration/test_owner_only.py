@@ -33,8 +33,8 @@ import malacoda.storage  # noqa: F401
 from malacoda.client.proxy import describe
 from malacoda.host.registry import Registry
 from malacoda.wire import protocol as p
-from tests.daemons import TestDaemon
 from tests.support import pid_alive, wait_for
+from tests.support.daemons import TestDaemon
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="two-user tests create users: run as root")
 

@@ -11,8 +11,8 @@ import pytest
 
 from malacoda.host.paths import Paths
 from malacoda.storage import from_config
-from tests.integration.test_cli import Ctl, ctl  # noqa: F401 - the fixture, by name
 from tests.support import wait_for
+from tests.support.ctl import Ctl
 
 
 def check_partial_save(config: Dict[str, Any]) -> None:
@@ -50,7 +50,7 @@ def test_status_names_the_unsaved_attribute_and_stop_fails(ctl: Ctl) -> None:  #
     """The issue's case under malacodactl: pst_sock = socket.socket() in a running daemon."""
     from malacoda.supervisor.runner import PST_INCOMPLETE
 
-    ctl.unit("Sock", cls="tests.daemons:PstSocket", pst={"frequency": 0.2})
+    ctl.unit("Sock", cls="tests.support.daemons:PstSocket", pst={"frequency": 0.2})
     ctl.ok("start", "Sock")
     ctl.ok("set", "Sock", "pst_list", "[1, 2, 3]")
     ctl.ok("call", "Sock", "open_socket")

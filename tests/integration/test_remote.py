@@ -1,4 +1,4 @@
-"""NAME:HOST over SSH against a real OpenSSH server on 127.0.0.1 (see tests/sshd.py)."""
+"""NAME:HOST over SSH against a real OpenSSH server on 127.0.0.1 (see tests/support/sshd.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from malacoda.host.paths import Paths
 from malacoda.host.registry import Registry
 from malacoda.remote import host as remote
 from malacoda.security import Keys
-from tests.sshd import keygen
+from tests.support.sshd import keygen
 
 
 def _known_hosts() -> Path:

@@ -1,4 +1,4 @@
-"""malacodactl with NAME:HOST and --host, against a real sshd (tests/sshd.py), and `keys`."""
+"""malacodactl with NAME:HOST and --host, against a real sshd (tests/support/sshd.py), and `keys`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import zmq
 
 from malacoda.host.paths import Paths
 from malacoda.security import Keys
-from tests.integration.test_cli import Ctl, Follower, one_line_error
 from tests.support import wait_for
+from tests.support.ctl import Ctl, Follower, one_line_error
 
 
 def _ctl(home: Path, tmp_path: Path) -> Iterator[Ctl]:
@@ -66,7 +66,7 @@ def test_every_command_with_name_host(remote_ctl: Ctl) -> None:
 @pytest.mark.slow
 def test_logs_follow_over_ssh(remote_ctl: Ctl) -> None:
     ctl = remote_ctl
-    ctl.unit("Talk", cls="tests.daemons:Talker")
+    ctl.unit("Talk", cls="tests.support.daemons:Talker")
     ctl.ok("start", "Talk")
     follower = Follower(ctl, "Talk:web1")
     with follower:

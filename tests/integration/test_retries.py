@@ -5,54 +5,19 @@ from __future__ import annotations
 import os
 
 import pytest
-import zmq
 
 import malacoda
 from malacoda.host.registry import Registry
 from malacoda.wire import protocol as p
-from tests.relay import Relay
-from tests.support import InThread, own_credentials, via, wait_for
-
-
-class RawClient:
-    """A bare DEALER speaking the protocol by hand (no proxy logic at all)."""
-
-    def __init__(self, port: int) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        own_credentials(self.sock, port)
-        self.sock.connect(f"tcp://127.0.0.1:{port}")
-
-    def send(self, frames):
-        self.sock.send_multipart(frames)
-
-    def recv(self, timeout: float = 10.0) -> p.Reply:
-        if not self.sock.poll(int(timeout * 1000)):
-            raise AssertionError(f"no reply within {timeout} s")
-        return p.parse_reply(self.sock.recv_multipart())
-
-    def nothing_more(self, wait: float = 0.3) -> bool:
-        return not self.sock.poll(int(wait * 1000))
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+from tests.support import InThread, via, wait_for
+from tests.support.relay import Relay
 
 
 @pytest.fixture
-def raw(start_daemon):
+def raw(start_daemon, dealer):
+    """Raw DEALERs to a HostileDaemon (no proxy logic at all)."""
     start_daemon("HostileDaemon")
-    clients = []
-
-    def make() -> RawClient:
-        client = RawClient(Registry().lookup("HostileDaemon").port)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+    return lambda: dealer(Registry().lookup("HostileDaemon").port)
 
 
 def test_same_id_twice_runs_once(raw):
@@ -110,32 +75,29 @@ def test_same_id_other_request_is_not_confused(raw):
     assert malacoda.get("HostileDaemon").pst_counter == 5
 
 
-def test_gets_and_busy_are_not_remembered(start_daemon):
+def test_gets_and_busy_are_not_remembered(start_daemon, dealer):
     """Only calls and sets that ran are cached: a request refused as busy may be re-sent."""
     start_daemon("HostileDaemon", workers=1, queue=0)
-    client = RawClient(Registry().lookup("HostileDaemon").port)
-    try:
-        slow = p.request_frames(b"slow", p.CALL, "tally", [[1.0], {}], None)
-        quick = p.request_frames(b"quick", p.CALL, "tally", [[], {}], None)
-        client.send(slow)
-        d = malacoda.get("HostileDaemon")
+    client = dealer(Registry().lookup("HostileDaemon").port)
+    slow = p.request_frames(b"slow", p.CALL, "tally", [[1.0], {}], None)
+    quick = p.request_frames(b"quick", p.CALL, "tally", [[], {}], None)
+    client.send(slow)
+    d = malacoda.get("HostileDaemon")
 
-        def worker_taken() -> bool:
-            try:
-                d.constant
-            except malacoda.Busy:
-                return True
-            return False
+    def worker_taken() -> bool:
+        try:
+            d.constant
+        except malacoda.Busy:
+            return True
+        return False
 
-        wait_for(worker_taken, what="the slow call to take the only worker")
-        client.send(quick)
-        assert client.recv().status == p.BUSY  # nothing ran
-        assert client.recv().value() == 1  # the slow call's reply
-        client.send(quick)  # the same id again: it runs now
-        assert client.recv().value() == 2
-        assert d.tallies == 2
-    finally:
-        client.close()
+    wait_for(worker_taken, what="the slow call to take the only worker")
+    client.send(quick)
+    assert client.recv().status == p.BUSY  # nothing ran
+    assert client.recv().value() == 1  # the slow call's reply
+    client.send(quick)  # the same id again: it runs now
+    assert client.recv().value() == 2
+    assert d.tallies == 2
 
 
 def test_proxy_resends_with_the_same_id_after_a_dropped_connection(start_daemon, monkeypatch):

@@ -16,8 +16,8 @@ import malacoda
 from malacoda import StateError
 from malacoda.host.paths import Paths, host_name
 from malacoda.storage import PstS3Storage, from_config
-from tests.s3 import CREDENTIALS, S3Server
-from tests.support import free_port
+from tests.support import RunsCode, free_port
+from tests.support.s3 import CREDENTIALS, S3Server
 
 pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -52,16 +52,6 @@ def stored(s3: SimpleNamespace) -> bytes:
     return s3.client.get_object(Bucket=s3.bucket, Key=s3.key)["Body"].read()
 
 
-class _RunsCode:
-    """Unpickling this creates ``path``: what a planted state object would do."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> Any:
-        return (open, (self.path, "w"))
-
-
 def test_pst_state_round_trips_through_s3(start_daemon: Any, home: Path, s3: SimpleNamespace):
     start_daemon(pst_config=s3.config)
     d = malacoda.get("TestDaemon")
@@ -84,7 +74,7 @@ def test_pst_state_round_trips_through_s3(start_daemon: Any, home: Path, s3: Sim
 def test_an_object_this_host_did_not_sign_is_never_loaded(start_daemon: Any, home: Path,
                                                           s3: SimpleNamespace, tmp_path: Path):
     marker = tmp_path / "code-ran"
-    planted = pickle.dumps({"pst_counter": _RunsCode(str(marker))})
+    planted = pickle.dumps({"pst_counter": RunsCode(str(marker))})
     config_without_key = dict(s3.config, signing_key_file=str(tmp_path / "no-such.key"))
     s3.client.put_object(Bucket=s3.bucket, Key=s3.key,
                          Body=PstS3Storage.MAGIC + b"\0" * 32 + planted)

@@ -10,6 +10,7 @@ from malacoda.daemon.dispatch import Dispatcher
 from malacoda.daemon.server import Server
 from malacoda.wire import protocol as p
 from tests.support import wait_for
+from tests.support.wire import Wire
 
 
 class TwoCalls:
@@ -33,48 +34,34 @@ class TwoCalls:
         return "b"
 
 
-def test_a_call_ending_after_a_take_over_leaves_the_new_leaders_call_watched():
+def test_a_call_ending_after_a_take_over_leaves_the_new_leaders_call_watched(dealer):
     """A call that ends on a thread which lost the socket must not mark the new leader idle:
     the next slow call on the new leader is then taken over too, and a ping answered while
     it runs (the bug: the ping waited for the slow call to end)."""
     target = TwoCalls()
     server = Server(Dispatcher(target, "incarnation", "1"), workers=4)
     port = server.start()
-    ctx = zmq.Context()
-    socks = []
 
-    def dealer() -> zmq.Socket:
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVTIMEO, 5000)
-        s.connect(f"tcp://127.0.0.1:{port}")
-        socks.append(s)
-        return s
-
-    def call(s: zmq.Socket, rid: bytes, op: str, name: str = "") -> None:
-        s.send_multipart(p.request_frames(rid, op, name or None,
-                                          [[], {}] if op == p.CALL else None, None))
+    def call(s: Wire, rid: bytes, op: str, name: str = "") -> None:
+        s.send(p.request_frames(rid, op, name or None, [[], {}] if op == p.CALL else None, None))
 
     try:
-        sa, sb, sc = dealer(), dealer(), dealer()
+        sa, sb, sc = (dealer(port, timeout=5, owner=False) for _ in range(3))
         call(sa, b"A", p.CALL, "a")
         target.a_started.wait(10)
         wait_for(lambda: server._leader not in (None, target.a_thread),
                  what="the standby to take the socket over from call a")
         call(sb, b"B", p.CALL, "b")
         assert target.b_started.wait(10)
-        assert p.parse_reply(sa.recv_multipart()).value() == "a"
+        assert p.parse_reply(sa.sock.recv_multipart()).value() == "a"
         call(sc, b"P", p.PING)
-        reply = p.parse_reply(sc.recv_multipart())  # zmq.Again after 5 s: the bug
+        reply = p.parse_reply(sc.sock.recv_multipart())  # zmq.Again after 5 s: the bug
         assert reply.value() == "pong" and not target.b_released.is_set()
         target.b_released.set()
-        assert p.parse_reply(sb.recv_multipart()).value() == "b"
+        assert p.parse_reply(sb.sock.recv_multipart()).value() == "b"
     finally:
         target.a_released.set()
         target.b_released.set()
-        for s in socks:
-            s.close(0)
-        ctx.term()
         server.close()
 
 

@@ -17,10 +17,10 @@ import threading
 import pytest
 
 import malacoda
-from tests.etcd import ETCD, EtcdServer
-from tests.integration.test_cli import Ctl, Follower, ctl  # noqa: F401 - the fixture, by name
 from tests.integration.test_cluster import A, Hosts, etcd, hosts  # noqa: F401 - fixtures
 from tests.support import wait_for
+from tests.support.ctl import Ctl, Follower
+from tests.support.etcd import ETCD, EtcdServer
 
 #: An OSC window title, a clear-screen, a carriage return that forges the monitor's own line,
 #: a one-byte CSI (C1) and a right-to-left override.
@@ -75,7 +75,7 @@ def one_line(result: Run, code: int) -> str:
 
 @pytest.fixture
 def talk(ctl: Ctl) -> Ctl:
-    ctl.unit("Talk", cls="tests.daemons:Defaced")
+    ctl.unit("Talk", cls="tests.support.daemons:Defaced")
     ctl.ok("start", "Talk")
     yield ctl
     ctl("stop", "Talk")

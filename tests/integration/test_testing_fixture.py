@@ -11,8 +11,8 @@ from malacoda.testing import write_unit
 
 def test_the_fixture_starts_what_a_unit_requires(malacoda_unit, tmp_path: Path) -> None:
     root = str(Path(__file__).resolve().parents[2])
-    write_unit(tmp_path / "units", "Needed", cls="tests.daemons:TestDaemon", path=[root])
-    d = malacoda_unit(name="Needing", cls="tests.daemons:TestDaemon", path=[root],
+    write_unit(tmp_path / "units", "Needed", cls="tests.support.daemons:TestDaemon", path=[root])
+    d = malacoda_unit(name="Needing", cls="tests.support.daemons:TestDaemon", path=[root],
                       requires=["Needed"])
     assert d.echo("x") == "x"
     needed = malacoda.get("Needed", timeout=5)

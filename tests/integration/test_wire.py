@@ -7,7 +7,6 @@ import os
 
 import msgpack
 import pytest
-import zmq
 
 from malacoda.host.registry import Registry
 from tests.support import ROOT
@@ -16,22 +15,14 @@ SIG = b"MLC\x02"
 
 
 @pytest.fixture
-def raw(start_daemon):
+def raw(start_daemon, dealer):
+    """The DEALER socket alone: what is sent and read on it follows docs/protocol.md only."""
     start_daemon()
     # docs/protocol.md, "Authentication": the registry entry (JSON) gives the port and the
     # secret; the client speaks ZAP PLAIN, user "malacoda", the secret as password.
     entry = json.loads(open(os.path.join(os.environ["MALACODA_HOME"], "run", "registry",
                                          "TestDaemon.json"), "rb").read())
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 10000)
-    sock.plain_username = b"malacoda"
-    sock.plain_password = entry["secret"].encode()
-    sock.connect(f"tcp://127.0.0.1:{entry['port']}")
-    yield sock
-    sock.close(0)
-    ctx.term()
+    return dealer(entry["port"], secret=entry["secret"].encode(), timeout=10).sock
 
 
 def receive(sock):

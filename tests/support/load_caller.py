@@ -1,6 +1,6 @@
 """Callers for the load tests, run in threads of this process or of others.
 
-``python -m tests.load_caller NAME FIRST_CALLER THREADS CALLS`` runs THREADS callers (numbered
+``python -m tests.support.load_caller NAME FIRST_CALLER THREADS CALLS`` runs THREADS callers (numbered
 from FIRST_CALLER), each with its own proxy, and prints one JSON line: the summed
 :class:`Tally`.
 """

@@ -1,6 +1,6 @@
 """Where a small call's time goes: CPU per call of client and server, raw REQ/REP vs Malacoda.
 
-``python -m bench.profile [calls]``. For each system: a fresh server process, one client in
+``python -m bench.cpu [calls]``. For each system: a fresh server process, one client in
 this process making sequential ``echo`` calls, placed by the scheduler and then with client
 and server pinned to one CPU; reports wall time per call, user and system CPU per call of each
 side's Python threads and of its ZeroMQ I/O thread, and the server's context switches per
@@ -18,11 +18,11 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set
 
 import psutil
 
-from bench.run import Server
+from bench.harness import Server, pin_threads, timed_calls
 from bench.systems import Client, small_value
 
 
@@ -53,12 +53,6 @@ def _threads(pid: int) -> Dict[str, List[float]]:
     return groups
 
 
-def _pin(cpus: Set[int]) -> None:
-    """Every thread of this process (zmq's I/O thread included) on ``cpus``."""
-    for task in os.listdir("/proc/self/task"):
-        os.sched_setaffinity(int(task), cpus)
-
-
 def profile(system: str, calls: int, cpus: Optional[Set[int]] = None) -> Dict[str, float]:
     """One client in this process, sequential calls; ``cpus``: client and server pinned there."""
     server = Server(system, cpus=cpus)
@@ -66,7 +60,7 @@ def profile(system: str, calls: int, cpus: Optional[Set[int]] = None) -> Dict[st
     try:
         client = Client(system, server.port)
         if cpus is not None:
-            _pin(cpus)
+            pin_threads(cpus)
         value = small_value(system)
         for _ in range(500):
             client.call(value)
@@ -87,7 +81,7 @@ def profile(system: str, calls: int, cpus: Optional[Set[int]] = None) -> Dict[st
         return result
     finally:
         if cpus is not None:
-            _pin(allowed)
+            pin_threads(allowed)
         server.stop()
 
 
@@ -95,21 +89,6 @@ def _cpu(pid: int) -> List[float]:
     """User and system CPU seconds of process ``pid`` (all its threads)."""
     t = psutil.Process(pid).cpu_times()
     return [t.user, t.system]
-
-
-def timed_calls(call: Callable[[], Any], start: float, window: float) -> Tuple[int, float, float]:
-    """Warm ``call`` up, wait for ``start`` (``time.time()``), then call it for ``window``
-    seconds: (calls, user CPU seconds, system CPU seconds) of this process meanwhile."""
-    for _ in range(50):
-        call()
-    while time.time() < start:
-        time.sleep(0.001)
-    calls, t0 = 0, os.times()
-    while time.time() < start + window:
-        call()
-        calls += 1
-    t1 = os.times()
-    return calls, t1.user - t0.user, t1.system - t0.system
 
 
 def _window_client(system: str, port: int, start: float, window: float, out: Any) -> None:

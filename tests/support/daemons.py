@@ -108,7 +108,7 @@ class SerialDaemon(TestDaemon):
 
 
 class CustomStorage(PstStorage):
-    """A custom persister, named as 'tests.daemons:JsonStorage' in pst_config."""
+    """A custom persister, named as 'tests.support.daemons:JsonStorage' in pst_config."""
 
     def __init__(self, name, paths, frequency=60, folder=None):
         super().__init__(name, paths, frequency)

@@ -10,9 +10,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, TypeVar
+from typing import Any, Callable, Iterable, List, Optional, TypeVar
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
@@ -167,3 +167,33 @@ def via(monkeypatch, endpoint: str) -> None:
 
     monkeypatch.setattr(malacoda.client.proxy, "resolve",
                         lambda spec, **kw: dataclasses.replace(resolve(spec, **kw), endpoint=endpoint))
+
+
+class RunsCode:
+    """Unpickling this creates the file ``path``: it would run any code the same way. The
+    tests plant it wherever a pickle could come from (state files, S3, the wire) and check
+    that the file never appears."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (open, (self.path, "w"))
+
+
+def peak_rss(proc: Any) -> int:
+    """The peak resident size (VmHWM) of ``proc`` (a psutil.Process), in bytes."""
+    with open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return proc.memory_info().rss
+
+
+def pin_threads(cpus: Iterable[int]) -> None:
+    """Every thread of this process (ZeroMQ's I/O threads included) to ``cpus``."""
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), set(cpus))
+        except OSError:
+            pass  # the thread ended meanwhile

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tests.daemons import Talker, TestDaemon
+from tests.support.daemons import Talker, TestDaemon
 
 
 class CrashAtStart(TestDaemon):
