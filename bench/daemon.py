@@ -43,7 +43,7 @@ class BenchEcho(Malacoda):
 
 
 def serve_bench_echo(ready: Callable[[int], None], name: Optional[str] = None,
-                     open: bool = False) -> None:  # noqa: A002 - the unit key's name
+                     open: bool = False) -> None:  # open: the unit key's name
     """Serve :class:`BenchEcho`; ``ready(port)`` once it is registered. ``open``: without the
     owner check (NULL mechanism), to measure what authentication costs."""
     daemon_module.run_options = RunOptions(name=name, open=open,

@@ -133,7 +133,7 @@ class Malacoda:
         insecure: bool = False,
         curve: bool = False,
         max_connections: int = MAX_CONNECTIONS,
-        open: bool = False,  # noqa: A002 - the unit key's name
+        open: bool = False,  # the unit key's name
         **daemon_kwargs: Any,
     ) -> None:
         if name is self:  # the original README's ``super().__init__(self)``
@@ -258,7 +258,7 @@ class Malacoda:
         if "stdout" not in daemon_kwargs or "stderr" not in daemon_kwargs:
             log_file = self._malacoda_paths.log_file(self.name)
             fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            out = open(fd, "a", buffering=1)  # noqa: SIM115
+            out = open(fd, "a", buffering=1)
             daemon_kwargs.setdefault("stdout", out)
             daemon_kwargs.setdefault("stderr", out)
         daemon_kwargs.setdefault("umask", 0o077)

@@ -173,7 +173,7 @@ class Encoder:
     def _ext(self, code: int, value: Any) -> msgpack.ExtType:
         return msgpack.ExtType(code, self.pack(value))
 
-    def _default(self, obj: Any) -> Any:  # noqa: C901 - one table of types
+    def _default(self, obj: Any) -> Any:
         t = type(obj)
         if t is tuple:
             return self._ext(EXT_TUPLE, list(obj))
@@ -325,7 +325,7 @@ class Decoder:
         finally:
             self._depth -= 1
 
-    def _ext_hook(self, code: int, data: bytes) -> Any:  # noqa: C901 - one table of types
+    def _ext_hook(self, code: int, data: bytes) -> Any:
         if code == EXT_TUPLE:
             return tuple(self._nested(data))
         if code == EXT_BUFFER:

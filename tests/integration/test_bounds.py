@@ -111,7 +111,7 @@ def test_copies_waiting_for_a_running_call_are_bounded(start_daemon):
     now MAX_WAITERS copies wait for the reply, every further copy is told BUSY at once."""
     from malacoda.daemon import replycache as replycache
 
-    MAX_WAITERS = getattr(replycache, "MAX_WAITERS", 8)  # noqa: N806 - (8 on main, to see it fail)
+    MAX_WAITERS = getattr(replycache, "MAX_WAITERS", 8)  # (8 on main, to see it fail)
     proc = start_daemon("HostileDaemon")
     daemon = psutil.Process(proc.pid)
     w = Wire(Registry().lookup("HostileDaemon").port)

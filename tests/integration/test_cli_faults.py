@@ -108,7 +108,7 @@ def test_a_call_right_after_kill_9_waits_out_the_restart(ctl: Ctl) -> None:
         before = ctl.status("Back")
         assert d.pid() == before["pid"]
         os.kill(before["pid"], signal.SIGKILL)
-        wait_for(lambda: ctl.status("Back")["state"] != "running",  # noqa: B023
+        wait_for(lambda: ctl.status("Back")["state"] != "running",
                  what="the monitor to see the daemon die")
         assert d.echo("x", timeout=timeout) == "x"
         assert d.pid() not in (None, before["pid"])

@@ -123,7 +123,7 @@ class SimpleMalacoda(malacoda.Malacoda):
     def __init__(self, daemonize=False, port=None):
         self.constant = 5
         self.pst_list = None
-        stdout = open(STDOUT_FILE, "w+")  # noqa: SIM115 - the daemon's output, as in the original
+        stdout = open(STDOUT_FILE, "w+")
         pst_config = {"class_name": "PstFileStorage", "frequency": timedelta(seconds=2),
                       "file_path": PST_FILE}
         super().__init__(pst_config=pst_config, daemonize=daemonize, stdout=stdout,

@@ -28,8 +28,8 @@ import zmq
 import malacoda
 import malacoda.cli.app
 import malacoda.daemon.base
-import malacoda.remote.lookup  # noqa: F401
-import malacoda.storage  # noqa: F401
+import malacoda.remote.lookup
+import malacoda.storage
 from malacoda.client.proxy import describe
 from malacoda.host.registry import Registry
 from malacoda.wire import protocol as p
@@ -54,7 +54,7 @@ def users() -> Iterator[Dict[str, pwd.struct_passwd]]:
         yield {name: pwd.getpwnam(name) for name in made}
     finally:
         for name in made:
-            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # noqa: S603
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
             subprocess.run(["userdel", "-r", name], capture_output=True)
 
 

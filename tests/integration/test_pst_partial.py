@@ -46,7 +46,7 @@ def test_an_attribute_never_saved_is_left_out(home: Path) -> None:
     assert from_config("Partial", Paths.default(), None).load() == {"pst_list": [1]}
 
 
-def test_status_names_the_unsaved_attribute_and_stop_fails(ctl: Ctl) -> None:  # noqa: F811
+def test_status_names_the_unsaved_attribute_and_stop_fails(ctl: Ctl) -> None:
     """The issue's case under malacodactl: pst_sock = socket.socket() in a running daemon."""
     from malacoda.supervisor.runner import PST_INCOMPLETE
 

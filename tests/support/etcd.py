@@ -38,7 +38,7 @@ class EtcdServer:
 
     def start(self) -> None:
         peer = f"http://127.0.0.1:{self.peer_port}"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        log = open(self.log_path, "ab")
         self._log = log
         self.proc = subprocess.Popen(
             [ETCD, "--name", "test", "--data-dir", str(self.data_dir),
