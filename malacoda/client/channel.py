@@ -31,6 +31,7 @@ from typing import Deque, Dict, List, Optional
 
 import zmq
 
+from malacoda.client.waiter import Waiter
 from malacoda.errors import CallTimeout, ConnectionLost, ProtocolError
 from malacoda.host.pool import Pool
 from malacoda.wire import codec
@@ -76,32 +77,6 @@ def _close_monitored(sock: zmq.Socket, monitor: zmq.Socket) -> None:
 
 class NotSent(ConnectionLost):
     """The link was found down before the request left: it is safe to send it elsewhere."""
-
-
-class _Waiter:
-    """A thread waiting for its reply; ``wake`` is a one-shot signal (a lock, the cheapest)."""
-
-    __slots__ = ("_signal", "reply", "error")
-
-    def __init__(self) -> None:
-        self._signal = threading.Lock()
-        self._signal.acquire()
-        self.reply: Optional[p.Reply] = None
-        self.error: Optional[BaseException] = None
-
-    @property
-    def done(self) -> bool:
-        return self.reply is not None or self.error is not None
-
-    def wake(self) -> None:
-        try:
-            self._signal.release()
-        except RuntimeError:
-            pass  # already signalled and not consumed yet
-
-    def sleep(self, timeout: Optional[float]) -> None:
-        """Wait for a wake (consuming it) or ``timeout`` seconds."""
-        self._signal.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
 
 
 class Channel:
@@ -155,7 +130,7 @@ class Channel:
         self._sock = sock
         self._io = threading.Lock()
         self._mu = threading.Lock()
-        self._pending: Dict[bytes, _Waiter] = {}
+        self._pending: Dict[bytes, Waiter] = {}
         self._outbox: Deque[List[bytes]] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -303,7 +278,7 @@ class Channel:
     def _wait_as_follower(self, frames: List[bytes], rid: bytes,
                           deadline: Optional[float]) -> Optional[p.Reply]:
         """Another thread reads: queue the request for it, wait, and take over when it is done."""
-        waiter = _Waiter()
+        waiter = Waiter()
         with self._mu:
             if self.broken is not None:
                 raise NotSent(str(self.broken))
@@ -356,7 +331,7 @@ class Channel:
         except (BlockingIOError, OSError):
             pass  # the pipe is full (a wake-up is already pending) or closed
 
-    def _pass_reader_role(self, me: Optional[_Waiter] = None) -> None:
+    def _pass_reader_role(self, me: Optional[Waiter] = None) -> None:
         with self._mu:
             for other in self._pending.values():
                 if not other.done and other is not me:
@@ -377,7 +352,7 @@ class Channel:
                 self._outbox.popleft()
 
     def _read_until(self, rid: bytes, deadline: Optional[float],
-                    waiter: Optional[_Waiter]) -> Optional[p.Reply]:
+                    waiter: Optional[Waiter]) -> Optional[p.Reply]:
         """As the reader: send what others queue, deliver their replies, return ours.
 
         None when ``deadline`` passes first; raises ConnectionLost when the link drops.

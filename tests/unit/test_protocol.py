@@ -235,7 +235,7 @@ def test_every_encoding_of_a_timestamp_is_refused(header):
 def test_an_unknown_exception_keeps_its_nearest_builtin_family():
     """A type that cannot be made from a message alone (UnicodeDecodeError) gives the nearest
     ancestor that can; an older daemon's map (no "builtin") still gives a RemoteError."""
-    from malacoda.client.proxy import remote_exception
+    from malacoda.client.replies import remote_exception
     from malacoda.errors import RemoteError
 
     class Odd(UnicodeDecodeError):
