@@ -42,6 +42,7 @@ from typing import Callable, Optional
 
 import zmq
 
+from malacoda.daemon.peers import PeerBook
 from malacoda.wire.frames import recv_frames
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,18 @@ class ConnectionGuard:
         self.shed = 0  # connections closed because they held too much memory
         self._held = _mallinfo2() or _rss
         self.ceiling = 0
+        #: What each connection holds of messages not delivered yet (see :mod:`.peers`).
+        self.peers: Optional[PeerBook] = None
 
     def watch(self, monitor: zmq.Socket, stopping: Callable[[], bool]) -> None:
         """Read ``monitor`` until ``stopping()``; keep the connections within the caps."""
         open_fds: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.ceiling = self._held() + self.headroom
-        next_sample = 0.0
+        next_sample = next_check = 0.0
+        peers = self.peers
+        poller = zmq.Poller()
+        poller.register(monitor, zmq.POLLIN)
+        arrivals = False  # the connections' epoll set is among what the poller waits for
         while not stopping():
             now = time.monotonic()
             if now >= next_sample:
@@ -116,7 +123,26 @@ class ConnectionGuard:
                 # 50 wake-ups a second for nothing.
                 next_sample = now + min(IDLE_SAMPLE,
                                         max(SAMPLE, (self.ceiling - held) / FLOOD_RATE))
-            if not monitor.poll(max(1, int((next_sample - now) * 1000))):
+                if peers is not None and now >= next_check and peers.suspects():
+                    next_check = now + peers.check((), now)
+            due = next_sample
+            if peers is not None:
+                if now >= next_check:
+                    fds = peers.active()
+                    if fds:
+                        next_check = now + peers.check(fds, now)
+                # Bytes arriving wake this thread, but no sooner than the next look is due.
+                want = now >= next_check
+                if want != arrivals:
+                    if want:
+                        poller.register(peers.epoll.fileno(), zmq.POLLIN)
+                    else:
+                        poller.unregister(peers.epoll.fileno())
+                    arrivals = want
+                if not want:
+                    due = min(due, next_check)
+            ready = poller.poll(max(1, int((due - now) * 1000)))
+            if not any(source is monitor for source, _ in ready):
                 continue
             try:
                 event = recv_frames(monitor, zmq.NOBLOCK)
@@ -125,6 +151,11 @@ class ConnectionGuard:
             if len(event[0]) < 6:
                 continue
             kind, fd = struct.unpack("=Hi", event[0][:6])
+            if peers is not None:
+                if kind == _ACCEPTED:
+                    peers.accepted(fd)
+                elif kind == _DISCONNECTED:
+                    peers.disconnected(fd)
             if kind == _ACCEPTED:
                 open_fds[fd] = None
                 open_fds.move_to_end(fd)

@@ -42,10 +42,11 @@ from malacoda.daemon.guard import (
     ConnectionGuard,
     fds_for_connections,
 )
+from malacoda.daemon.peers import PeerBook
 from malacoda.daemon.replycache import ReplyCache
 from malacoda.errors import ProtocolError, UnsupportedVersion
 from malacoda.wire import protocol as p
-from malacoda.wire.frames import recv_frames, recv_routed, send_frames, send_routed
+from malacoda.wire.frames import recv_frames, send_frames, send_routed
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,10 @@ class Server:
         self._monitor: Optional[zmq.Socket] = None
         self.guard = ConnectionGuard(
             max_connections, max(MIN_HEADROOM, self.queue_bytes + (workers + 2) * max_message))
+        # What each connection may hold of requests not delivered yet: one max_message, or
+        # with a queue's worth of complete ones behind while the daemon is reading them.
+        self.peers = self.guard.peers = PeerBook(max_message, self.queue_bytes,
+                                                 self.guard.headroom)
         self._configure = configure
         self._cleanup: Optional[Callable[[], object]] = None
         self.port: Optional[int] = None
@@ -163,7 +168,7 @@ class Server:
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.bind(self._inproc)
         self._monitor = router.get_monitor_socket(EVENTS)
-        self.guard.port = self.port
+        self.guard.port = self.peers.port = self.port
         watcher = threading.Thread(target=self.guard.watch,
                                    args=(self._monitor, lambda: self._stopping),
                                    name="malacoda-connections", daemon=True)
@@ -209,6 +214,7 @@ class Server:
         if self._ctx is not None:
             self._ctx.term()
         self._ctx = self._router = self._pull = None
+        self.peers.close()
 
     def _run_cleanup(self) -> None:
         cleanup, self._cleanup = self._cleanup, None
@@ -300,6 +306,7 @@ class Server:
         poller.register(router, zmq.POLLIN)
         poller.register(pull, zmq.POLLIN)
         poll = poller.poll
+        recv = self.peers.recv  # frames.recv_routed, counting what each connection brought
         while not self._stopping:
             # Read in this order: a worker takes a queued request and counts it running in one
             # step, and counts its reply late before it stops counting it running.
@@ -307,7 +314,7 @@ class Server:
                 # Nothing waits or runs elsewhere, so no reply can come through the PULL
                 # socket: a plain blocking receive (RCVTIMEO) costs fewer system calls than a poll.
                 try:
-                    frames = recv_routed(router)
+                    frames = recv(router)
                 except zmq.Again:
                     continue
                 if not self._incoming(me, router, frames):
@@ -316,7 +323,7 @@ class Server:
             for source, _ in poll(100):
                 if source is router:
                     try:
-                        frames = recv_routed(router, zmq.NOBLOCK)
+                        frames = recv(router, zmq.NOBLOCK)
                     except zmq.Again:
                         continue
                     if not self._incoming(me, router, frames):
