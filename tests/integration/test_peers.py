@@ -7,9 +7,9 @@ import time
 import zmq
 
 from malacoda.daemon import peers as pe
-from malacoda.wire import protocol as p
 from malacoda.daemon.dispatch import Dispatcher
 from malacoda.daemon.server import Server
+from malacoda.wire import protocol as p
 from tests.support import wait_for
 
 
