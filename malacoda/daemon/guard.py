@@ -112,8 +112,10 @@ class ConnectionGuard:
         poller = zmq.Poller()
         poller.register(monitor, zmq.POLLIN)
         arrivals = False  # the connections' epoll set is among what the poller waits for
+        following = False  # bytes arrived at the last look: the next one is at next_check
         while not stopping():
             now = time.monotonic()
+            look = False
             if now >= next_sample:
                 held = self._held()
                 if held > self.ceiling:
@@ -123,23 +125,24 @@ class ConnectionGuard:
                 # 50 wake-ups a second for nothing.
                 next_sample = now + min(IDLE_SAMPLE,
                                         max(SAMPLE, (self.ceiling - held) / FLOOD_RATE))
-                if peers is not None and now >= next_check and peers.suspects():
-                    next_check = now + peers.check((), now)
+                look = True
             due = next_sample
             if peers is not None:
-                if now >= next_check:
-                    fds = peers.active()
-                    if fds:
-                        next_check = now + peers.check(fds, now)
-                # Bytes arriving wake this thread, but no sooner than the next look is due.
-                want = now >= next_check
+                # The connections: looked at on each memory sample, when bytes arrive (the
+                # epoll set sees an arrival only if libzmq has not read it yet: a hint), and
+                # while bytes keep arriving, at the pace a flood could fill what they may hold.
+                if now >= next_check and (look or following or peers.active()):
+                    wait = peers.check(now)
+                    following = wait is not None
+                    next_check = now + (wait if wait is not None else 0.0)
+                want = not following
                 if want != arrivals:
                     if want:
                         poller.register(peers.epoll.fileno(), zmq.POLLIN)
                     else:
                         poller.unregister(peers.epoll.fileno())
                     arrivals = want
-                if not want:
+                if following:
                     due = min(due, next_check)
             ready = poller.poll(max(1, int((due - now) * 1000)))
             if not any(source is monitor for source, _ in ready):

@@ -38,7 +38,7 @@ import select
 import socket
 import struct
 import threading
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import zmq
 
@@ -96,7 +96,7 @@ def arrived(fd: int) -> Optional[int]:
 class Peer:
     """One connection: its fd, what it was credited and what it held at the last look."""
 
-    __slots__ = ("fd", "name", "identity", "credit", "offset", "held", "seen_credit",
+    __slots__ = ("fd", "name", "identity", "credit", "offset", "held", "came", "seen_credit",
                  "progress_at", "announced", "gone")
 
     def __init__(self, fd: int, name: Optional[Tuple], announced: bool) -> None:
@@ -106,6 +106,7 @@ class Peer:
         self.credit = 0  # counted by the server thread that receives (one at a time)
         self.offset = 0  # over-credit taken back
         self.held = 0
+        self.came = 0  # the kernel's count at the last look
         self.seen_credit = 0
         self.progress_at = _NEVER  # when a message of it was last seen read
         self.announced = announced  # its ACCEPTED event was read
@@ -222,20 +223,22 @@ class PeerBook:
         except (OSError, ValueError):
             return []
 
-    def check(self, fds: Iterable[int], now: float) -> float:
-        """Look at the connections ``fds`` and at those that held much at the last look; shut
-        down those over their limit. Returns the seconds until the next look is due."""
+    def check(self, now: float) -> Optional[float]:
+        """Look at every connection; shut down those over their limit. Returns the seconds
+        until the next look if bytes arrived on any since the last one (a flood is followed at
+        that pace), None if none did (the next arrival, or the guard's next memory sample,
+        brings the next look)."""
         with self._lock:
-            look = {fd: self.by_fd[fd] for fd in fds if fd in self.by_fd}
-            for peer in self.by_fd.values():
-                if peer.held > SLACK:
-                    look[peer.fd] = peer
+            look = list(self.by_fd.values())
         room = float(self.backlog_limit)
-        for peer in look.values():
+        moving = False
+        for peer in look:
             credit = peer.credit  # before the kernel's count: never counts a message twice
             came = arrived(peer.fd)
             if came is None or peer.gone:
                 continue
+            if came != peer.came:
+                peer.came, moving = came, True
             held = came - credit - peer.offset
             if held < 0:  # credited more than its framing took: take it back
                 peer.offset += held
@@ -249,19 +252,15 @@ class PeerBook:
                                  f"{limit >> 10} KiB)")
             else:
                 room = min(room, limit - held)
-        held_all = sum(p.held for p in list(self.by_fd.values()))
+        held_all = sum(p.held for p in look if not p.gone)
         if held_all > self.total:
-            for peer in sorted(list(self.by_fd.values()), key=lambda p: -p.held):
-                if held_all <= self.total or peer.held <= SLACK:
+            for peer in sorted(look, key=lambda p: -p.held):
+                if held_all <= self.total or peer.held <= SLACK or peer.gone:
                     break
                 held_all -= peer.held
                 self._drop(peer, f"connections held {held_all >> 20} MiB together (more than "
                                  f"{self.total >> 20} MiB): this one the most")
-        return max(MIN_CHECK, room / FLOOD_RATE)
-
-    def suspects(self) -> bool:
-        """Does any connection hold much (to look at again even without new bytes)?"""
-        return any(p.held > SLACK for p in list(self.by_fd.values()))
+        return max(MIN_CHECK, room / FLOOD_RATE) if moving else None
 
     def _drop(self, peer: Peer, why: str) -> None:
         from malacoda.daemon.guard import disconnect

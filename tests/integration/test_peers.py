@@ -21,7 +21,7 @@ class Echo:
 def _held(server: Server) -> dict:
     """The bytes each connection holds now, by its remote port (looked at from here)."""
     book = server.peers
-    book.check(list(book.by_fd), time.monotonic())
+    book.check(time.monotonic())
     return {peer.name[1]: peer.held for peer in book.by_fd.values()}
 
 
