@@ -23,6 +23,9 @@ each connection's fd):
   drops. When closing them does not help, the memory is the daemon's own: the ceiling moves
   up, with a warning.
 
+- **What each connection holds** of messages not delivered yet: at most one ``max_message``
+  (plus framing), see :mod:`malacoda.daemon.peers`, looked at from the same thread.
+
 A closed client reconnects by itself; a call it had in flight is re-sent and answered from the
 reply cache (see :mod:`malacoda.daemon.replycache`).
 """

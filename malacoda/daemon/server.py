@@ -19,9 +19,10 @@ start is dropped unanswered.
 A message whose frames together exceed ``max_message`` is refused whole (BAD_REQUEST, nothing
 decoded); ZeroMQ itself bounds only each frame. What ZeroMQ holds before a message reaches us
 (unfinished messages, and the connections themselves) is watched by a
-:class:`~.guard.ConnectionGuard`: at most ``max_connections`` connections, and the memory they
-hold within ``queue_bytes + (workers + 2) * max_message`` (at least 256 MiB) beyond the
-daemon's own.
+:class:`~.guard.ConnectionGuard`: at most ``max_connections`` connections, each holding at
+most ``max_message`` + 256 KiB of messages not read yet (the server counts what it reads from
+each, :class:`~.peers.PeerBook`), all of them together and the memory they hold within
+``queue_bytes + (workers + 2) * max_message`` (at least 256 MiB) beyond the daemon's own.
 """
 
 from __future__ import annotations
