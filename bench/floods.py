@@ -1,7 +1,7 @@
 """Peak memory of a daemon under a flood of frames that never make a message it can read.
 
 ``python -m bench.floods PEERS FRAMES FINISH [MAX_MESSAGE_MIB [FRAME_MIB]]``: starts
-``tests.daemons.HostileDaemon`` (``open``, the given ``max_message``, 4 MiB by default), then
+``tests.daemons.HostileDaemon`` (``open``, the given ``max_message``, 8 MiB by default as in the tests), then
 ``PEERS`` raw ZMTP connections each send ``FRAMES`` frames of ``FRAME_MIB`` (default
 ``max_message``) with MORE set, the last one without it if ``FINISH`` is 1, while an owner's
 connection pings; prints what each sent before it was cut, the daemon's peak RSS growth
@@ -27,7 +27,7 @@ def main(argv: List[str]) -> int:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     peers, frames, finish = int(argv[0]), int(argv[1]), argv[2] == "1"
-    max_message = (int(argv[3]) if len(argv) > 3 else 4) << 20
+    max_message = (int(argv[3]) if len(argv) > 3 else 8) << 20
     frame = (int(argv[4]) << 20) if len(argv) > 4 else max_message
     home = tempfile.mkdtemp(prefix="malacoda-floods-")
     os.chmod(home, 0o700)
@@ -70,7 +70,7 @@ def main(argv: List[str]) -> int:
     with open(log_path) as f:
         for line in f:
             if "closed the" in line:
-                print("  " + line.strip()[:200])
+                print("  " + line.strip()[:200], flush=True)
     return 0
 
 
