@@ -78,17 +78,19 @@ def _peer_name(fd: int) -> Optional[Tuple]:
         sock.detach()
 
 
-def arrived(fd: int) -> Optional[int]:
+def arrived(fd: int, name: Optional[Tuple]) -> Optional[int]:
     """The bytes the kernel received on the TCP connection ``fd`` (those libzmq has not read
     yet included: a message's bytes count from their arrival, before libzmq copies them into
-    the daemon's memory). None if ``fd`` is no TCP connection any more."""
+    the daemon's memory). None if ``fd`` is no longer the connection to ``name``."""
     try:
         sock = socket.socket(fileno=fd)
     except OSError:
         return None
     try:
+        if tuple(sock.getpeername()) != name:
+            return None  # closed, and the fd reused before its DISCONNECTED event was read
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-    except OSError:
+    except (OSError, TypeError):
         return None
     finally:
         sock.detach()
@@ -238,8 +240,12 @@ class PeerBook:
         moving = False
         for peer in look:
             credit = peer.credit  # before the kernel's count: never counts a message twice
-            came = arrived(peer.fd)
-            if came is None or peer.gone:
+            came = arrived(peer.fd, peer.name)
+            if peer.gone:
+                continue
+            if came is None:  # gone, its DISCONNECTED event not read yet (or lost)
+                with self._lock:
+                    self._forget(peer)
                 continue
             if came != peer.came:
                 peer.came, moving = came, True

@@ -215,7 +215,8 @@ class Server:
         if self._ctx is not None:
             self._ctx.term()
         self._ctx = self._router = self._pull = None
-        self.peers.close()
+        if not any(t.is_alive() for t in self._threads if t.name == "malacoda-connections"):
+            self.peers.close()  # (a guard still running polls its epoll set: left to the GC)
 
     def _run_cleanup(self) -> None:
         cleanup, self._cleanup = self._cleanup, None
