@@ -27,12 +27,12 @@ mostly reads first), and, while bytes keep arriving, again as soon as a flood of
 :data:`FLOOD_RATE` could fill what a connection may still hold (at least :data:`MIN_CHECK`
 apart): 42 looks a second while calls come with the 64 MiB default, none beyond the memory
 samples while none come. It shuts down (``SHUT_RDWR``) a connection holding more than
-``max_message`` + :data:`SLACK`, or, when the daemon read one of its messages within the last
-:data:`STALL` seconds (complete requests queued in libzmq behind one being read), more than
-that plus ``backlog`` (the daemon's ``queue_bytes``). libzmq frees what it held when the
-connection drops; a client sees a dropped connection (a proxy reconnects and re-sends, and is
-answered from the reply cache). Together the connections may hold ``total`` at most: past it,
-the ones holding the most are shut down.
+``max_message`` + max(:data:`SLACK`, ``max_message`` / 8), or, when the daemon started
+reading one of its messages within the last :data:`STALL` seconds (complete requests queued
+in libzmq behind one being read), more than that plus ``backlog`` (the daemon's
+``queue_bytes``). libzmq frees what it held when the connection drops; a client sees a dropped
+connection (a proxy reconnects and re-sends, and is answered from the reply cache). Together
+the connections may hold ``total`` at most: past it, the ones holding the most are shut down.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ from malacoda.wire.frames import RCVMORE, get_option, recv_one
 log = logging.getLogger(__name__)
 
 OVERHEAD = 64  # bytes credited per frame for its framing (ZMTP: 2 or 9, CURVE: 35 or 42)
-SLACK = 256 << 10  # beyond max_message: handshakes, ZMTP commands, small messages in flight
+SLACK = 256 << 10  # beyond max_message (at least; max_message / 8 if more): handshakes, ZMTP
+# commands, and the next request's first bytes before the daemon starts reading the one before
 STALL = 0.1  # seconds: a connection none of whose messages was read since holds a tail only
 MIN_CHECK = 0.001  # seconds between two looks at the connections, at the least
 FLOOD_RATE = 8 << 30  # bytes a second one connection can bring at most (loopback, generous)
@@ -127,7 +128,7 @@ class PeerBook:
 
     def __init__(self, max_message: int, backlog: int, total: int,
                  port: Optional[int] = None) -> None:
-        self.limit = max_message + SLACK
+        self.limit = max_message + max(SLACK, max_message // 8)
         self.backlog_limit = self.limit + backlog
         self.total = total
         self.port = port
@@ -150,11 +151,13 @@ class PeerBook:
         if peer is None or peer.gone:
             frame = recv_one(sock, 0, False)
             peer = self.enroll(identity, frame.get(SRCFD))
+            peer.credit += OVERHEAD
             first = frame.bytes
         else:
+            peer.credit += OVERHEAD  # at once: the guard sees its messages being read
             first = recv_one(sock)
         frames = [identity, first]
-        size = len(first) + OVERHEAD
+        size = len(first)
         while get_option(sock, RCVMORE):
             first = recv_one(sock)
             frames.append(first)

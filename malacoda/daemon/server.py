@@ -20,9 +20,10 @@ A message whose frames together exceed ``max_message`` is refused whole (BAD_REQ
 decoded); ZeroMQ itself bounds only each frame. What ZeroMQ holds before a message reaches us
 (unfinished messages, and the connections themselves) is watched by a
 :class:`~.guard.ConnectionGuard`: at most ``max_connections`` connections, each holding at
-most ``max_message`` + 256 KiB of messages not read yet (the server counts what it reads from
-each, :class:`~.peers.PeerBook`), all of them together and the memory they hold within
-``queue_bytes + (workers + 2) * max_message`` (at least 256 MiB) beyond the daemon's own.
+most ``max_message`` + max(256 KiB, ``max_message`` / 8) of messages not read yet (the server
+counts what it reads from each, :class:`~.peers.PeerBook`), all of them together and the
+memory they hold within ``queue_bytes + (workers + 2) * max_message`` (at least 256 MiB)
+beyond the daemon's own.
 """
 
 from __future__ import annotations

@@ -464,7 +464,7 @@ def test_a_message_of_many_frames_is_bounded_as_a_whole(start_daemon):
     it (peak 701 MiB): libzmq delivers a message only once its last frame is in. Now the
     connection is dropped once it has brought ``max_message`` (plus framing) since its last
     complete message. Here ``max_message`` 8 MiB and 20 frames of 8 MiB (each one allowed):
-    the daemon's peak RSS grows by less than 3 x max_message (max_message + 256 KiB, plus what
+    the daemon's peak RSS grows by less than 3 x max_message (max_message + 1 MiB of slack, plus what
     arrives before the guard's next look: 1 ms apart during a flood, up to ~10 ms on a loaded
     machine; +168 MiB on main), and an owner's ping sent meanwhile over another
     connection answers within 2 s."""

@@ -50,6 +50,12 @@ def test_what_a_connection_holds_stays_near_zero_over_many_calls():
             assert p.parse_reply(s.recv_multipart()).status == p.OK
         held = _held(server)
         assert max(held.values()) < 4096, held
+        # Requests near max_message sent back to back: queued in libzmq behind the one being
+        # read, never mistaken for an unfinished one (answered, some BUSY: the queue is full).
+        for n in range(6):
+            s.send_multipart(p.request_frames(b"p%d" % n, p.CALL, "echo", [[big], {}], None))
+        statuses = [p.parse_reply(s.recv_multipart()).status for _ in range(6)]
+        assert set(statuses) <= {p.OK, p.BUSY} and p.OK in statuses, statuses
         assert server.peers.dropped == 0
         # The same routing id over a new connection: counted on the new one.
         s.disconnect(local)
@@ -61,7 +67,12 @@ def test_what_a_connection_holds_stays_near_zero_over_many_calls():
         s.connect(f"tcp://127.0.0.1:{port}")
         wait_for(lambda: len(server.peers.by_fd) == 1 and all(
             peer.announced for peer in server.peers.by_fd.values()), what="the new connection")
-        s.send_multipart(p.request_frames(b"again", p.CALL, "echo", [[big], {}], None))
+        # (libzmq's ROUTER ignores a new connection whose routing id an old one still holds
+        # until that one's pipe is gone: a request sent meanwhile is left unread. So: re-sent.)
+        for n in range(20):
+            s.send_multipart(p.request_frames(b"again%d" % n, p.CALL, "echo", [[big], {}], None))
+            if s.poll(1000):
+                break
         assert p.parse_reply(s.recv_multipart()).status == p.OK
         (peer,) = server.peers.by_fd.values()
         assert server.peers.by_identity[b"same-id"] is peer
@@ -76,7 +87,7 @@ def test_what_a_connection_holds_stays_near_zero_over_many_calls():
 def test_the_limits_follow_max_message_and_the_queue():
     book = pe.PeerBook(4 << 20, backlog=8 << 20, total=256 << 20)
     try:
-        assert book.limit == (4 << 20) + pe.SLACK
+        assert book.limit == (4 << 20) + (512 << 10)  # max_message / 8 over SLACK
         assert book.backlog_limit == book.limit + (8 << 20)
     finally:
         book.close()
