@@ -1,7 +1,8 @@
 """Peak memory of a daemon under a flood of frames that never make a message it can read.
 
 ``python -m bench.floods PEERS FRAMES FINISH [MAX_MESSAGE_MIB [FRAME_MIB]]``: starts
-``tests.daemons.HostileDaemon`` (``open``, the given ``max_message``, 8 MiB by default as in the tests), then
+``tests.support.daemons.HostileDaemon`` (``open``, the given ``max_message``, 8 MiB by default
+as in the tests), then
 ``PEERS`` raw ZMTP connections each send ``FRAMES`` frames of ``FRAME_MIB`` (default
 ``max_message``) with MORE set, the last one without it if ``FINISH`` is 1, while an owner's
 connection pings; prints what each sent before it was cut, the daemon's peak RSS growth
@@ -19,7 +20,7 @@ import sys
 import tempfile
 from typing import List
 
-from bench.run import ROOT
+from bench.harness import ROOT
 
 
 def main(argv: List[str]) -> int:
@@ -35,14 +36,18 @@ def main(argv: List[str]) -> int:
     import psutil
 
     from malacoda.host.registry import Registry
-    from tests.integration.test_bounds import Flood, Wire, peak_rss
-    from tests.support import wait_for
+    from tests.integration.test_bounds import Flood
+    from tests.support import (
+        peak_rss,
+        wait_for,
+    )
+    from tests.support.wire import Wire
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log_path = os.path.join(home, "daemon.err")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from tests.daemons import HostileDaemon; "
+            [sys.executable, "-c", "from tests.support.daemons import HostileDaemon; "
              f"HostileDaemon(max_message={max_message}, open=True)"],
             cwd=str(ROOT), env=env, stdout=log, stderr=log, start_new_session=True)
     try:

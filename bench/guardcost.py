@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from bench.run import ROOT, _readline
+from bench.harness import ROOT, _readline
 
 SERVE = ("from bench.systems import _exit_with_parent, _ready; _exit_with_parent(); "
          "from bench.daemon import serve_bench_echo; serve_bench_echo(_ready, name={name!r})")
