@@ -135,6 +135,28 @@ def remote_exception(body: Any) -> BaseException:
     return exc
 
 
+def reply_result(reply: p.Reply) -> Any:
+    """The value an OK ``reply`` carries; otherwise the exception its status means, raised:
+    the remote exception for ERROR (:func:`remote_exception`), :class:`~.errors.Busy`,
+    :class:`~.errors.ReplyLost`, :class:`~.errors.AccessDenied`, else ProtocolError. The one
+    table from statuses to exceptions, for every proxy (synchronous and asyncio)."""
+    value = reply.value()
+    status = reply.status
+    if status == p.OK:
+        return value
+    if status == p.ERROR:
+        raise remote_exception(value)
+    message = value.get("message", "") if isinstance(value, dict) else str(value)
+    kind = _STATUS_ERRORS.get(status)
+    if kind is not None:
+        raise kind(message)
+    raise ProtocolError(f"{p.STATUS_NAMES.get(status, status)}: {message}")
+
+
+_STATUS_ERRORS: Dict[int, Callable[[str], MalacodaError]] = {
+    p.BUSY: Busy, p.GONE: ReplyLost, p.DENIED: AccessDenied}
+
+
 class _Text(str):
     """A remote annotation: the text the daemon's source has (``int``, ``List[int]``), shown
     without quotes in a signature; it is a ``str`` (nothing is evaluated here)."""
@@ -244,6 +266,12 @@ def check_timeout(value: Any) -> Optional[float]:
     return None if math.isinf(seconds) else seconds
 
 
+def wire_timeout_ms(timeout: float) -> int:
+    """A call's remaining ``timeout`` (seconds) as the request's timeout field: at least 1 ms
+    (0 would be dropped), at most :data:`WIRE_TIMEOUT_MS_MAX`."""
+    return max(1, min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX))
+
+
 class Proxy:
     """A stand-in for the daemon ``spec`` names (``NAME[:HOST][:PORT]``).
 
@@ -350,7 +378,7 @@ class Proxy:
         timeout_ms = None
         if timeout is not None:  # what is left of it after the look-ups; 0 ms would be dropped
             timeout = max(timeout - (time.monotonic() - started), 0.001)
-            timeout_ms = max(1, min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX))
+            timeout_ms = wire_timeout_ms(timeout)
             started = time.monotonic()
         frames = p.request_frames(rid, op, name, body, timeout_ms, encoded)
         if op != p.DESCRIBE and sum(map(len, frames)) > CHECK_SIZE_ABOVE:
@@ -377,20 +405,7 @@ class Proxy:
             if self._incarnation is not None:
                 self._forget_methods()
             self.__dict__["_incarnation"] = reply.incarnation
-        value = reply.value()
-        status = reply.status
-        if status == p.OK:
-            return value
-        if status == p.ERROR:
-            raise remote_exception(value)
-        message = value.get("message", "") if isinstance(value, dict) else str(value)
-        if status == p.BUSY:
-            raise Busy(message)
-        if status == p.GONE:
-            raise ReplyLost(message)
-        if status == p.DENIED:
-            raise AccessDenied(message)
-        raise ProtocolError(f"{p.STATUS_NAMES.get(status, status)}: {message}")
+        return reply_result(reply)
 
     def _check_size(self, frames: List[bytes]) -> None:
         """Refuse a request larger than the daemon's ``max_message`` before sending it (the
