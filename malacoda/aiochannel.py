@@ -1,0 +1,280 @@
+"""One zmq.asyncio DEALER to one daemon endpoint, shared by every task of one event loop.
+
+The asyncio twin of :class:`~.channel.Channel`, without its threads: a call sends its request
+at once (a non-blocking send from the calling task) and awaits a future kept under its request
+id; one reader task receives replies and settles the futures by id, as many as have arrived per
+wake-up. Many concurrent awaits so share one connection and no call holds a thread. A reply
+nobody waits for (the call timed out, or its task was cancelled) is dropped.
+
+As in the synchronous channel: requests go out only over a connection that is up
+(``IMMEDIATE``); one that finds none waits in an outbox, from which a timeout or a cancellation
+withdraws it (it never runs). A socket monitor reports a dropped or refused link: every waiting
+call then fails with :class:`~.errors.ConnectionLost` (:class:`~.channel.NotSent` for those never
+sent), and the channel is marked broken so that its proxy resolves the name again. While a call
+without a timeout waits, the daemon is pinged after ``heartbeat`` quiet seconds, and the calls
+fail once two heartbeats pass unanswered.
+
+ZeroMQ signals readiness edge-triggered: a send may consume the signal of a reply that arrived
+meanwhile. Every send from here is therefore followed by a look at the socket's events through
+the asyncio wrapper (which then schedules the pending receive), so no reply waits unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Dict, List, Optional, Set, cast
+
+import zmq
+import zmq.asyncio
+
+from . import protocol as p
+from .channel import (
+    HEARTBEAT,
+    LINK_EVENTS,
+    REPLY_BYTES_PER_ITEM,
+    NotSent,
+    configure_dealer,
+    context,
+    link_error,
+)
+from .errors import CallTimeout, ConnectionLost, ProtocolError
+from .frames import NOBLOCK, recv_frames, try_send
+
+_EVENTS = int(zmq.EVENTS)
+
+
+class AsyncChannel:
+    """A DEALER connected to ``endpoint``, used by the tasks of the running event loop.
+
+    Made inside a coroutine (it belongs to the loop running it); :meth:`request` may be awaited
+    by any number of tasks of that loop at once.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        curve: Optional[Dict[str, bytes]] = None,
+        heartbeat: float = HEARTBEAT,
+        max_message: int = p.MAX_MESSAGE,
+        plain: Optional[bytes] = None,
+        owner_token: Optional[bytes] = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.endpoint = endpoint
+        self.heartbeat = heartbeat
+        self.max_message = max_message
+        self._max_items = max(p.MAX_REQUEST_ITEMS, max_message // REPLY_BYTES_PER_ITEM)
+        self._curve = curve is not None
+        self._client_key = curve["public"].decode() if curve else "<client key>"
+        ctx = context()
+        sock = zmq.asyncio.Socket(ctx, zmq.DEALER)
+        monitor: Optional[zmq.asyncio.Socket] = None
+        try:
+            configure_dealer(sock, endpoint, curve, max_message, plain, owner_token)
+            where = f"inproc://malacoda-aio-monitor-{os.getpid()}-{id(self):x}"
+            sock.monitor(where, LINK_EVENTS)
+            monitor = zmq.asyncio.Socket(ctx, zmq.PAIR)
+            monitor.setsockopt(zmq.LINGER, 0)
+            monitor.connect(where)
+            sock.connect(endpoint)
+        except zmq.ZMQError:
+            self._sock, self._monitor = sock, monitor
+            self._close_sockets()
+            raise
+        self._sock, self._monitor = sock, monitor
+        # The same socket without the asyncio layer: sends and draining reads that do not wait.
+        self._raw: zmq.Socket = zmq.Socket.shadow(sock.underlying)
+        self._pending: Dict[bytes, asyncio.Future[p.Reply]] = {}
+        self._outbox: Dict[bytes, List[bytes]] = {}  # not sent yet (no link): in order
+        self._untimed = 0  # calls waiting without a timeout: the heartbeat watches for them
+        self.broken: Optional[BaseException] = None
+        self.closed = False
+        self._last_heard = time.monotonic()
+        self._tasks: Set[asyncio.Task[None]] = set()
+        self._sender: Optional[asyncio.Task[None]] = None
+        self._watchdog: Optional[asyncio.Task[None]] = None
+        self._ping_seq = 0
+        self._spawn(self._read())
+        self._spawn(self._watch_link())
+
+    # ------------------------------------------------------------------ public
+
+    async def request(self, frames: List[bytes], rid: bytes,
+                      timeout: Optional[float]) -> p.Reply:
+        """Send ``frames`` and await the reply with id ``rid``.
+
+        Raises :class:`~.channel.NotSent` when the link is found down before the request left,
+        :class:`~.errors.ConnectionLost` when it drops while waiting, and
+        :class:`~.errors.CallTimeout` after ``timeout`` seconds. Cancelling the awaiting task
+        abandons the call: a request still in the outbox is withdrawn, a late reply dropped.
+        """
+        if self.broken is not None:
+            raise NotSent(str(self.broken))
+        if self.closed:
+            raise NotSent(f"the connection to {self.endpoint} was closed")
+        future: asyncio.Future[p.Reply] = self.loop.create_future()
+        pending = self._pending
+        pending[rid] = future
+        if not self._outbox and try_send(self._raw, frames):
+            self._sock.get(_EVENTS)  # see the module's docstring: no reply waits unseen
+        else:
+            self._outbox[rid] = frames
+            if self._sender is None:
+                self._sender = self._spawn(self._send_later())
+        timer = None
+        if timeout is None:
+            self._untimed += 1
+            if self._watchdog is None:
+                self._watchdog = self._spawn(self._heartbeat())
+        else:
+            timer = self.loop.call_later(timeout, _expire, future)
+        try:
+            return await future
+        except _Expired:
+            if rid in self._outbox:
+                raise CallTimeout(f"no connection to {self.endpoint} within {timeout} s: the "
+                                  "request was not sent") from None
+            raise CallTimeout(f"no reply from {self.endpoint} within {timeout} s") from None
+        finally:
+            del pending[rid]
+            if self._outbox:
+                self._outbox.pop(rid, None)  # still unsent: withdrawn, it will never run
+            if timer is None:
+                self._untimed -= 1
+            else:
+                timer.cancel()
+
+    def close(self) -> None:
+        """Fail every waiting call (ConnectionLost), stop the tasks, close the sockets."""
+        if self.closed:
+            return
+        self.closed = True
+        self._fail_all(ConnectionLost(f"the connection to {self.endpoint} was closed"))
+        for task in list(self._tasks):
+            task.cancel()
+        self._close_sockets()
+
+    # ------------------------------------------------------------------ tasks
+
+    def _spawn(self, coro) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _read(self) -> None:
+        """Receive replies and hand each to the future of its id, all that are in per wake-up."""
+        sock, raw = self._sock, self._raw
+        take = self._take
+        while True:
+            try:
+                take(await sock.recv_multipart())
+                while True:
+                    take(recv_frames(raw, NOBLOCK))
+            except zmq.Again:
+                continue
+            except zmq.ZMQError:
+                return  # closed
+
+    def _take(self, frames: List[bytes]) -> None:
+        self._last_heard = time.monotonic()
+        try:
+            reply = p.parse_reply(frames, self.max_message, self._max_items)
+        except ProtocolError:
+            return
+        future = self._pending.get(reply.rid)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    async def _watch_link(self) -> None:
+        assert self._monitor is not None
+        while True:
+            try:
+                event = await self._monitor.recv_multipart()
+            except zmq.ZMQError:
+                return
+            lost = link_error(event, self.endpoint, self._curve, self._client_key)
+            if lost is not None:
+                self._fail_all(lost)
+                return
+
+    async def _send_later(self) -> None:
+        """Send the outbox once the socket takes it; after two heartbeats without a connection,
+        fail (the link is broken: the proxy resolves the name again)."""
+        give_up = time.monotonic() + 2 * self.heartbeat
+        try:
+            while self._outbox and self.broken is None:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    gone = (f"no connection to {self.endpoint} for {2 * self.heartbeat:.0f} s "
+                            "(the daemon is stopped, hung or unreachable)")
+                    self._fail_all(ConnectionLost(gone))
+                    return
+                try:
+                    ready = await self._sock.poll(  # type: ignore[call-arg]
+                        max(1, int(min(left, self.heartbeat) * 1000)), zmq.POLLOUT)
+                except zmq.ZMQError:
+                    return
+                if cast(int, ready) & zmq.POLLOUT:
+                    for rid in list(self._outbox):
+                        if not try_send(self._raw, self._outbox[rid]):
+                            break
+                        del self._outbox[rid]
+                    self._sock.get(_EVENTS)
+        finally:
+            self._sender = None
+
+    async def _heartbeat(self) -> None:
+        """While calls without a timeout wait: ping after a quiet heartbeat, fail after two."""
+        quiet_from = time.monotonic()
+        pinged = False
+        try:
+            while self._untimed and self.broken is None:
+                await asyncio.sleep(self.heartbeat / 2)
+                quiet = time.monotonic() - max(quiet_from, self._last_heard)
+                if self._last_heard > quiet_from:
+                    quiet_from, pinged = self._last_heard, False
+                if quiet >= 2 * self.heartbeat and pinged:
+                    self._fail_all(ConnectionLost(
+                        f"the daemon at {self.endpoint} did not answer a ping for "
+                        f"{2 * self.heartbeat:.0f} s (hung, stopped or unreachable)"))
+                    return
+                if quiet >= self.heartbeat and not pinged:
+                    self._ping_seq += 1
+                    rid = b"\xffping" + self._ping_seq.to_bytes(8, "big")
+                    if try_send(self._raw, p.request_frames(rid, p.PING, None, None, None)):
+                        self._sock.get(_EVENTS)
+                    pinged = True
+        finally:
+            self._watchdog = None
+
+    # ------------------------------------------------------------------ failure
+
+    def _fail_all(self, error: ConnectionLost) -> None:
+        if self.broken is None:  # the first cause is the cause (auth failure, then disconnect)
+            self.broken = error
+        for rid, future in list(self._pending.items()):
+            if not future.done():
+                future.set_exception(NotSent(str(error)) if rid in self._outbox else error)
+
+    def _close_sockets(self) -> None:
+        """Monitoring off, the monitor's socket, then the socket: the only safe order."""
+        sock, monitor = self._sock, self._monitor
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        if monitor is not None:
+            monitor.close(0)
+        sock.close(0)
+
+
+class _Expired(Exception):
+    """A call's timer ran out (turned into CallTimeout by the awaiting call)."""
+
+
+def _expire(future: asyncio.Future[p.Reply]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
