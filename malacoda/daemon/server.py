@@ -27,13 +27,16 @@ daemon's own.
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import threading
 import time
+from types import CoroutineType
 from typing import Any, Callable, Deque, List, Optional, Tuple
 
 import zmq
 
+from malacoda.daemon.aioloop import ASYNC_CALLS, CallLoop
 from malacoda.daemon.dispatch import Dispatcher
 from malacoda.daemon.guard import (
     EVENTS,
@@ -58,6 +61,8 @@ TICK_IDLE = 0.1  # the standby's pace while no call comes (a new call wakes it)
 _INPROC = "inproc://malacoda-replies-{}"
 
 _Item = Tuple[bytes, p.Request, float]
+#: What _run returns for a call handed to the event loop: its reply comes later.
+_DEFERRED: List[bytes] = []
 
 
 class Server:
@@ -94,8 +99,12 @@ class Server:
             raise ValueError("max_connections must be at least 1")
         self.max_connections = max_connections  # the cap in force: see start()
         self._monitor: Optional[zmq.Socket] = None
-        self.guard = ConnectionGuard(
-            max_connections, max(MIN_HEADROOM, self.queue_bytes + (workers + 2) * max_message))
+        # async def calls at once (a class attribute of the daemon), and what their requests hold
+        self.async_calls = int(getattr(type(dispatcher.target), "_async_calls", ASYNC_CALLS))
+        self._async_running = 0
+        self._async_bytes = 0
+        self.guard = ConnectionGuard(max_connections, max(
+            MIN_HEADROOM, 2 * self.queue_bytes + (workers + 2) * max_message))
         self._configure = configure
         self._cleanup: Optional[Callable[[], object]] = None
         self.port: Optional[int] = None
@@ -121,6 +130,7 @@ class Server:
         self._router: Optional[zmq.Socket] = None
         self._pull: Optional[zmq.Socket] = None
         self._inproc = _INPROC.format(id(self))
+        self.calls = CallLoop(on_exit=self._close_push)  # where async def methods run
         # A re-sent call is answered from here, not run twice.
         self.replies = ReplyCache(incarnation=dispatcher.incarnation)
         #: Set for an ``open`` daemon: only callers whose routing id starts with it (its owner)
@@ -173,11 +183,14 @@ class Server:
             t = threading.Thread(target=self._thread_main, name=f"malacoda-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        if any(inspect.iscoroutinefunction(getattr(type(self.dispatcher.target), name, None))
+               for name in dir(type(self.dispatcher.target)) if not name.startswith("_")):
+            self.calls.start()  # else at the first coroutine
         return self.port
 
     def running_calls(self) -> int:
         with self._mu:
-            return self._running + len(self._queue)
+            return self._running + len(self._queue) + self._async_running
 
     def close(self, grace: float = 5.0) -> None:
         """Let calls in progress finish (up to ``grace`` s), deliver their replies, then stop."""
@@ -193,6 +206,7 @@ class Server:
             # flag every IDLE_SAMPLE at least) before its monitor socket is closed below.
             least = 1.0 if t.name == "malacoda-connections" else 0.1
             t.join(timeout=max(least, deadline - time.monotonic()))
+        self.calls.close()  # async def calls still running are cancelled (and answered)
         if self._monitor is not None and self._router is not None:
             # The only safe order: monitoring off, the monitor's socket, then the socket.
             try:
@@ -256,9 +270,14 @@ class Server:
                             self._standby = None
                         self._cv.notify_all()
         finally:
-            push = getattr(self._local, "push", None)
-            if push is not None:
-                push.close(linger=1000)
+            self._close_push()
+
+    def _close_push(self) -> None:
+        """Close this thread's PUSH socket, if it has one (before the context ends)."""
+        push = getattr(self._local, "push", None)
+        if push is not None:
+            push.close(linger=1000)
+            self._local.push = None
 
     def _stand_by(self, me: int) -> bool:
         """Watch the leader; True once this thread has taken over the socket.
@@ -401,16 +420,20 @@ class Server:
             reply = self._run(request, identity)
         finally:
             with mu:
-                resent = self.replies.finish(request, reply)  # copies of it, sent meanwhile
+                deferred = reply is _DEFERRED  # on the event loop: answered from there
+                # copies of it, sent meanwhile
+                resent = [] if deferred else self.replies.finish(request, reply)
                 self._running -= 1
                 still_leader = self._leader == me
                 if still_leader:
                     self._leader_busy = False  # (after a take-over the flag is the new leader's)
-                else:
+                elif not deferred:
                     # counted before the leader can see _running drop
                     self._late += (reply is not None) + len(resent)
                 if self._queue and self._running < self.workers:
                     self._cv.notify()
+        if deferred:
+            return still_leader
         if still_leader:
             send_routed(router, identity, reply)
             for message in resent:
@@ -434,9 +457,12 @@ class Server:
                 reply = self._run(request, identity)
         finally:
             with self._mu:
-                resent = self.replies.finish(request, reply)
                 self._running -= 1
-                self._late += len(resent) + (reply is not None)
+                if reply is not _DEFERRED:
+                    resent = self.replies.finish(request, reply)
+                    self._late += len(resent) + (reply is not None)
+        if reply is _DEFERRED:
+            return
         push = self._push()
         if reply is not None:
             send_frames(push, [identity, *reply])
@@ -453,8 +479,56 @@ class Server:
         return push
 
     def _run(self, request: p.Request, identity: bytes = b"") -> List[bytes]:
-        """Run ``request``; its reply frames."""
+        """Run ``request``; its reply frames, or ``_DEFERRED`` when it is a call of an
+        ``async def`` method, handed to the event loop, which sends its reply."""
         status, body = self.dispatcher.handle(request)
+        if type(body) is CoroutineType and request.op == p.CALL:
+            if self._defer(request, identity, body):
+                return _DEFERRED
+            body.close()  # never run
+            busy = RuntimeError(f"daemon busy: {self.async_calls} async calls run (or their "
+                                f"requests hold {self.queue_bytes} bytes); try again")
+            status, body = p.BUSY, p.error_body(busy)
+        return self._reply_to(request, identity, status, body)
+
+    def _defer(self, request: p.Request, identity: bytes, coro: CoroutineType) -> bool:
+        """Hand ``coro`` to the event loop; False (nothing handed) when the loop already runs
+        ``async_calls`` calls, or their requests with this one would hold more than
+        ``queue_bytes`` (the first is always taken)."""
+        with self._mu:
+            if self._stopping or self._async_running >= self.async_calls or (
+                    self._async_running
+                    and self._async_bytes + request.size > self.queue_bytes):
+                return False
+            self._async_running += 1
+            self._async_bytes += request.size
+            self._late += 1  # its reply comes through the PULL socket
+
+        def done(status: int, body: Any) -> None:  # in the loop's thread
+            reply = self._reply_to(request, identity, status, body)
+            with self._mu:
+                resent = self.replies.finish(request, reply)
+                self._async_running -= 1
+                self._async_bytes -= request.size
+                self._late += len(resent)
+            push = self._push()
+            send_frames(push, [identity, *reply])
+            for message in resent:
+                send_frames(push, message)
+
+        try:
+            self.calls.submit(coro, done)
+        except RuntimeError:  # the loop has stopped: the daemon is stopping
+            with self._mu:
+                self._async_running -= 1
+                self._async_bytes -= request.size
+                self._late -= 1
+            return False
+        return True
+
+    def _reply_to(self, request: p.Request, identity: bytes, status: int,
+                  body: Any) -> List[bytes]:
+        """The reply frames of ``request`` with ``(status, body)``."""
         if (status != p.OK and self.owner_prefix is not None and isinstance(body, dict)
                 and body.get("traceback") and not identity.startswith(self.owner_prefix)):
             body = {**body, "traceback": ""}

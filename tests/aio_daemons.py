@@ -1,0 +1,58 @@
+"""Daemon classes with ``async def`` methods, for the asyncio tests (tests/integration/test_aio.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from tests.daemons import TestDaemon
+
+
+class AsyncDaemon(TestDaemon):
+    """TestDaemon and coroutine methods that await, count how many run at once, and fail."""
+
+    __test__ = False
+
+    def __init__(self, **kwargs):
+        self.active = 0
+        self.most = 0
+        self.naps = 0
+        super().__init__(**kwargs)
+
+    async def nap(self, seconds=0.2):
+        """Sleep on the daemon's event loop; the seconds slept."""
+        self.active += 1
+        self.most = max(self.most, self.active)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.active -= 1
+        self.naps += 1
+        return seconds
+
+    async def where(self):
+        """The thread that runs this coroutine, and whether a loop is running there."""
+        asyncio.get_running_loop()
+        return threading.current_thread().name
+
+    async def afail_key(self):
+        await asyncio.sleep(0)
+        return {}["missing"]
+
+    async def afail_file(self, path="/nonexistent/malacoda-file"):
+        await asyncio.sleep(0)
+        with open(path):
+            pass
+
+    async def pair(self, a, b):
+        await asyncio.sleep(0)
+        return (a, b)
+
+    async def forever(self):
+        await asyncio.Event().wait()
+
+
+class FewAsync(AsyncDaemon):
+    """At most 4 ``async def`` calls at once."""
+
+    _async_calls = 4
