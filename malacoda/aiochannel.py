@@ -14,9 +14,14 @@ sent), and the channel is marked broken so that its proxy resolves the name agai
 without a timeout waits, the daemon is pinged after ``heartbeat`` quiet seconds, and the calls
 fail once two heartbeats pass unanswered.
 
-ZeroMQ signals readiness edge-triggered: a send may consume the signal of a reply that arrived
-meanwhile. Every send from here is therefore followed by a look at the socket's events through
-the asyncio wrapper (which then schedules the pending receive), so no reply waits unseen.
+The DEALER is driven by the event loop itself, as zmq.asyncio drives its sockets inside:
+the loop watches the socket's ``ZMQ_FD``, and on a wake-up the channel reads ``ZMQ_EVENTS``,
+receives every reply that is in and sends what waits in the outbox. (pyzmq's per-operation
+futures and its flag enums cost more per call than the whole round trip's Python code; see
+docs/benchmarks.md.) That descriptor signals edge-triggered, and a send may consume the signal
+of a reply that arrived meanwhile, so after sends the channel looks at the events once more,
+once per loop iteration however many requests went out in it. The socket monitor is a
+zmq.asyncio socket.
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ from .channel import (
     link_error,
 )
 from .errors import CallTimeout, ConnectionLost, ProtocolError
-from .frames import NOBLOCK, recv_frames, try_send
+from .frames import NOBLOCK, get_option, recv_frames, try_send
 
-_EVENTS = int(zmq.EVENTS)
+_EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
+OUTBOX_LOOK = 0.05  # seconds between looks for a link while requests wait for one
 
 
 class AsyncChannel:
@@ -69,8 +75,9 @@ class AsyncChannel:
         self._curve = curve is not None
         self._client_key = curve["public"].decode() if curve else "<client key>"
         ctx = context()
-        sock = zmq.asyncio.Socket(ctx, zmq.DEALER)
+        sock = ctx.socket(zmq.DEALER)
         monitor: Optional[zmq.asyncio.Socket] = None
+        self._fd: Optional[int] = None
         try:
             configure_dealer(sock, endpoint, curve, max_message, plain, owner_token)
             where = f"inproc://malacoda-aio-monitor-{os.getpid()}-{id(self):x}"
@@ -84,8 +91,10 @@ class AsyncChannel:
             self._close_sockets()
             raise
         self._sock, self._monitor = sock, monitor
-        # The same socket without the asyncio layer: sends and draining reads that do not wait.
-        self._raw: zmq.Socket = zmq.Socket.shadow(sock.underlying)
+        fd = cast(int, sock.getsockopt(zmq.FD))
+        self._fd = fd
+        self.loop.add_reader(fd, self._on_events)
+        self._looking = False  # a look at the socket's events is scheduled
         self._pending: Dict[bytes, asyncio.Future[p.Reply]] = {}
         self._outbox: Dict[bytes, List[bytes]] = {}  # not sent yet (no link): in order
         self._untimed = 0  # calls waiting without a timeout: the heartbeat watches for them
@@ -96,7 +105,6 @@ class AsyncChannel:
         self._sender: Optional[asyncio.Task[None]] = None
         self._watchdog: Optional[asyncio.Task[None]] = None
         self._ping_seq = 0
-        self._spawn(self._read())
         self._spawn(self._watch_link())
 
     # ------------------------------------------------------------------ public
@@ -117,8 +125,10 @@ class AsyncChannel:
         future: asyncio.Future[p.Reply] = self.loop.create_future()
         pending = self._pending
         pending[rid] = future
-        if not self._outbox and try_send(self._raw, frames):
-            self._sock.get(_EVENTS)  # see the module's docstring: no reply waits unseen
+        if not self._outbox and try_send(self._sock, frames):
+            if not self._looking:  # see the module's docstring: no reply waits unseen
+                self._looking = True
+                self.loop.call_soon(self._on_events)
         else:
             self._outbox[rid] = frames
             if self._sender is None:
@@ -164,19 +174,31 @@ class AsyncChannel:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _read(self) -> None:
-        """Receive replies and hand each to the future of its id, all that are in per wake-up."""
-        sock, raw = self._sock, self._raw
-        take = self._take
+    def _on_events(self) -> None:
+        """The socket may have news: receive every reply that is in, send what the outbox
+        holds while the socket takes it; until the events show nothing more to do."""
+        self._looking = False
+        if self.closed:
+            return
+        sock, take = self._sock, self._take
         while True:
-            try:
-                take(await sock.recv_multipart())
-                while True:
-                    take(recv_frames(raw, NOBLOCK))
-            except zmq.Again:
-                continue
-            except zmq.ZMQError:
-                return  # closed
+            events = cast(int, get_option(sock, _EVENTS))
+            progressed = False
+            if events & _POLLIN:
+                try:
+                    while True:
+                        take(recv_frames(sock, NOBLOCK))
+                except zmq.Again:
+                    pass
+                progressed = True
+            if self._outbox and events & _POLLOUT:
+                for rid in list(self._outbox):
+                    if not try_send(sock, self._outbox[rid]):
+                        break
+                    del self._outbox[rid]
+                    progressed = True
+            if not progressed:
+                return
 
     def _take(self, frames: List[bytes]) -> None:
         self._last_heard = time.monotonic()
@@ -199,30 +221,22 @@ class AsyncChannel:
             if lost is not None:
                 self._fail_all(lost)
                 return
+            self._on_events()  # connected: the outbox may go now
 
     async def _send_later(self) -> None:
-        """Send the outbox once the socket takes it; after two heartbeats without a connection,
-        fail (the link is broken: the proxy resolves the name again)."""
+        """While the outbox holds requests: look for the link now and then (its connection
+        also wakes the socket); after two heartbeats without one, fail (the link is broken:
+        the proxy resolves the name again)."""
         give_up = time.monotonic() + 2 * self.heartbeat
         try:
-            while self._outbox and self.broken is None:
-                left = give_up - time.monotonic()
-                if left <= 0:
+            while self._outbox and self.broken is None and not self.closed:
+                if time.monotonic() >= give_up:
                     gone = (f"no connection to {self.endpoint} for {2 * self.heartbeat:.0f} s "
                             "(the daemon is stopped, hung or unreachable)")
                     self._fail_all(ConnectionLost(gone))
                     return
-                try:
-                    ready = await self._sock.poll(  # type: ignore[call-arg]
-                        max(1, int(min(left, self.heartbeat) * 1000)), zmq.POLLOUT)
-                except zmq.ZMQError:
-                    return
-                if cast(int, ready) & zmq.POLLOUT:
-                    for rid in list(self._outbox):
-                        if not try_send(self._raw, self._outbox[rid]):
-                            break
-                        del self._outbox[rid]
-                    self._sock.get(_EVENTS)
+                await asyncio.sleep(OUTBOX_LOOK)
+                self._on_events()
         finally:
             self._sender = None
 
@@ -244,8 +258,8 @@ class AsyncChannel:
                 if quiet >= self.heartbeat and not pinged:
                     self._ping_seq += 1
                     rid = b"\xffping" + self._ping_seq.to_bytes(8, "big")
-                    if try_send(self._raw, p.request_frames(rid, p.PING, None, None, None)):
-                        self._sock.get(_EVENTS)
+                    try_send(self._sock, p.request_frames(rid, p.PING, None, None, None))
+                    self._on_events()
                     pinged = True
         finally:
             self._watchdog = None
@@ -260,8 +274,12 @@ class AsyncChannel:
                 future.set_exception(NotSent(str(error)) if rid in self._outbox else error)
 
     def _close_sockets(self) -> None:
-        """Monitoring off, the monitor's socket, then the socket: the only safe order."""
+        """Off the loop; then monitoring off, the monitor's socket, then the socket: the only
+        safe order."""
         sock, monitor = self._sock, self._monitor
+        if self._fd is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self._fd)
+        self._fd = None
         try:
             sock.disable_monitor()
         except zmq.ZMQError:
