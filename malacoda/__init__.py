@@ -48,6 +48,8 @@ _LAZY = {"Malacoda": "daemon.base", "register_type": "wire.codec", "Proxy": "cli
 
 
 def __getattr__(name: str) -> Any:
+    if name == "aio":  # the asyncio proxy's module (malacoda.aio.get): imported on first use
+        return importlib.import_module(".aio", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'malacoda' has no attribute {name!r}")
@@ -85,6 +87,7 @@ __all__ = [
     "RequestTooLarge",
     "StateError",
     "__version__",
+    "aio",
     "get",
     "register_type",
     "stop",

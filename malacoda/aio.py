@@ -234,8 +234,16 @@ class AsyncProxy:
         return f"<malacoda.aio.AsyncProxy {self._spec} at {where}>"
 
     def __del__(self) -> None:
+        # Dropped without aclose(): close the sockets, unless the channel's loop runs in
+        # another thread (only that thread may touch what the loop watches).
         channel = self.__dict__.get("_channel")
-        if channel is not None and not channel.loop.is_closed():
+        if channel is None or channel.closed:
+            return
+        try:
+            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is channel.loop or not channel.loop.is_running():
             try:
                 channel.close()
             except Exception:

@@ -149,6 +149,8 @@ class AsyncChannel:
             raise CallTimeout(f"no reply from {self.endpoint} within {timeout} s") from None
         finally:
             del pending[rid]
+            if future.done() and not future.cancelled():
+                future.exception()  # seen (a task cancelled as it failed): nothing logged at GC
             if self._outbox:
                 self._outbox.pop(rid, None)  # still unsent: withdrawn, it will never run
             if timer is None:

@@ -11,7 +11,10 @@ sends its reply through an inproc PUSH socket to whoever does.
 
 At most ``workers`` user calls run at once. A request that finds them all busy waits in a
 queue of ``queue`` entries (and ``queue_bytes`` bytes), and one that finds the queue full gets a
-BUSY reply at once: a flood cannot grow memory without bound. A re-sent request is answered
+BUSY reply at once: a flood cannot grow memory without bound. A call of an ``async def`` method
+holds a worker only while its coroutine is made; the coroutine runs on the daemon's event loop
+(:mod:`~.aioloop`), at most ``_async_calls`` of them (a class attribute, default 1024) whose
+requests hold at most ``queue_bytes`` beyond the first; past either, BUSY. A re-sent request is answered
 from a :class:`~.replycache.ReplyCache` instead of running again. ``ping`` is answered by the
 socket's owner without a worker. A request whose caller's timeout has passed before it could
 start is dropped unanswered.
@@ -103,8 +106,8 @@ class Server:
         self.async_calls = int(getattr(type(dispatcher.target), "_async_calls", ASYNC_CALLS))
         self._async_running = 0
         self._async_bytes = 0
-        self.guard = ConnectionGuard(max_connections, max(
-            MIN_HEADROOM, 2 * self.queue_bytes + (workers + 2) * max_message))
+        self.guard = ConnectionGuard(
+            max_connections, max(MIN_HEADROOM, self.queue_bytes + (workers + 2) * max_message))
         self._configure = configure
         self._cleanup: Optional[Callable[[], object]] = None
         self.port: Optional[int] = None

@@ -49,7 +49,8 @@ code   name             body
 0      OK               the result: the return value, the attribute's value, nil for
                         ``set``, the description for ``describe``, ``"pong"`` for ``ping``
 1      ERROR            the remote code raised: an error map (below)
-2      BUSY             every worker is busy and the queue is full; nothing ran
+2      BUSY             every worker is busy and the queue is full, or the daemon
+                        runs as many ``async def`` calls as it allows; nothing ran
 3      DENIED           the name is private (``_…``), dotted, reserved, or read-only
 4      BAD_REQUEST      the message could not be decoded or lacks an item; nothing ran
 5      UNKNOWN_OP       the operation is not one of the above
