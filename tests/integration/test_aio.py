@@ -15,9 +15,10 @@ import zmq
 
 import malacoda
 import malacoda.aio
-from malacoda import protocol as p
-from malacoda.aiochannel import AsyncChannel
-from malacoda.runtime import Registry
+from malacoda.client.aiochannel import AsyncChannel
+from malacoda.host.registry import Registry
+from malacoda.wire import codec
+from malacoda.wire import protocol as p
 from tests.support import free_port, pid_alive, wait_for
 
 pytestmark = pytest.mark.asyncio
@@ -183,7 +184,7 @@ async def test_exceptions_are_those_of_the_synchronous_proxy(start_daemon):
         for name, args in cases:
             if name == "constant":
                 expected = _sync_failure(lambda: malacoda.Proxy._request(
-                    sync, p.CALL, "constant", None, 10, p.encode_call([], {})))
+                    sync, p.CALL, "constant", None, 10, codec.encode_call([], {})))
             else:
                 expected = _sync_failure(lambda name=name, args=args: getattr(sync, name)(*args))
             got = await _async_failure(lambda name=name, args=args: d.call(name, *args))

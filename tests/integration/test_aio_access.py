@@ -13,9 +13,9 @@ import pytest
 
 import malacoda
 import malacoda.aio
-from malacoda import protocol as p
-from malacoda.aiochannel import AsyncChannel
-from malacoda.runtime import Registry
+from malacoda.client.aiochannel import AsyncChannel
+from malacoda.host.registry import Registry
+from malacoda.wire import protocol as p
 from tests.integration.test_owner_only import (  # noqa: F401 - the fixtures, by name
     ALICE,
     MALLORY,

@@ -1,6 +1,6 @@
 """One zmq.asyncio DEALER to one daemon endpoint, shared by every task of one event loop.
 
-The asyncio twin of :class:`~.channel.Channel`, without its threads: a call sends its request
+The asyncio twin of :class:`~malacoda.client.channel.Channel`, without its threads: a call sends its request
 at once (a non-blocking send from the calling task) and awaits a future kept under its request
 id; one reader task receives replies and settles the futures by id, as many as have arrived per
 wake-up. Many concurrent awaits so share one connection and no call holds a thread. A reply
@@ -9,10 +9,11 @@ nobody waits for (the call timed out, or its task was cancelled) is dropped.
 As in the synchronous channel: requests go out only over a connection that is up
 (``IMMEDIATE``); one that finds none waits in an outbox, from which a timeout or a cancellation
 withdraws it (it never runs). A socket monitor reports a dropped or refused link: every waiting
-call then fails with :class:`~.errors.ConnectionLost` (:class:`~.channel.NotSent` for those never
-sent), and the channel is marked broken so that its proxy resolves the name again. While a call
-without a timeout waits, the daemon is pinged after ``heartbeat`` quiet seconds, and the calls
-fail once two heartbeats pass unanswered.
+call then fails with :class:`~malacoda.errors.ConnectionLost`
+(:class:`~malacoda.client.channel.NotSent` for those never sent), and the channel is marked
+broken so that its proxy resolves the name again. While a call without a timeout waits, the
+daemon is pinged after ``heartbeat`` quiet seconds, and the calls fail once two heartbeats
+pass unanswered.
 
 The DEALER is driven by the event loop itself, as zmq.asyncio drives its sockets inside:
 the loop watches the socket's ``ZMQ_FD``, and on a wake-up the channel reads ``ZMQ_EVENTS``,
@@ -34,8 +35,7 @@ from typing import Dict, List, Optional, Set, cast
 import zmq
 import zmq.asyncio
 
-from . import protocol as p
-from .channel import (
+from malacoda.client.channel import (
     HEARTBEAT,
     LINK_EVENTS,
     REPLY_BYTES_PER_ITEM,
@@ -44,8 +44,10 @@ from .channel import (
     context,
     link_error,
 )
-from .errors import CallTimeout, ConnectionLost, ProtocolError
-from .frames import NOBLOCK, get_option, recv_frames, try_send
+from malacoda.errors import CallTimeout, ConnectionLost, ProtocolError
+from malacoda.wire import codec
+from malacoda.wire import protocol as p
+from malacoda.wire.frames import NOBLOCK, get_option, recv_frames, try_send
 
 _EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
 OUTBOX_LOOK = 0.05  # seconds between looks for a link while requests wait for one
@@ -71,7 +73,7 @@ class AsyncChannel:
         self.endpoint = endpoint
         self.heartbeat = heartbeat
         self.max_message = max_message
-        self._max_items = max(p.MAX_REQUEST_ITEMS, max_message // REPLY_BYTES_PER_ITEM)
+        self._max_items = max(codec.MAX_REQUEST_ITEMS, max_message // REPLY_BYTES_PER_ITEM)
         self._curve = curve is not None
         self._client_key = curve["public"].decode() if curve else "<client key>"
         ctx = context()
@@ -113,9 +115,9 @@ class AsyncChannel:
                       timeout: Optional[float]) -> p.Reply:
         """Send ``frames`` and await the reply with id ``rid``.
 
-        Raises :class:`~.channel.NotSent` when the link is found down before the request left,
-        :class:`~.errors.ConnectionLost` when it drops while waiting, and
-        :class:`~.errors.CallTimeout` after ``timeout`` seconds. Cancelling the awaiting task
+        Raises :class:`~malacoda.client.channel.NotSent` when the link is found down before the request left,
+        :class:`~malacoda.errors.ConnectionLost` when it drops while waiting, and
+        :class:`~malacoda.errors.CallTimeout` after ``timeout`` seconds. Cancelling the awaiting task
         abandons the call: a request still in the outbox is withdrawn, a late reply dropped.
         """
         if self.broken is not None:
