@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from malacoda.address import Target
 from malacoda.client.channel import Channel, NotSent
+from malacoda.client.streaming import RemoteIterator
 from malacoda.errors import (
     AccessDenied,
     AmbiguousName,
@@ -383,6 +384,9 @@ class Proxy:
             return value
         if status == p.ERROR:
             raise remote_exception(value)
+        if status == p.STREAM:  # the method's result is an iterator: its items follow
+            return RemoteIterator(self._channel or channel, rid, reply.incarnation, value,
+                                  timeout, f"{self._spec}.{name}", self, remote_exception)
         message = value.get("message", "") if isinstance(value, dict) else str(value)
         if status == p.BUSY:
             raise Busy(message)
