@@ -138,6 +138,7 @@ class _Waiter:
     """A thread waiting for its reply; ``wake`` is a one-shot signal (a lock, the cheapest)."""
 
     __slots__ = ("_signal", "reply", "error")
+    wants_role = True  # a thread sleeps on it: it can take the reader's role when woken
 
     def __init__(self) -> None:
         self._signal = threading.Lock()
@@ -158,6 +159,46 @@ class _Waiter:
     def sleep(self, timeout: Optional[float]) -> None:
         """Wait for a wake (consuming it) or ``timeout`` seconds."""
         self._signal.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done:
+            self.error = error
+            self.wake()
+
+
+class StreamWaiter(_Waiter):
+    """A stream's messages, as they come: many replies to one id (see malacoda.streaming).
+
+    To the channel it looks like a waiter: a reply delivered to it is queued, and ``reply``
+    hands out the oldest queued one. The daemon sends at most the credit granted, so the
+    queue is bounded by the stream's window.
+    """
+
+    __slots__ = ("queue", "rid", "wants_role")
+
+    def __init__(self, rid: bytes) -> None:
+        super().__init__()
+        self.rid = rid
+        self.queue: Deque[p.Reply] = collections.deque()
+        self.wants_role = False  # True while its consumer waits in Channel.receive
+
+    @property  # type: ignore[override]
+    def done(self) -> bool:
+        return bool(self.queue) or self.error is not None
+
+    @property  # type: ignore[override]
+    def reply(self) -> Optional[p.Reply]:
+        return self.queue.popleft() if self.queue else None
+
+    @reply.setter
+    def reply(self, value: Optional[p.Reply]) -> None:
+        if value is not None:
+            self.queue.append(value)
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self.wake()
 
 
 class Channel:
@@ -337,6 +378,96 @@ class Channel:
             except Exception:
                 pass
 
+    # ------------------------------------------------------------------ streams
+
+    def open_stream(self, rid: bytes) -> StreamWaiter:
+        """Receive every later message to ``rid`` (a stream the daemon opened) until
+        :meth:`close_stream`."""
+        waiter = StreamWaiter(rid)
+        with self._mu:
+            if self.broken is not None:
+                raise ConnectionLost(str(self.broken))
+            self._pending[rid] = waiter
+        return waiter
+
+    def close_stream(self, waiter: StreamWaiter) -> None:
+        with self._mu:
+            if self._pending.get(waiter.rid) is waiter:
+                del self._pending[waiter.rid]
+        if self._pending:
+            self._pass_reader_role()
+
+    def receive(self, waiter: StreamWaiter, deadline: Optional[float]) -> Optional[p.Reply]:
+        """The next message of a stream: read the socket as the reader, or wait for the one
+        who does. None when ``deadline`` passes first; raises ConnectionLost."""
+        waiter.wants_role = True
+        try:
+            return self._receive(waiter, deadline)
+        finally:
+            waiter.wants_role = False
+
+    def _receive(self, waiter: StreamWaiter, deadline: Optional[float]) -> Optional[p.Reply]:
+        while True:
+            reply = waiter.reply
+            if reply is not None:
+                return reply
+            if waiter.error is not None:
+                raise waiter.error
+            if self._io.acquire(blocking=False):
+                try:
+                    if self._closed:
+                        raise ConnectionLost(f"the connection to {self.endpoint} was closed")
+                    self._flush()
+                    if not waiter.done:
+                        reply = self._read_until(waiter.rid, deadline, waiter)
+                        if reply is None and not waiter.done:
+                            return None
+                        if reply is not None:
+                            return reply
+                except ConnectionLost as lost:
+                    waiter.fail(lost)
+                finally:
+                    self._io.release()
+                    self._pass_reader_role(waiter)
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            waiter.sleep(0.05 if remaining is None else min(remaining, 0.05))
+
+    def post(self, frames: List[bytes]) -> None:
+        """Send ``frames`` without waiting for anything (a credit, a cancel, a keep-alive):
+        at once when nobody reads, else through the reader. Any thread; no lock is taken
+        when another thread reads, so it may run in a ``__del__``."""
+        if self._closed or self._pid != os.getpid():
+            return
+        if self._io.acquire(blocking=False):
+            try:
+                if not self._closed and not try_send(self._sock, frames):
+                    self._outbox.append(frames)  # no link now: the reader sends it later
+            finally:
+                self._io.release()
+                if self._pending:
+                    self._pass_reader_role()
+            return
+        self._outbox.append(frames)
+        self._nudge()
+
+    def keep_alive(self) -> None:
+        """Renew the daemon's leases on this connection's streams (a ping), and send what
+        :meth:`post` left queued when nobody was reading."""
+        self._ping_seq += 1
+        rid = b"\xffkeep" + self._ping_seq.to_bytes(8, "big")
+        self.post(p.request_frames(rid, p.PING, None, None, None))
+        if self._outbox and self._io.acquire(blocking=False):
+            try:
+                if not self._closed:
+                    self._flush()
+            finally:
+                self._io.release()
+                if self._pending:
+                    self._pass_reader_role()
+
     # ------------------------------------------------------------------ reader role
 
     def _wait_as_follower(self, frames: List[bytes], rid: bytes,
@@ -398,7 +529,7 @@ class Channel:
     def _pass_reader_role(self, me: Optional[_Waiter] = None) -> None:
         with self._mu:
             for other in self._pending.values():
-                if not other.done and other is not me:
+                if not other.done and other is not me and other.wants_role:
                     other.wake()
                     return
 
@@ -545,6 +676,4 @@ class Channel:
                 self.broken = error
             waiters = list(self._pending.values())
         for w in waiters:
-            if not w.done:
-                w.error = error
-                w.wake()
+            w.fail(error)

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from malacoda.address import Target
 from malacoda.client.channel import Channel, NotSent
+from malacoda.client.streaming import RemoteIterator
 from malacoda.errors import (
     AccessDenied,
     AmbiguousName,
@@ -405,6 +406,9 @@ class Proxy:
             if self._incarnation is not None:
                 self._forget_methods()
             self.__dict__["_incarnation"] = reply.incarnation
+        if reply.status == p.STREAM:  # the method's result is an iterator: its items follow
+            return RemoteIterator(self._channel or channel, rid, reply.incarnation, reply.value(),
+                                  timeout, f"{self._spec}.{name}", self, remote_exception)
         return reply_result(reply)
 
     def _check_size(self, frames: List[bytes]) -> None:

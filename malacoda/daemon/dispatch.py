@@ -199,6 +199,8 @@ class Dispatcher:
                 except (TypeError, ValueError):
                     params = [["args", 2, None], ["kwargs", 4, None]]
                 methods[name] = {"doc": inspect.getdoc(method), "params": params}
+                if inspect.isgeneratorfunction(method) or inspect.isasyncgenfunction(method):
+                    methods[name]["stream"] = True  # a key more: older clients skip it
                 if annotations:  # a key more, only when there are some: older clients skip it
                     methods[name]["annotations"] = annotations
             else:
@@ -211,6 +213,7 @@ class Dispatcher:
             "version": self.version,
             "methods": methods,
             "attributes": attributes,
+            "extensions": {"streams": p.STREAMS_VERSION},
         }
         if self.max_message is not None:  # a key more: older clients skip it
             found["max_message"] = self.max_message

@@ -49,6 +49,7 @@ from malacoda.daemon.guard import (
     fds_for_connections,
 )
 from malacoda.daemon.replycache import ReplyCache
+from malacoda.daemon.streams import LEASE, MAX_STREAMS, WINDOW, Stream, StreamHub, is_stream
 from malacoda.errors import ProtocolError
 from malacoda.wire import protocol as p
 from malacoda.wire.frames import recv_frames, recv_routed, send_frames, send_routed
@@ -66,6 +67,9 @@ _INPROC = "inproc://malacoda-replies-{}"
 _Item = Tuple[bytes, p.Request, float]
 #: What _run returns for a call handed to the event loop: its reply comes later.
 _DEFERRED: List[bytes] = []
+#: The common results, looked up before asking whether a result is an iterator (it never is).
+_NEVER_STREAMS = frozenset({str, int, float, bool, type(None), bytes, list, dict, tuple})
+_STREAM_OPS = p.STREAM_OPS
 
 
 class Server:
@@ -86,6 +90,9 @@ class Server:
         queue_bytes: Optional[int] = None,
         configure: Optional[Callable[[zmq.Socket], object]] = None,
         max_connections: int = MAX_CONNECTIONS,
+        max_streams: int = MAX_STREAMS,
+        stream_lease: float = LEASE,
+        stream_window: int = WINDOW,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -136,6 +143,18 @@ class Server:
         self.calls = CallLoop(on_exit=self._close_push)  # where async def methods run
         # A re-sent call is answered from here, not run twice.
         self.replies = ReplyCache(incarnation=dispatcher.incarnation)
+        # Streams (see malacoda.streams): their turns wait here for a worker, after calls.
+        self.streams = StreamHub(dispatcher.incarnation, window=stream_window,
+                                 lease=stream_lease, max_streams=max_streams)
+        self.streams.schedule = self._schedule_turn
+        self.streams.ring = self._ring
+        self._turns: Deque[Stream] = collections.deque()
+        self._turns_running = 0
+        # Stream turns hold at most this many workers: one is always left for calls.
+        self.turn_slots = max(1, workers - 1)
+        self._doorbell: Optional[zmq.Socket] = None
+        self._doorbell_lock = threading.Lock()
+        self._next_expiry = 0.0
         #: Set for an ``open`` daemon: only callers whose routing id starts with it (its owner)
         #: get remote tracebacks; others get the exception's type and message alone.
         self.owner_prefix: Optional[bytes] = None
@@ -175,6 +194,9 @@ class Server:
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.bind(self._inproc)
+        self._doorbell = ctx.socket(zmq.PUSH)
+        self._doorbell.setsockopt(zmq.LINGER, 0)
+        self._doorbell.connect(self._inproc)
         self._monitor = router.get_monitor_socket(EVENTS)
         self.guard.port = self.port
         watcher = threading.Thread(target=self.guard.watch,
@@ -196,8 +218,12 @@ class Server:
             return self._running + len(self._queue) + self._async_running
 
     def close(self, grace: float = 5.0) -> None:
-        """Let calls in progress finish (up to ``grace`` s), deliver their replies, then stop."""
+        """Let calls in progress finish (up to ``grace`` s), deliver their replies, then stop.
+        Streams are cancelled first (their generators closed: a ``finally:`` runs); their
+        clients see the daemon go away (ConnectionLost), never a silent end."""
         deadline = time.monotonic() + grace
+        for stream in self.streams.close_all():
+            self.streams.finish_cancelled(stream)
         while self.running_calls() and time.monotonic() < deadline:
             time.sleep(0.01)
         with self._mu:
@@ -222,10 +248,12 @@ class Server:
             self._router.close(linger=500)
         if self._pull is not None:
             self._pull.close(0)
+        if self._doorbell is not None:
+            self._doorbell.close(0)
         self._run_cleanup()
         if self._ctx is not None:
             self._ctx.term()
-        self._ctx = self._router = self._pull = None
+        self._ctx = self._router = self._pull = self._doorbell = None
 
     def _run_cleanup(self) -> None:
         cleanup, self._cleanup = self._cleanup, None
@@ -239,6 +267,7 @@ class Server:
         try:
             while True:
                 item: Optional[_Item] = None
+                stream: Optional[Stream] = None
                 with self._mu:
                     if self._stopping:
                         return
@@ -250,6 +279,12 @@ class Server:
                         self._queued_bytes -= item[1].size
                         self._running += 1
                         role = "work"
+                    elif (self._turns and self._running < self.workers
+                          and self._turns_running < self.turn_slots):
+                        stream = self._turns.popleft()
+                        self._running += 1
+                        self._turns_running += 1
+                        role = "turn"
                     elif self._standby is None:
                         self._standby = me
                         role = "standby"
@@ -262,6 +297,9 @@ class Server:
                     elif role == "work":
                         assert item is not None
                         self._work(item)
+                    elif role == "turn":
+                        assert stream is not None
+                        self._turn(stream)
                     elif self._stand_by(me):
                         self._lead(me)
                 except BaseException:  # a bug of ours: the socket must not be left to nobody
@@ -325,7 +363,7 @@ class Server:
         while not self._stopping:
             # Read in this order: a worker takes a queued request and counts it running in one
             # step, and counts its reply late before it stops counting it running.
-            if not self._queue and not self._running and not self._late:
+            if not self._queue and not self._running and not self._late and not self.streams.heard:
                 # Nothing waits or runs elsewhere, so no reply can come through the PULL
                 # socket: a plain blocking receive (RCVTIMEO) costs fewer system calls than a poll.
                 try:
@@ -335,6 +373,11 @@ class Server:
                 if not self._incoming(me, router, frames):
                     return  # lost the socket while running a call
                 continue
+            if self.streams.heard:
+                now = time.monotonic()
+                if now > self._next_expiry:  # clients silent for the lease lose their streams
+                    self._next_expiry = now + min(1.0, self.streams.lease / 4)
+                    self.streams.expire(now)
             for source, _ in poll(100):
                 if source is router:
                     try:
@@ -356,6 +399,9 @@ class Server:
                 frames = recv_frames(pull, zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if not frames[0]:  # a stream's doorbell (a routing id is never empty)
+                self.streams.drain(lambda identity, f: send_routed(router, identity, f))
+                continue
             send_frames(router, frames)
             forwarded += 1
         if forwarded:
@@ -382,8 +428,18 @@ class Server:
             rid = p.peek_request_id(frames[1:])
             send_routed(router, identity, self._reply(rid, status, p.error_body(exc)))
             return True
+        if self.streams.heard:
+            self.streams.seen(identity)  # its streams' lease starts again
         if request.op == p.PING:
             send_routed(router, identity, self._reply(request.rid, p.OK, "pong"))
+            return True
+        if request.op in _STREAM_OPS:  # credit and cancel: no worker, and unanswered
+            if request.op == p.CREDIT:
+                refused = self.streams.credit(identity, request.rid, request.body)
+                if refused is not None:
+                    send_routed(router, identity, refused)
+            else:
+                self.streams.cancel(identity, request.rid)
             return True
         if request.buffers:  # their hash, for the reply cache's key: not under the lock
             self.replies.prepare(request)
@@ -433,7 +489,7 @@ class Server:
                 elif not deferred:
                     # counted before the leader can see _running drop
                     self._late += (reply is not None) + len(resent)
-                if self._queue and self._running < self.workers:
+                if (self._queue or self._turns) and self._running < self.workers:
                     self._cv.notify()
         if deferred:
             return still_leader
@@ -464,6 +520,8 @@ class Server:
                 if reply is not _DEFERRED:
                     resent = self.replies.finish(request, reply)
                     self._late += len(resent) + (reply is not None)
+                if self._turns and self._running < self.workers:
+                    self._cv.notify()
         if reply is _DEFERRED:
             return
         push = self._push()
@@ -471,6 +529,32 @@ class Server:
             send_frames(push, [identity, *reply])
         for message in resent:
             send_frames(push, message)
+
+    def _schedule_turn(self, stream: Stream) -> None:
+        """A stream has credit (or was cancelled): queue a turn for a worker (the hub's lock
+        is held; this takes the server's)."""
+        with self._mu:
+            self._turns.append(stream)
+            self._cv.notify()
+
+    def _ring(self) -> None:
+        """Items wait to be sent: wake the socket's owner (any thread; the hub's lock held)."""
+        with self._doorbell_lock:
+            if self._doorbell is not None:
+                self._doorbell.send(b"")
+
+    def _turn(self, stream: Stream) -> None:
+        again = False
+        try:
+            again = self.streams.turn(stream)
+        finally:
+            with self._mu:
+                self._running -= 1
+                self._turns_running -= 1
+                if again:
+                    self._turns.append(stream)
+                if (self._queue or self._turns) and self._running < self.workers:
+                    self._cv.notify()
 
     def _push(self) -> zmq.Socket:
         push = getattr(self._local, "push", None)
@@ -485,13 +569,16 @@ class Server:
         """Run ``request``; its reply frames, or ``_DEFERRED`` when it is a call of an
         ``async def`` method, handed to the event loop, which sends its reply."""
         status, body = self.dispatcher.handle(request)
-        if type(body) is CoroutineType and request.op == p.CALL:
-            if self._defer(request, identity, body):
-                return _DEFERRED
-            body.close()  # never run
-            busy = RuntimeError(f"daemon busy: {self.async_calls} async calls run (or their "
-                                f"requests hold {self.queue_bytes} bytes); try again")
-            status, body = p.BUSY, p.error_body(busy)
+        if status == 0 and type(body) not in _NEVER_STREAMS and request.op == p.CALL:
+            if type(body) is CoroutineType:  # an async def method: run on the daemon's loop
+                if self._defer(request, identity, body):
+                    return _DEFERRED
+                body.close()  # never run
+                busy = RuntimeError(f"daemon busy: {self.async_calls} async calls run (or "
+                                    f"their requests hold {self.queue_bytes} bytes); try again")
+                status, body = p.BUSY, p.error_body(busy)
+            elif is_stream(body):
+                return self.streams.open(identity, request.rid, body)
         return self._reply_to(request, identity, status, body)
 
     def _defer(self, request: p.Request, identity: bytes, coro: CoroutineType) -> bool:

@@ -98,9 +98,15 @@ SIGNATURE = b"MLC\x02"
 # Operations.
 CALL, GET, SET, DESCRIBE, PING = "call", "get", "set", "describe", "ping"
 OPERATIONS = (CALL, GET, SET, DESCRIBE, PING)
+#: The streams extension (docs/protocol.md, "Streams"): grant items, stop a stream. Both carry
+#: the stream's id (its call's request id) and are never answered while the stream exists.
+CREDIT, CANCEL = "credit", "cancel"
+STREAM_OPS = frozenset({CREDIT, CANCEL})
+STREAMS_VERSION = 1  # told in describe as {"extensions": {"streams": 1}}
 
 # Reply statuses.
 OK, ERROR, BUSY, DENIED, BAD_REQUEST, UNKNOWN_OP, BAD_VERSION, GONE = range(8)
+STREAM, ITEMS, END = 8, 9, 10  # the streams extension
 STATUS_NAMES = {
     OK: "OK",
     ERROR: "ERROR",
@@ -110,6 +116,9 @@ STATUS_NAMES = {
     UNKNOWN_OP: "UNKNOWN_OP",
     BAD_VERSION: "BAD_VERSION",
     GONE: "GONE",
+    STREAM: "STREAM",
+    ITEMS: "ITEMS",
+    END: "END",
 }
 
 # Limits (documented in docs/protocol.md; the daemon's settings may lower them).
@@ -239,6 +248,21 @@ def peek_request_id(frames: Sequence[bytes]) -> bytes:
     except Exception:
         pass
     return b""
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def items_frames(rid: bytes, incarnation: str, first: int, items: Sequence[bytes]) -> List[bytes]:
+    """The one frame of an ITEMS reply: ``[first, [item, ...]]``, the items already encoded
+    (:func:`encode_item`), so that a batch costs one join, not one encoding of the list."""
+    body = b"".join((b"\x92", _plain.pack(first), _array_header(len(items)), *items))
+    return [SIGNATURE + _plain.pack([rid, ITEMS, incarnation, body])]
 
 
 def reply_frames(rid: bytes, status: int, incarnation: str, body: Any) -> List[bytes]:

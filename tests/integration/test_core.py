@@ -104,15 +104,18 @@ def test_remote_exceptions_keep_their_family(start_daemon):
     assert getattr(info.value, "remote_type", None) is None
 
 
-def test_a_returned_generator_or_coroutine_says_so(start_daemon):
-    """Not "register it with register_type()": no registration makes one travel."""
+def test_a_returned_generator_streams_and_a_coroutine_says_so(start_daemon):
+    """Not "register it with register_type()": no registration makes one travel. A generator
+    returned by itself streams (tests/integration/test_streams.py); inside a value it cannot."""
     start_daemon()
     d = malacoda.get("TestDaemon", timeout=10)
-    for method in (d.numbers, d.later):
+    assert list(d.numbers()) == [0, 1, 2]
+    for method, words in ((d.later, "coroutines cannot be returned"),
+                          (d.generator_in_a_list, "a generator within a list")):
         with pytest.raises(TypeError) as info:
             method()
         text = str(info.value)
-        assert "generators and coroutines cannot be returned" in text, text
+        assert words in text, text
         assert "register_type" not in text
 
 
