@@ -1,4 +1,4 @@
-"""One zmq.asyncio DEALER to one daemon endpoint, shared by every task of one event loop.
+"""One DEALER to one daemon endpoint, driven by an asyncio loop: shared by all its tasks.
 
 The asyncio twin of :class:`~malacoda.client.channel.Channel`, without its threads: a call sends its request
 at once (a non-blocking send from the calling task) and awaits a future kept under its request
@@ -17,27 +17,28 @@ pass unanswered.
 
 The DEALER is driven by the event loop itself, as zmq.asyncio drives its sockets inside:
 the loop watches the socket's ``ZMQ_FD``, and on a wake-up the channel reads ``ZMQ_EVENTS``,
-receives every reply that is in and sends what waits in the outbox. (pyzmq's per-operation
-futures and its flag enums cost more per call than the whole round trip's Python code; see
-docs/benchmarks.md.) That descriptor signals edge-triggered, and a send may consume the signal
-of a reply that arrived meanwhile, so after sends the channel looks at the events once more,
-once per loop iteration however many requests went out in it. The socket monitor is a
-zmq.asyncio socket.
+receives every reply that is in and sends what waits in the outbox. (pyzmq's zmq.asyncio
+sockets, with a future per operation and flag enums per look at the events, cost more per call
+than the whole round trip's Python code; see docs/benchmarks.md.) That descriptor signals
+edge-triggered, and a send may consume the signal of a reply that arrived meanwhile, so after
+sends the channel looks at the events once more, once per loop iteration however many requests
+went out in it. The link monitor's socket is watched the same way, and read before a request
+goes out after a quiet spell (as the synchronous channel does), so that a request is not sent
+into a link that is known to be gone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Dict, List, Optional, Set, cast
 
 import zmq
-import zmq.asyncio
 
 from malacoda.client.channel import (
     HEARTBEAT,
     LINK_EVENTS,
+    LINK_QUIET,
     REPLY_BYTES_PER_ITEM,
     NotSent,
     configure_dealer,
@@ -76,26 +77,26 @@ class AsyncChannel:
         self._max_items = max(codec.MAX_REQUEST_ITEMS, max_message // REPLY_BYTES_PER_ITEM)
         self._curve = curve is not None
         self._client_key = curve["public"].decode() if curve else "<client key>"
-        ctx = context()
-        sock = ctx.socket(zmq.DEALER)
-        monitor: Optional[zmq.asyncio.Socket] = None
+        sock = context().socket(zmq.DEALER)
+        monitor: Optional[zmq.Socket] = None
         self._fd: Optional[int] = None
+        self._monitor_fd: Optional[int] = None
         try:
             configure_dealer(sock, endpoint, curve, max_message, plain, owner_token)
-            where = f"inproc://malacoda-aio-monitor-{os.getpid()}-{id(self):x}"
-            sock.monitor(where, LINK_EVENTS)
-            monitor = zmq.asyncio.Socket(ctx, zmq.PAIR)
-            monitor.setsockopt(zmq.LINGER, 0)
-            monitor.connect(where)
+            monitor = sock.get_monitor_socket(LINK_EVENTS)
             sock.connect(endpoint)
         except zmq.ZMQError:
             self._sock, self._monitor = sock, monitor
             self._close_sockets()
             raise
+        assert monitor is not None
         self._sock, self._monitor = sock, monitor
         fd = cast(int, sock.getsockopt(zmq.FD))
         self._fd = fd
         self.loop.add_reader(fd, self._on_events)
+        monitor_fd = cast(int, monitor.getsockopt(zmq.FD))
+        self._monitor_fd = monitor_fd
+        self.loop.add_reader(monitor_fd, self._on_link_events)
         self._looking = False  # a look at the socket's events is scheduled
         self._pending: Dict[bytes, asyncio.Future[p.Reply]] = {}
         self._outbox: Dict[bytes, List[bytes]] = {}  # not sent yet (no link): in order
@@ -107,7 +108,6 @@ class AsyncChannel:
         self._sender: Optional[asyncio.Task[None]] = None
         self._watchdog: Optional[asyncio.Task[None]] = None
         self._ping_seq = 0
-        self._spawn(self._watch_link())
 
     # ------------------------------------------------------------------ public
 
@@ -120,10 +120,15 @@ class AsyncChannel:
         :class:`~malacoda.errors.CallTimeout` after ``timeout`` seconds. Cancelling the awaiting task
         abandons the call: a request still in the outbox is withdrawn, a late reply dropped.
         """
-        if self.broken is not None:
-            raise NotSent(str(self.broken))
         if self.closed:
             raise NotSent(f"the connection to {self.endpoint} was closed")
+        # Unread link news (the daemon went away since we last heard from it)? Only worth a
+        # look after a pause, as in the synchronous channel.
+        if (time.monotonic() - self._last_heard > LINK_QUIET
+                and cast(int, get_option(cast(zmq.Socket, self._monitor), _EVENTS)) & _POLLIN):
+            self._on_link_events()
+        if self.broken is not None:
+            raise NotSent(str(self.broken))
         future: asyncio.Future[p.Reply] = self.loop.create_future()
         pending = self._pending
         pending[rid] = future
@@ -214,18 +219,21 @@ class AsyncChannel:
         if future is not None and not future.done():
             future.set_result(reply)
 
-    async def _watch_link(self) -> None:
-        assert self._monitor is not None
+    def _on_link_events(self) -> None:
+        """Read the link monitor's events: a drop or a refusal fails the waiting calls."""
+        monitor = self._monitor
+        if self.closed or monitor is None:
+            return
         while True:
             try:
-                event = await self._monitor.recv_multipart()
-            except zmq.ZMQError:
+                event = recv_frames(monitor, NOBLOCK)
+            except zmq.Again:
                 return
             lost = link_error(event, self.endpoint, self._curve, self._client_key)
             if lost is not None:
                 self._fail_all(lost)
-                return
-            self._on_events()  # connected: the outbox may go now
+            else:
+                self._on_events()  # connected: the outbox may go now
 
     async def _send_later(self) -> None:
         """While the outbox holds requests: look for the link now and then (its connection
@@ -281,9 +289,11 @@ class AsyncChannel:
         """Off the loop; then monitoring off, the monitor's socket, then the socket: the only
         safe order."""
         sock, monitor = self._sock, self._monitor
-        if self._fd is not None and not self.loop.is_closed():
-            self.loop.remove_reader(self._fd)
-        self._fd = None
+        if not self.loop.is_closed():
+            for fd in (self._fd, self._monitor_fd):
+                if fd is not None:
+                    self.loop.remove_reader(fd)
+        self._fd = self._monitor_fd = None
         try:
             sock.disable_monitor()
         except zmq.ZMQError:
