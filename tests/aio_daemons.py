@@ -51,6 +51,44 @@ class AsyncDaemon(TestDaemon):
     async def forever(self):
         await asyncio.Event().wait()
 
+    # async generators: streams produced on the daemon's event loop
+
+    async def acount(self, n, pause=0.0):
+        """Yield 0 to n - 1, awaiting ``pause`` seconds before each."""
+        self.produced = 0
+        try:
+            for i in range(n):
+                if pause:
+                    await asyncio.sleep(pause)
+                self.produced += 1
+                yield i
+        finally:
+            self.closed_streams += 1
+
+    async def aendless(self, pause=0.01):
+        """Yield 0, 1, 2... until the client leaves; counts the closings."""
+        i = 0
+        try:
+            while True:
+                yield i
+                i += 1
+                await asyncio.sleep(pause)
+        finally:
+            self.closed_streams += 1
+
+    async def afail_at(self, n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+        raise ValueError(f"failed at {n}")
+
+    async def await_events(self, seconds):
+        """A coroutine that announces events while it sleeps."""
+        for i in range(3):
+            await asyncio.sleep(seconds)
+            self.publish("orders.new", i)
+        return 3
+
 
 class FewAsync(AsyncDaemon):
     """At most 4 ``async def`` calls at once."""

@@ -32,15 +32,17 @@ new connection there. It does not travel across ``fork()``.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import functools
 import itertools
 import logging
 import os
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Coroutine, Dict, Generator, Iterator, List, Optional, Tuple
 
 from malacoda.address import Target, parse
 from malacoda.client.aiochannel import AsyncChannel
+from malacoda.client.aiostream import AsyncStream
 from malacoda.client.channel import NotSent
 from malacoda.client.proxy import (
     CHECK_SIZE_ABOVE,
@@ -52,6 +54,7 @@ from malacoda.client.proxy import (
     RESEND_PROBE,
     _checked_description,
     check_timeout,
+    remote_exception,
     reply_result,
     wire_timeout_ms,
 )
@@ -108,7 +111,7 @@ async def stop(name: str, wait: float = 10.0, **ssh_args: Any) -> None:
 
 
 class _RemoteMethod:
-    """``proxy.NAME``: calling it gives the coroutine of one remote call."""
+    """``proxy.NAME``: calling it gives one remote call (:class:`_Call`) to await or iterate."""
 
     __slots__ = ("_proxy", "__name__")
 
@@ -116,11 +119,76 @@ class _RemoteMethod:
         self._proxy = proxy
         self.__name__ = name
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._proxy.call(self.__name__, *args, **kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> _Call:
+        return _Call(self._proxy, self.__name__, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<remote method {self.__name__} of {self._proxy!r}>"
+
+
+class _Call(collections.abc.Coroutine):  # type: ignore[type-arg]
+    """One remote call: ``await`` it for its result, or ``async for`` over it for the items of
+    a streaming method (``async with`` closes that stream early).
+
+    It is a coroutine to asyncio (``asyncio.create_task``, ``gather`` and ``wait_for`` take it):
+    the coroutine of :meth:`AsyncProxy.call` is made on the first ``await``, ``send`` or
+    ``throw``, so a call only iterated makes none (and none is left un-awaited)."""
+
+    __slots__ = ("_proxy", "_name", "_args", "_kwargs", "_coro", "_stream")
+
+    def __init__(self, proxy: AsyncProxy, name: str, args: Tuple[Any, ...],
+                 kwargs: Dict[str, Any]) -> None:
+        self._proxy, self._name, self._args, self._kwargs = proxy, name, args, kwargs
+        self._coro: Optional[Coroutine[Any, Any, Any]] = None
+        self._stream: Optional[AsyncStream] = None
+
+    def _coroutine(self) -> Coroutine[Any, Any, Any]:
+        coro = self._coro
+        if coro is None:
+            coro = self._coro = self._proxy.call(self._name, *self._args, **self._kwargs)
+        return coro
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._coroutine().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coroutine().send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        return self._coroutine().throw(*exc)
+
+    def close(self) -> None:
+        if self._coro is not None:
+            self._coro.close()
+
+    # ------------------------------------------------------------------ as a stream
+
+    def __aiter__(self) -> _Call:
+        return self
+
+    async def __anext__(self) -> Any:
+        stream = self._stream
+        if stream is None:
+            stream = await self._open()
+        return await stream.__anext__()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self._stream or await self._open()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+    async def _open(self) -> AsyncStream:
+        result = await self._coroutine()
+        if not isinstance(result, AsyncStream):
+            raise TypeError(f"{self._name}() does not stream: it returned a "
+                            f"{type(result).__name__}; await it instead of iterating")
+        self._stream = result
+        return result
+
+    def __repr__(self) -> str:
+        return f"<remote call {self._name}() of {self._proxy!r}>"
 
 
 class AsyncProxy:
@@ -172,7 +240,7 @@ class AsyncProxy:
 
     # ------------------------------------------------------------------ the object's face
 
-    def __getattr__(self, name: str) -> _RemoteMethod:
+    def __getattr__(self, name: str) -> _RemoteMethod:  # noqa: D105
         if name.startswith("_"):
             raise AccessDenied(f"{name!r} is private: names starting with '_' are never reachable")
         method = _RemoteMethod(self, name)
@@ -357,6 +425,9 @@ class AsyncProxy:
             if self._incarnation is not None:
                 self.__dict__["_description"] = None  # its methods may have changed
             self.__dict__["_incarnation"] = reply.incarnation
+        if reply.status == p.STREAM:  # the method's result is an iterator: its items follow
+            return AsyncStream(self._channel or channel, rid, reply.incarnation, reply.value(),
+                               timeout, f"{self._spec}.{name}", remote_exception)
         return reply_result(reply)
 
     async def _check_size(self, frames: List[bytes]) -> None:

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Dict, List, Optional, Set, cast
+import weakref
+from typing import TYPE_CHECKING, Dict, List, Optional, Set, cast
 
 import zmq
 
@@ -50,8 +51,12 @@ from malacoda.wire import codec
 from malacoda.wire import protocol as p
 from malacoda.wire.frames import NOBLOCK, get_option, recv_frames, try_send
 
+if TYPE_CHECKING:
+    from malacoda.client.aiostream import AsyncStream
+
 _EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
 OUTBOX_LOOK = 0.05  # seconds between looks for a link while requests wait for one
+KEEPALIVE_MAX = 5.0  # seconds between keep-alive pings while streams are open, at most
 
 
 class AsyncChannel:
@@ -99,6 +104,11 @@ class AsyncChannel:
         self.loop.add_reader(monitor_fd, self._on_link_events)
         self._looking = False  # a look at the socket's events is scheduled
         self._pending: Dict[bytes, asyncio.Future[p.Reply]] = {}
+        # Open streams by stream id, weakly: a stream its consumer dropped (``break``) is
+        # collected, and its __del__ cancels it.
+        self._streams: Dict[bytes, weakref.ref[AsyncStream]] = {}
+        self._posts = 0  # messages posted without a reply awaited (credit, cancel)
+        self._keeper: Optional[asyncio.Task[None]] = None
         self._outbox: Dict[bytes, List[bytes]] = {}  # not sent yet (no link): in order
         self._untimed = 0  # calls waiting without a timeout: the heartbeat watches for them
         self.broken: Optional[BaseException] = None
@@ -108,6 +118,11 @@ class AsyncChannel:
         self._sender: Optional[asyncio.Task[None]] = None
         self._watchdog: Optional[asyncio.Task[None]] = None
         self._ping_seq = 0
+        # A ZeroMQ socket's descriptor signals only once a read found its queue empty: read
+        # both now, or the first events would never wake the loop (and a daemon's death
+        # after them neither: found by a test that waited for it, idle, for 10 s).
+        self._on_link_events()
+        self._on_events()
 
     # ------------------------------------------------------------------ public
 
@@ -165,6 +180,50 @@ class AsyncChannel:
             else:
                 timer.cancel()
 
+    # ------------------------------------------------------------------ streams
+
+    def open_stream(self, rid: bytes, stream: AsyncStream) -> None:
+        """Deliver every later message to ``rid`` to ``stream`` until :meth:`close_stream`;
+        while streams are open, ping the daemon every quarter lease (their lease)."""
+        if self.broken is not None:
+            raise ConnectionLost(str(self.broken))
+        self._streams[rid] = weakref.ref(stream)
+        if self._keeper is None:
+            self._keeper = self._spawn(self._keep_alive())
+
+    def close_stream(self, rid: bytes) -> None:
+        self._streams.pop(rid, None)
+
+    def post(self, frames: List[bytes]) -> None:
+        """Send ``frames`` (a credit or a cancel: never answered) now, or as soon as the link
+        takes them; dropped if the link is broken (the daemon forgets the stream anyway)."""
+        if self.closed or self.broken is not None:
+            return
+        if not self._outbox and try_send(self._sock, frames):
+            if not self._looking:
+                self._looking = True
+                self.loop.call_soon(self._on_events)
+            return
+        self._posts += 1
+        self._outbox[b"\x00post" + self._posts.to_bytes(8, "big")] = frames
+        if self._sender is None:
+            self._sender = self._spawn(self._send_later())
+
+    async def _keep_alive(self) -> None:
+        """Ping every quarter of the shortest lease (at most KEEPALIVE_MAX s) while streams
+        are open: a consumer that takes its time keeps its streams."""
+        try:
+            while self._streams and not self.closed and self.broken is None:
+                streams = [ref() for ref in self._streams.values()]
+                interval = min([KEEPALIVE_MAX, *(s.lease / 4 for s in streams if s is not None)])
+                del streams  # no strong reference while asleep: a dropped stream must go
+                await asyncio.sleep(interval)
+                self._ping_seq += 1
+                rid = b"\xffkeep" + self._ping_seq.to_bytes(8, "big")
+                self.post(p.request_frames(rid, p.PING, None, None, None))
+        finally:
+            self._keeper = None
+
     def close(self) -> None:
         """Fail every waiting call (ConnectionLost), stop the tasks, close the sockets."""
         if self.closed:
@@ -216,8 +275,14 @@ class AsyncChannel:
         except ProtocolError:
             return
         future = self._pending.get(reply.rid)
-        if future is not None and not future.done():
-            future.set_result(reply)
+        if future is not None:
+            if not future.done():
+                future.set_result(reply)
+            return
+        ref = self._streams.get(reply.rid)
+        stream = None if ref is None else ref()
+        if stream is not None:
+            stream.deliver(reply)
 
     def _on_link_events(self) -> None:
         """Read the link monitor's events: a drop or a refusal fails the waiting calls."""
@@ -284,6 +349,10 @@ class AsyncChannel:
         for rid, future in list(self._pending.items()):
             if not future.done():
                 future.set_exception(NotSent(str(error)) if rid in self._outbox else error)
+        for ref in list(self._streams.values()):
+            stream = ref()
+            if stream is not None:
+                stream.fail(error)
 
     def _close_sockets(self) -> None:
         """Off the loop; then monitoring off, the monitor's socket, then the socket: the only

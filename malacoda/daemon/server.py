@@ -34,12 +34,12 @@ import inspect
 import logging
 import threading
 import time
-from types import CoroutineType
+from types import AsyncGeneratorType, CoroutineType
 from typing import Any, Callable, Deque, List, Optional, Tuple
 
 import zmq
 
-from malacoda.daemon.aioloop import ASYNC_CALLS, CallLoop
+from malacoda.daemon.aioloop import ASYNC_CALLS, AsyncGenSource, CallLoop
 from malacoda.daemon.dispatch import Dispatcher
 from malacoda.daemon.guard import (
     EVENTS,
@@ -579,6 +579,10 @@ class Server:
                 status, body = p.BUSY, p.error_body(busy)
             elif is_stream(body):
                 return self.streams.open(identity, request.rid, body)
+            elif type(body) is AsyncGeneratorType:  # produced on the daemon's event loop
+                return self.streams.open(identity, request.rid,
+                                         AsyncGenSource(self.streams, self.calls, body,
+                                                        request.rid))
         return self._reply_to(request, identity, status, body)
 
     def _defer(self, request: p.Request, identity: bytes, coro: CoroutineType) -> bool:

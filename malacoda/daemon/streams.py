@@ -115,6 +115,11 @@ class EventSource:
     def close(self) -> None:
         self.hub.unsubscribe(self)
 
+    def fed(self) -> None:
+        """Called under the hub's lock after the stream took pending events (credit came) and
+        when the source is closed: a source that produces on demand (an async generator's,
+        :mod:`malacoda.daemon.aioloop`) wakes its producer here. Plain events need nothing."""
+
 
 class Stream:
     """One open stream: its source, credit and the encoded items not sent yet."""
@@ -351,6 +356,7 @@ class StreamHub:
             stream.credit -= 1
         if was_empty and stream.queued:
             self._mark(stream)
+        events.fed()
 
     def _mark(self, stream: Stream) -> None:
         """Under the lock: ``stream`` has something to send; ring once for all of them."""
@@ -447,6 +453,7 @@ class StreamHub:
         """Under the lock; True when the set of watched names changed."""
         source.closed = True
         source._ready.notify_all()
+        source.fed()
         if source.kind == "topic":
             if source in self.topics:
                 self.topics.remove(source)

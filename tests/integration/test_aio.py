@@ -270,8 +270,11 @@ async def test_a_call_waits_for_a_daemon_coming_back(start_daemon):
     first = start_daemon()
     async with malacoda.aio.get("TestDaemon") as d:
         assert await d.echo(1) == 1
+        channel = d._channel
         os.kill(first.pid, signal.SIGKILL)
         wait_for(lambda: not pid_alive(first.pid), what="the daemon to die")
+        # once the proxy knows (a request sent before that is lost, not withdrawn: it may run)
+        await until(lambda: asyncio.sleep(0, channel.broken is not None), what="the link news")
         call = asyncio.create_task(d.echo("back", timeout=20))
         await asyncio.sleep(0.5)
         assert not call.done()
@@ -290,3 +293,114 @@ async def test_lookup_failed_and_stop(start_daemon):
     wait_for(lambda: daemon.proc.poll() is not None, what="the daemon to exit")
     with pytest.raises(malacoda.LookupFailed):
         await malacoda.aio.stop("TestDaemon", wait=0.2)
+
+
+# ---------------------------------------------------------------------------------------- streams
+
+
+async def test_async_for_over_generators_plain_and_async(start_daemon):
+    start_daemon("AsyncDaemon", module=AIO)
+    async with malacoda.aio.get("AsyncDaemon", timeout=30) as d:
+        assert [x async for x in d.count(3000)] == list(range(3000))  # a plain generator
+        assert [x async for x in d.acount(3000)] == list(range(3000))  # an async generator
+        assert [x async for x in d.iterate(5)] == list(range(5))  # a returned iterator
+        stream = await d.acount(3)  # awaited, a streaming call gives its stream
+        assert [x async for x in stream] == [0, 1, 2]
+        async with d.acount(10) as items:  # async with closes it whatever happens
+            assert [await items.__anext__() for _ in range(2)] == [0, 1]
+        with pytest.raises(TypeError, match="does not stream"):
+            async for _ in d.echo(1):
+                pass
+        got = []
+        with pytest.raises(ValueError, match="failed at 3"):
+            async for x in d.afail_at(3):
+                got.append(x)
+        assert got == [0, 1, 2]  # the items before the error first
+        assert d._channel._streams == {}
+
+
+async def test_async_generator_streams_hold_no_worker(start_daemon):
+    start_daemon("AsyncDaemon", module=AIO, workers=2)
+    async with malacoda.aio.get("AsyncDaemon", timeout=30) as d:
+        async def one() -> List[int]:
+            return [x async for x in d.acount(5, pause=0.2)]
+
+        t0 = time.monotonic()
+        streams = [asyncio.create_task(one()) for _ in range(20)]
+        await until(lambda: d.get("produced"), what="the streams to produce")
+        t1 = time.monotonic()
+        assert await d.echo("meanwhile") == "meanwhile"  # the two workers are free
+        assert time.monotonic() - t1 < 0.5
+        assert await asyncio.gather(*streams) == [list(range(5))] * 20
+        took = time.monotonic() - t0
+        assert took < 4.0, f"20 streams of 5 items 0.2 s apart took {took:.1f} s with workers=2"
+
+
+async def test_leaving_early_closes_the_async_generator(start_daemon):
+    start_daemon("AsyncDaemon", module=AIO)
+    async with malacoda.aio.get("AsyncDaemon", timeout=10) as d:
+        async for x in d.aendless():
+            if x == 3:
+                break
+        await until(lambda: d.get("closed_streams"), what="the generator's finally (break)")
+        stream = await d.aendless(pause=5)  # closed while it awaits inside the generator
+        assert await stream.__anext__() == 0
+        await stream.aclose()
+        await until(lambda: _equals(d.get("closed_streams"), 2), what="a second finally")
+        async for x in d.count(100000):  # a plain generator: its finally runs too
+            if x == 5:
+                break
+        await until(lambda: _equals(d.get("closed_streams"), 3), what="the plain one's finally")
+        assert await d.open_streams() == 0
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return (await value) == expected
+
+
+async def test_flow_control_bounds_what_the_async_generator_runs_ahead(start_daemon):
+    start_daemon("AsyncDaemon", module=AIO)
+    async with malacoda.aio.get("AsyncDaemon", timeout=10) as d:
+        stream = await d.acount(100000)
+        assert [await stream.__anext__() for _ in range(10)] == list(range(10))
+        await asyncio.sleep(0.5)  # a slow consumer: the daemon waits for credit
+        ahead = await d.get("produced")
+        assert ahead <= 1024 + 10, f"the daemon ran {ahead} items ahead of a window of 1024"
+        await stream.aclose()
+
+
+async def test_a_stream_timeout_and_the_daemon_going_away(start_daemon):
+    proc = start_daemon("AsyncDaemon", module=AIO)
+    async with malacoda.aio.get("AsyncDaemon", timeout=10) as d:
+        stream = await d.acount(3, pause=1.0, timeout=0.3)
+        with pytest.raises(malacoda.CallTimeout, match="no item within"):
+            await stream.__anext__()
+        await asyncio.sleep(0.9)
+        assert await stream.__anext__() == 0  # still open: the item came meanwhile
+        await stream.aclose()
+        endless = await d.aendless(pause=0.05)
+        assert await endless.__anext__() == 0
+        os.kill(proc.pid, signal.SIGKILL)
+        with pytest.raises(malacoda.ConnectionLost):
+            async for _ in endless:
+                pass
+
+
+async def test_subscribe_and_watch_with_async_for(start_daemon):
+    start_daemon("AsyncDaemon", module=AIO)
+    async with malacoda.aio.get("AsyncDaemon", timeout=10) as d:
+        events = await d.subscribe("orders")
+        watch = await d.watch("pst_counter")
+        assert await watch.__anext__() == 0  # its value now
+        assert await d.announce("orders.new", {"id": 1}) == 1
+        assert await d.announce("other", 2) == 0
+        ev = await events.__anext__()
+        assert ev["topic"] == "orders.new" and ev["value"] == {"id": 1}
+        await d.bump()
+        assert await watch.__anext__() == 1
+        # events published by an async def method, while it runs on the loop
+        waiting = asyncio.create_task(d.await_events(0.05))
+        got = [(await events.__anext__())["value"] for _ in range(3)]
+        assert got == [0, 1, 2] and await waiting == 3
+        await events.aclose()
+        await watch.aclose()
