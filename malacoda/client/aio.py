@@ -21,6 +21,10 @@ again until its deadline), and replies map to the same exceptions (a remote ``Ke
 ``KeyError``; :class:`~malacoda.errors.CallTimeout`, :class:`~malacoda.errors.ConnectionLost`,
 :class:`~malacoda.errors.Busy`, :class:`~malacoda.errors.AccessDenied`…).
 
+A streaming method (a generator, an iterator returned, an ``async def`` generator, the
+daemon's ``subscribe`` and ``watch``) is iterated with ``async for x in d.tail(100)``; see
+:mod:`malacoda.client.aiostream`.
+
 Cancelling the task that awaits a call abandons the call as a timeout does: a request not yet
 sent (no connection yet) is withdrawn and never runs; a reply that comes later is dropped, and
 the next call is not disturbed by it.
@@ -73,7 +77,7 @@ from malacoda.resolve import resolve
 from malacoda.wire import codec
 from malacoda.wire import protocol as p
 
-__all__ = ["AsyncProxy", "get", "stop"]
+__all__ = ["AsyncProxy", "AsyncStream", "get", "stop"]
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +244,7 @@ class AsyncProxy:
 
     # ------------------------------------------------------------------ the object's face
 
-    def __getattr__(self, name: str) -> _RemoteMethod:  # noqa: D105
+    def __getattr__(self, name: str) -> _RemoteMethod:
         if name.startswith("_"):
             raise AccessDenied(f"{name!r} is private: names starting with '_' are never reachable")
         method = _RemoteMethod(self, name)
