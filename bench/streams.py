@@ -370,7 +370,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--skip", default="", help="streams,calls")
     opts = ap.parse_args(args)
     quick = opts.quick
-    n, repeats = (20_000, 1) if quick else (100_000, 5)
+    n, repeats = (20_000, 1) if quick else (100_000, 3)
     home = tempfile.mkdtemp(prefix="malacoda-bench-streams-")
     os.chmod(home, 0o700)
     info = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
