@@ -130,7 +130,7 @@ class Server:
         self._inproc = _INPROC.format(id(self))
         # A re-sent call is answered from here, not run twice.
         self.replies = ReplyCache(incarnation=dispatcher.incarnation)
-        # Streams (see malacoda.streams): their turns wait here for a worker, after calls.
+        # Streams (see malacoda.daemon.streams): their turns wait here for a worker, after calls.
         self.streams = StreamHub(dispatcher.incarnation, window=stream_window,
                                  lease=stream_lease, max_streams=max_streams)
         self.streams.schedule = self._schedule_turn
