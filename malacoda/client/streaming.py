@@ -203,15 +203,18 @@ class _KeepAlive:
         self._streams.discard(stream)
 
     def _run(self) -> None:
-        idle_since = next_ping = time.monotonic()
+        idle_since = last_ping = time.monotonic()
         while True:
             self._flush_all()  # cancels queued by a __del__
             streams = list(self._streams)
             now = time.monotonic()
             if streams:
                 idle_since = now
-                if now >= next_ping:
-                    next_ping = now + self._ping(streams)
+                # at the pace of the shortest lease open now (a stream just opened may have
+                # a shorter one than those before it)
+                if now - last_ping >= min(KEEPALIVE_MAX, *(s._lease / 4 for s in streams)):
+                    last_ping = now
+                    self._ping(streams)
             elif now - idle_since > 30.0:
                 with self._mu:
                     if not self._streams:
@@ -230,19 +233,14 @@ class _KeepAlive:
                 pass
 
     @staticmethod
-    def _ping(streams: List[RemoteIterator]) -> float:
-        """Ping each connection of ``streams`` once; the seconds until the next round."""
-        channels: Dict[int, Channel] = {}
-        interval = KEEPALIVE_MAX
-        for stream in streams:
-            channels[id(stream._channel)] = stream._channel
-            interval = min(interval, stream._lease / 4)
+    def _ping(streams: List[RemoteIterator]) -> None:
+        """Ping each connection of ``streams`` once."""
+        channels: Dict[int, Channel] = {id(s._channel): s._channel for s in streams}
         for channel in channels.values():
             try:
                 channel.keep_alive()
             except Exception:  # a channel closed meanwhile: its streams fail on their own
                 pass
-        return interval
 
 
 _keeper = _KeepAlive()

@@ -105,7 +105,7 @@ def test_timeout_bounds_the_wait_for_each_item(start_daemon):
         next(stream)
     assert time.monotonic() - started < 3.0
     deadline = time.monotonic() + 15
-    while True:  # the stream stayed open: waiting again gets the next item
+    while True:  # the stream stayed open (past its 1 s lease): waiting again gets the item
         try:
             assert next(stream) == "second"
             break
@@ -113,6 +113,20 @@ def test_timeout_bounds_the_wait_for_each_item(start_daemon):
             assert time.monotonic() < deadline
     with pytest.raises(StopIteration):
         next(stream)
+
+
+def test_a_shorter_lease_is_kept_alive_after_a_longer_one(start_daemon):
+    """The keep-alive pings at the pace of the shortest lease of the streams open now (it
+    once kept the pace of a 30 s lease streamed before, and a 1 s lease ran out)."""
+    start_daemon("StreamDaemon", lease=30.0)
+    long = malacoda.get("StreamDaemon", timeout=10).endless()
+    next(long)
+    long.close()
+    start_daemon("StreamDaemon", name="Short", lease=1.0)
+    d = malacoda.get("Short", timeout=10)
+    stream = d.first_then_wait(3.0)
+    assert next(stream) == "first"
+    assert next(stream) == "second"
 
 
 def test_the_daemon_dying_mid_stream_raises_connection_lost(start_daemon):
