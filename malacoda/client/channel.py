@@ -453,13 +453,20 @@ class Channel:
         self._outbox.append(frames)
         self._nudge()
 
-    def keep_alive(self) -> None:
-        """Renew the daemon's leases on this connection's streams (a ping), and send what
-        :meth:`post` left queued when nobody was reading."""
-        self._ping_seq += 1
-        rid = b"\xffkeep" + self._ping_seq.to_bytes(8, "big")
-        self.post(p.request_frames(rid, p.PING, None, None, None))
-        if self._outbox and self._io.acquire(blocking=False):
+    def post_from_finalizer(self, frames: List[bytes], waiter: StreamWaiter) -> None:
+        """What a ``__del__`` may do: no lock at all (the collector may run it in a thread that
+        holds one of ours). Forget ``waiter`` and queue ``frames``: the reader sends them when
+        nudged, or the keep-alive thread within a quarter second."""
+        if self._closed or self._pid != os.getpid():
+            return
+        if self._pending.get(waiter.rid) is waiter:
+            self._pending.pop(waiter.rid, None)
+        self._outbox.append(frames)
+        self._nudge()
+
+    def flush_outbox(self) -> None:
+        """Send what :meth:`post_from_finalizer` queued, if nobody reads now."""
+        if self._outbox and not self._closed and self._io.acquire(blocking=False):
             try:
                 if not self._closed:
                     self._flush()
@@ -467,6 +474,14 @@ class Channel:
                 self._io.release()
                 if self._pending:
                     self._pass_reader_role()
+
+    def keep_alive(self) -> None:
+        """Renew the daemon's leases on this connection's streams (a ping), and send what
+        :meth:`post` left queued when nobody was reading."""
+        self._ping_seq += 1
+        rid = b"\xffkeep" + self._ping_seq.to_bytes(8, "big")
+        self.post(p.request_frames(rid, p.PING, None, None, None))
+        self.flush_outbox()
 
     # ------------------------------------------------------------------ reader role
 

@@ -32,6 +32,7 @@ from malacoda.wire import protocol as p
 
 WINDOW = 1024  # items a client lets the daemon run ahead (cut to the daemon's own window)
 KEEPALIVE_MAX = 5.0  # seconds between keep-alive pings at most
+FLUSH_EVERY = 0.25  # seconds: how soon a cancel from a __del__ goes out when nobody reads
 
 
 class RemoteIterator:
@@ -166,8 +167,8 @@ class RemoteIterator:
         try:
             if not self._over:
                 self._over = True
-                self._post(p.CANCEL, None)
-                self._channel.close_stream(self._waiter)
+                self._channel.post_from_finalizer(
+                    p.request_frames(self._rid, p.CANCEL, None, None, None), self._waiter)
         except Exception:
             pass
 
@@ -183,6 +184,7 @@ class _KeepAlive:
 
     def __init__(self) -> None:
         self._streams: weakref.WeakSet[RemoteIterator] = weakref.WeakSet()
+        self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()  # ever had a stream
         self._mu = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._wake = threading.Event()
@@ -190,6 +192,7 @@ class _KeepAlive:
     def add(self, stream: RemoteIterator) -> None:
         with self._mu:
             self._streams.add(stream)
+            self._channels.add(stream._channel)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="malacoda-keepalive",
                                                 daemon=True)
@@ -200,39 +203,44 @@ class _KeepAlive:
         self._streams.discard(stream)
 
     def _run(self) -> None:
-        idle_since = time.monotonic()
+        idle_since = last_ping = time.monotonic()
         while True:
+            self._flush_all()  # cancels queued by a __del__
             streams = list(self._streams)
-            if not streams:
-                if time.monotonic() - idle_since > 30.0:
-                    with self._mu:
-                        if not self._streams:
-                            self._thread = None
-                            return
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            idle_since = time.monotonic()
-            interval = self._ping(streams)
+            now = time.monotonic()
+            if streams:
+                idle_since = now
+                # at the pace of the shortest lease open now (a stream just opened may have
+                # a shorter one than those before it)
+                if now - last_ping >= min(KEEPALIVE_MAX, *(s._lease / 4 for s in streams)):
+                    last_ping = now
+                    self._ping(streams)
+            elif now - idle_since > 30.0:
+                with self._mu:
+                    if not self._streams:
+                        self._thread = None
+                        return
             del streams  # no strong reference while waiting: a dropped iterator must go
-            self._wake.wait(interval)
+            self._wake.wait(FLUSH_EVERY)
             self._wake.clear()
 
 
+    def _flush_all(self) -> None:
+        for channel in list(self._channels):
+            try:
+                channel.flush_outbox()
+            except Exception:  # closed meanwhile
+                pass
+
     @staticmethod
-    def _ping(streams: List[RemoteIterator]) -> float:
-        """Ping each connection of ``streams`` once; the seconds until the next round."""
-        channels: Dict[int, Channel] = {}
-        interval = KEEPALIVE_MAX
-        for stream in streams:
-            channels[id(stream._channel)] = stream._channel
-            interval = min(interval, stream._lease / 4)
+    def _ping(streams: List[RemoteIterator]) -> None:
+        """Ping each connection of ``streams`` once."""
+        channels: Dict[int, Channel] = {id(s._channel): s._channel for s in streams}
         for channel in channels.values():
             try:
                 channel.keep_alive()
             except Exception:  # a channel closed meanwhile: its streams fail on their own
                 pass
-        return interval
 
 
 _keeper = _KeepAlive()

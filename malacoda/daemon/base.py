@@ -123,7 +123,7 @@ class Malacoda(Events):
     #: Whether a ``set`` through a proxy may create a ``pst*`` attribute the daemon does not have
     #: (it would be saved, and loaded at every later start); setting an existing one always is.
     _allow_new_pst: bool = False
-    #: Streams (see :mod:`malacoda.streams`): the most items one stream runs ahead of its
+    #: Streams (see :mod:`malacoda.daemon.streams`): the most items one stream runs ahead of its
     #: client, the seconds a silent client keeps its streams, and the streams open at once.
     _stream_window: int = WINDOW
     _stream_lease: float = LEASE

@@ -143,7 +143,7 @@ class Server:
         self.calls = CallLoop(on_exit=self._close_push)  # where async def methods run
         # A re-sent call is answered from here, not run twice.
         self.replies = ReplyCache(incarnation=dispatcher.incarnation)
-        # Streams (see malacoda.streams): their turns wait here for a worker, after calls.
+        # Streams (see malacoda.daemon.streams): their turns wait here for a worker, after calls.
         self.streams = StreamHub(dispatcher.incarnation, window=stream_window,
                                  lease=stream_lease, max_streams=max_streams)
         self.streams.schedule = self._schedule_turn

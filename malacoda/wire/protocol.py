@@ -17,7 +17,8 @@ Request envelope (client → daemon): ``[id, op, name, timeout, body]``
 item       type       meaning
 =========  =========  ====================================================================
 id         bin        request id, 1 to 64 bytes, unique per client; echoed in the reply
-op         str        operation: ``call``, ``get``, ``set``, ``describe``, ``ping``
+op         str        operation: ``call``, ``get``, ``set``, ``describe``, ``ping``;
+                      ``credit``, ``cancel`` for streams
 name       str/nil    the method or attribute name (``call``, ``get``, ``set``)
 timeout    int/nil    how many milliseconds the caller will wait; nil waits for ever. A daemon
                       that cannot *start* the request within that time drops it unanswered.
@@ -60,6 +61,11 @@ code   name             body
 7      GONE             a copy of this request ran already, but its reply was not kept for
                         a re-send (too large, or pushed out): nothing ran now, the result
                         is lost
+8      STREAM           the call's result is an iterator: a stream is open (below);
+                        ``{"window": int, "lease": int ms}``
+9      ITEMS            ``[first, [item, …]]``: items of a stream, ``first`` the index of
+                        the batch's first item
+10     END              the stream's iterator is exhausted; the count of items sent
 =====  ===============  =================================================================
 
 Error map (every status but 0): ``{"type": str, "module": str, "message": str,
@@ -76,6 +82,16 @@ Description (``describe``): ``{"name", "class", "doc", "incarnation", "version",
 "attributes": [name, …]}``; ``kind`` is ``inspect.Parameter.kind`` as an int (0 positional
 only, 1 positional or keyword, 2 ``*args``, 3 keyword only, 4 ``**kwargs``); a nil
 ``default_repr`` means no default.
+
+Streams (the ``streams`` extension, version 1; ``"extensions": {"streams": 1}`` in the
+description): a ``call`` whose result is an iterator is answered STREAM, with no credit. Every
+later message of the stream carries the call's request id. The client sends ``credit`` (body:
+a uint, items it grants; 0 only renews the lease) and ``cancel`` (body nil; the daemon closes
+the iterator), neither answered while the stream exists (a credit for an unknown stream gets
+an ERROR, ``LookupError``). The daemon sends at most the credit granted (kept up to
+``window``), in ITEMS replies, then END — or ERROR if the iterator raised. A connection that
+sends nothing for the lease loses its streams; ``ping`` keeps them. The daemon's
+``subscribe(prefix)`` and ``watch(name)`` methods stream events this way.
 
 The values inside bodies are encoded by :mod:`malacoda.wire.codec`.
 """

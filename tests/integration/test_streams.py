@@ -98,16 +98,35 @@ def test_flow_control_keeps_the_daemon_a_window_ahead(start_daemon):
 def test_timeout_bounds_the_wait_for_each_item(start_daemon):
     start_daemon("StreamDaemon")
     d = malacoda.get("StreamDaemon")
-    stream = d.first_then_wait(1.5, timeout=0.5)
+    stream = d.first_then_wait(4.0, timeout=0.5)
     assert next(stream) == "first"
     started = time.monotonic()
     with pytest.raises(malacoda.CallTimeout):
         next(stream)
-    assert time.monotonic() - started < 1.2
-    time.sleep(1.2)
-    assert next(stream) == "second"  # the stream stayed open: wait again
+    assert time.monotonic() - started < 3.0
+    deadline = time.monotonic() + 15
+    while True:  # the stream stayed open (past its 1 s lease): waiting again gets the item
+        try:
+            assert next(stream) == "second"
+            break
+        except malacoda.CallTimeout:
+            assert time.monotonic() < deadline
     with pytest.raises(StopIteration):
         next(stream)
+
+
+def test_a_shorter_lease_is_kept_alive_after_a_longer_one(start_daemon):
+    """The keep-alive pings at the pace of the shortest lease of the streams open now (it
+    once kept the pace of a 30 s lease streamed before, and a 1 s lease ran out)."""
+    start_daemon("StreamDaemon", lease=30.0)
+    long = malacoda.get("StreamDaemon", timeout=10).endless()
+    next(long)
+    long.close()
+    start_daemon("StreamDaemon", name="Short", lease=1.0)
+    d = malacoda.get("Short", timeout=10)
+    stream = d.first_then_wait(3.0)
+    assert next(stream) == "first"
+    assert next(stream) == "second"
 
 
 def test_the_daemon_dying_mid_stream_raises_connection_lost(start_daemon):
