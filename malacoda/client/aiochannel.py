@@ -114,6 +114,7 @@ class AsyncChannel:
         self.broken: Optional[BaseException] = None
         self.closed = False
         self._last_heard = time.monotonic()
+        self._link_looked = 0.0  # when request() last looked at the link's news
         self._tasks: Set[asyncio.Task[None]] = set()
         self._sender: Optional[asyncio.Task[None]] = None
         self._watchdog: Optional[asyncio.Task[None]] = None
@@ -138,10 +139,13 @@ class AsyncChannel:
         if self.closed:
             raise NotSent(f"the connection to {self.endpoint} was closed")
         # Unread link news (the daemon went away since we last heard from it)? Only worth a
-        # look after a pause, as in the synchronous channel.
-        if (time.monotonic() - self._last_heard > LINK_QUIET
-                and cast(int, get_option(cast(zmq.Socket, self._monitor), _EVENTS)) & _POLLIN):
-            self._on_link_events()
+        # look after a pause, as in the synchronous channel; and once per pause, not per
+        # request (a thousand requests of one loop iteration look once).
+        now = time.monotonic()
+        if now - self._last_heard > LINK_QUIET and now - self._link_looked > LINK_QUIET:
+            self._link_looked = now
+            if cast(int, get_option(cast(zmq.Socket, self._monitor), _EVENTS)) & _POLLIN:
+                self._on_link_events()
         if self.broken is not None:
             raise NotSent(str(self.broken))
         future: asyncio.Future[p.Reply] = self.loop.create_future()
