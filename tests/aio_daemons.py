@@ -94,3 +94,10 @@ class FewAsync(AsyncDaemon):
     """At most 4 ``async def`` calls at once."""
 
     _async_calls = 4
+
+
+class FewStreams(AsyncDaemon):
+    """At most 4 streams open at once, and a 1 s lease."""
+
+    _max_streams = 4
+    _stream_lease = 1.0

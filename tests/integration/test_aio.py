@@ -404,3 +404,29 @@ async def test_subscribe_and_watch_with_async_for(start_daemon):
         assert got == [0, 1, 2] and await waiting == 3
         await events.aclose()
         await watch.aclose()
+
+
+async def test_async_generator_streams_are_bounded_and_leased(start_daemon):
+    """Streams of async generators count against max_streams (BUSY past it, the generator
+    never started) and a client that stops talking loses them when the lease runs out (their
+    finally runs)."""
+    start_daemon("FewStreams", module=AIO)
+    async with malacoda.aio.get("FewStreams", timeout=10) as d:
+        held = [await d.aendless(pause=0.5) for _ in range(4)]
+        with pytest.raises(malacoda.Busy, match="streams are open"):
+            await d.aendless()
+        assert await d.echo("calls go on") == "calls go on"
+        for stream in held:
+            await stream.aclose()
+        await until(lambda: _equals(d.open_streams(), 0), what="the streams to close")
+        assert await d.get("closed_streams") == 4
+    # a client that goes silent (no keep-alive: its channel is gone) loses its stream
+    quiet = malacoda.aio.get("FewStreams", timeout=10)
+    stream = await quiet.aendless(pause=0.05)
+    assert await stream.__anext__() == 0
+    channel = quiet._channel
+    channel._keeper.cancel()  # no more pings: as if the client hung
+    async with malacoda.aio.get("FewStreams", timeout=10) as other:
+        await until(lambda: _equals(other.get("closed_streams"), 5), timeout=10,
+                    what="the lease to close the silent client's stream")
+    await quiet.aclose()
