@@ -48,6 +48,10 @@ class AsyncDaemon(TestDaemon):
         await asyncio.sleep(0)
         return (a, b)
 
+    async def own_timeout(self, timeout=5):
+        """A method with a parameter named timeout: the keyword is its own."""
+        return timeout
+
     async def forever(self):
         await asyncio.Event().wait()
 

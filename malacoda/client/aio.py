@@ -262,8 +262,18 @@ class AsyncProxy:
         if name.startswith("_"):
             raise AccessDenied(f"{name!r} is private: names starting with '_' are never reachable")
         timeout = self._timeout
-        if kwargs and "timeout" in kwargs and not await self._has_own_timeout(name):
-            timeout = check_timeout(kwargs.pop("timeout"))
+        if kwargs and "timeout" in kwargs:
+            # Whose keyword is it? The description says (asked once per incarnation, within
+            # the call's own timeout: a hung daemon must not hold this call longer).
+            try:
+                wait = check_timeout(kwargs["timeout"])
+            except ConfigError:  # not a timeout: the method's own argument, or a mistake
+                wait = self._timeout
+            started = time.monotonic()
+            if not await self._has_own_timeout(name, wait):
+                timeout = check_timeout(kwargs.pop("timeout"))
+                if timeout is not None:
+                    timeout = max(timeout - (time.monotonic() - started), 0.001)
         return await self._request(p.CALL, name, None, timeout, codec.encode_call(args, kwargs))
 
     async def get(self, name: str, timeout: Any = None) -> Any:
@@ -329,10 +339,11 @@ class AsyncProxy:
     def _call_timeout(self, timeout: Any) -> Optional[float]:
         return self._timeout if timeout is None else check_timeout(timeout)
 
-    async def _has_own_timeout(self, name: str) -> bool:
+    async def _has_own_timeout(self, name: str, wait: Optional[float]) -> bool:
+        """Whether the remote method ``name`` has a parameter named ``timeout``."""
         description = self._description
         if description is None:
-            description = await self.describe()
+            description = await self.describe(timeout=wait)
         info = description["methods"].get(name)
         return info is not None and any(row[0] == "timeout" for row in info.get("params", []))
 

@@ -430,3 +430,13 @@ async def test_async_generator_streams_are_bounded_and_leased(start_daemon):
         await until(lambda: _equals(other.get("closed_streams"), 5), timeout=10,
                     what="the lease to close the silent client's stream")
     await quiet.aclose()
+
+
+async def test_timeout_keyword_of_a_method_that_has_its_own(start_daemon):
+    start_daemon("AsyncDaemon", module=AIO)
+    async with malacoda.aio.get("AsyncDaemon", timeout=10) as d:
+        # slow has no timeout parameter: the keyword is the call's, checked
+        with pytest.raises(malacoda.ConfigError, match="timeout"):
+            await d.slow(0.1, timeout=0)
+        assert await d.own_timeout(timeout=0) == 0  # its own parameter: passed, not checked
+        assert await d.own_timeout(timeout="x") == "x"
