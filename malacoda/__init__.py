@@ -37,6 +37,7 @@ from malacoda.version import __version__
 
 if TYPE_CHECKING:
     from malacoda.client.proxy import Proxy
+    from malacoda.client.streaming import RemoteIterator
     from malacoda.daemon.base import Malacoda
     from malacoda.storage import PstFileStorage, PstS3Storage, PstSqliteStorage, PstStorage
     from malacoda.wire.codec import register_type
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 # Imported on first use: a command line (malacodactl) needs none of the daemon's side.
 _LAZY = {"Malacoda": "daemon.base", "register_type": "wire.codec", "Proxy": "client.proxy",
          "PstFileStorage": "storage", "PstS3Storage": "storage", "PstSqliteStorage": "storage",
-         "PstStorage": "storage"}
+         "PstStorage": "storage", "RemoteIterator": "client.streaming"}
 
 
 def __getattr__(name: str) -> Any:
@@ -78,6 +79,7 @@ __all__ = [
     "ProcessError",
     "ProtocolError",
     "Proxy",
+    "RemoteIterator",
     "PstFileStorage",
     "PstS3Storage",
     "PstSqliteStorage",

@@ -404,6 +404,7 @@ class AsyncProxy:
     async def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float],
                        encoded: Optional[Tuple[bytes, List[bytes]]] = None) -> Any:
         started = time.monotonic()
+        per_item = timeout  # a stream's wait for each item: the caller's whole timeout
         channel = self._channel
         target = self._target
         if (channel is None or target is None or channel.broken is not None or channel.closed
@@ -442,7 +443,7 @@ class AsyncProxy:
             self.__dict__["_incarnation"] = reply.incarnation
         if reply.status == p.STREAM:  # the method's result is an iterator: its items follow
             return AsyncStream(self._channel or channel, rid, reply.incarnation, reply.value(),
-                               timeout, f"{self._spec}.{name}", remote_exception)
+                               per_item, f"{self._spec}.{name}", remote_exception)
         return reply_result(reply)
 
     async def _check_size(self, frames: List[bytes]) -> None:

@@ -454,13 +454,22 @@ class Channel:
         self._nudge()
 
     def post_from_finalizer(self, frames: List[bytes], waiter: StreamWaiter) -> None:
-        """What a ``__del__`` may do: no lock at all (the collector may run it in a thread that
-        holds one of ours). Forget ``waiter`` and queue ``frames``: the reader sends them when
-        nudged, or the keep-alive thread within a quarter second."""
+        """What a ``__del__`` may do: take no lock it could wait for (the collector may run it
+        in a thread that holds one of ours). Forget ``waiter`` and send ``frames`` if the
+        socket is free, else queue them: the reader sends them when nudged, or the keep-alive
+        thread within a quarter second."""
         if self._closed or self._pid != os.getpid():
             return
         if self._pending.get(waiter.rid) is waiter:
             self._pending.pop(waiter.rid, None)
+        # The socket's lock, if free, is free of this thread too: send now. (Not the reader
+        # role's hand-over: that takes _mu; a follower takes the role itself within 50 ms.)
+        if self._io.acquire(blocking=False):
+            try:
+                if not self._closed and try_send(self._sock, frames):
+                    return
+            finally:
+                self._io.release()
         self._outbox.append(frames)
         self._nudge()
 

@@ -371,6 +371,7 @@ class Proxy:
     def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float],
                  encoded: Optional[Tuple[bytes, List[bytes]]] = None) -> Any:
         started = time.monotonic()
+        per_item = timeout  # a stream's wait for each item: the caller's whole timeout
         channel = self._channel
         if (channel is None or self._generation != _fork_generation or channel.broken is not None
                 or not self._target.current()):
@@ -408,7 +409,7 @@ class Proxy:
             self.__dict__["_incarnation"] = reply.incarnation
         if reply.status == p.STREAM:  # the method's result is an iterator: its items follow
             return RemoteIterator(self._channel or channel, rid, reply.incarnation, reply.value(),
-                                  timeout, f"{self._spec}.{name}", self, remote_exception)
+                                  per_item, f"{self._spec}.{name}", self, remote_exception)
         return reply_result(reply)
 
     def _check_size(self, frames: List[bytes]) -> None:

@@ -25,6 +25,12 @@ decoded); ZeroMQ itself bounds only each frame. What ZeroMQ holds before a messa
 :class:`~.guard.ConnectionGuard`: at most ``max_connections`` connections, and the memory they
 hold within ``queue_bytes + (workers + 2) * max_message`` (at least 256 MiB) beyond the
 daemon's own.
+
+A call whose result is an iterator opens a stream (:mod:`malacoda.daemon.streams`): its
+``credit`` and ``cancel`` messages are handled by the socket's owner, like ``ping``; its
+*turns* (producing items) wait for a worker in a queue of their own, taken only after waiting
+calls and by at most ``workers - 1`` workers at once; its items are sent by the socket's owner
+when a doorbell (an empty frame on the inproc socket) rings.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 import traceback
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from malacoda.errors import ProtocolError
 from malacoda.wire import protocol as p
@@ -509,5 +509,3 @@ def is_stream(value: Any) -> bool:
     """Whether a call's result streams: an iterator (it has ``__next__``)."""
     return hasattr(type(value), "__next__")
 
-
-__all__ = ["EventSource", "Stream", "StreamHub", "is_stream", "Iterator"]

@@ -61,17 +61,23 @@ def test_leaving_early_closes_the_generator_in_the_daemon(start_daemon, how):
     if how == "break":
         for item in d.endless():
             if item == 5:
+                left = time.monotonic()
                 break
     elif how == "close":
         stream = d.endless()
         assert next(stream) == 0
+        left = time.monotonic()
         stream.close()
     else:
         stream = d.endless()
         assert next(stream) == 0
+        left = time.monotonic()
         del stream
         gc.collect()
-    wait_for(lambda: d.closed_streams == 1, timeout=2.0, what="the generator's finally")
+    wait_for(lambda: d.closed_streams == 1, timeout=2.0, what="the generator's finally",
+             interval=0.005)
+    print(f"\nFIGURES {{\"test\": \"leaving by {how}\", \"finally_ran_within_ms\": "
+          f"{(time.monotonic() - left) * 1000:.0f}}}")
     assert d.open_streams() == 0
 
 
@@ -179,7 +185,10 @@ def test_a_client_that_dies_loses_its_streams_within_the_lease(start_daemon, hom
         assert d.open_streams() == 1 and d.closed_streams == 0
         client.kill()
         client.wait()
+        killed = time.monotonic()
         wait_for(lambda: d.closed_streams == 1, timeout=3.0, what="the lease to run out")
+        print(f"\nFIGURES {{\"test\": \"client killed\", \"lease_s\": 1.0, "
+              f"\"finally_ran_after_s\": {time.monotonic() - killed:.2f}}}")
         assert d.open_streams() == 0
     finally:
         client.kill()
