@@ -214,8 +214,10 @@ class Server:
             t = threading.Thread(target=self._thread_main, name=f"malacoda-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        if any(inspect.iscoroutinefunction(getattr(type(self.dispatcher.target), name, None))
-               for name in dir(type(self.dispatcher.target)) if not name.startswith("_")):
+        cls = type(self.dispatcher.target)
+        if any(inspect.iscoroutinefunction(getattr(cls, name, None))
+               or inspect.isasyncgenfunction(getattr(cls, name, None))
+               for name in dir(cls) if not name.startswith("_")):
             self.calls.start()  # else at the first coroutine
         return self.port
 
