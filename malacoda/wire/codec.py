@@ -213,8 +213,10 @@ class Encoder:
                 "argument cannot travel (no registration makes one); return it alone")
         if t.__name__ in _UNSENDABLE_KINDS and t.__module__ == "builtins":
             raise TypeError(
-                f"cannot send a {t.__name__}: coroutines cannot be returned or sent yet (no "
-                "registration makes one travel); return the awaited result")
+                f"cannot send a {t.__name__} inside a value: an async def method's coroutine is "
+                "awaited on the daemon and an async generator streams, but one within a list, a "
+                "map or an argument cannot travel (no registration makes one); return the "
+                "awaited result")
         raise TypeError(
             f"cannot send a value of type {t.__module__}.{t.__qualname__}: "
             "register it with malacoda.register_type() on both ends"
