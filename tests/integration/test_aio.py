@@ -303,13 +303,20 @@ async def test_async_for_over_generators_plain_and_async(start_daemon):
     async with malacoda.aio.get("AsyncDaemon", timeout=30) as d:
         assert [x async for x in d.count(3000)] == list(range(3000))  # a plain generator
         assert [x async for x in d.acount(3000)] == list(range(3000))  # an async generator
-        assert [x async for x in d.iterate(5)] == list(range(5))  # a returned iterator
+        # a method that returns an iterator is not marked as streaming in the description:
+        # its call is a plain coroutine, awaited for its stream
+        assert [x async for x in await d.iterate(5)] == list(range(5))
         stream = await d.acount(3)  # awaited, a streaming call gives its stream
         assert [x async for x in stream] == [0, 1, 2]
         async with d.acount(10) as items:  # async with closes it whatever happens
             assert [await items.__anext__() for _ in range(2)] == [0, 1]
-        with pytest.raises(TypeError, match="does not stream"):
-            async for _ in d.echo(1):
+        plain = d.echo(1)  # known not to stream: a plain coroutine
+        with pytest.raises(TypeError, match="async for"):
+            async for _ in plain:
+                pass
+        plain.close()
+        with pytest.raises(TypeError, match="does not stream"):  # not known: told after the call
+            async for _ in malacoda.aio.get("AsyncDaemon").echo(1):
                 pass
         got = []
         with pytest.raises(ValueError, match="failed at 3"):
