@@ -30,9 +30,10 @@ into a link that is known to be gone.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import weakref
-from typing import TYPE_CHECKING, Dict, List, Optional, Set, cast
+from typing import TYPE_CHECKING, Deque, Dict, List, Optional, Set, Tuple, cast
 
 import zmq
 
@@ -111,6 +112,9 @@ class AsyncChannel:
         self._keeper: Optional[asyncio.Task[None]] = None
         self._outbox: Dict[bytes, List[bytes]] = {}  # not sent yet (no link): in order
         self._untimed = 0  # calls waiting without a timeout: the heartbeat watches for them
+        # (deadline, future) of calls with a timeout, in deadline order; see _arm
+        self._deadlines: Deque[Tuple[float, asyncio.Future[p.Reply]]] = collections.deque()
+        self._sweeper: Optional[asyncio.TimerHandle] = None
         self.broken: Optional[BaseException] = None
         self.closed = False
         self._last_heard = time.monotonic()
@@ -165,7 +169,7 @@ class AsyncChannel:
             if self._watchdog is None:
                 self._watchdog = self._spawn(self._heartbeat())
         else:
-            timer = self.loop.call_later(timeout, _expire, future)
+            timer = self._arm(self.loop.time() + timeout, future)
         try:
             return await future
         except _Expired:
@@ -179,10 +183,43 @@ class AsyncChannel:
                 future.exception()  # seen (a task cancelled as it failed): nothing logged at GC
             if self._outbox:
                 self._outbox.pop(rid, None)  # still unsent: withdrawn, it will never run
-            if timer is None:
+            if timeout is None:
                 self._untimed -= 1
-            else:
+            elif timer is not None:
                 timer.cancel()
+
+    def _arm(self, deadline: float, future: asyncio.Future[p.Reply]
+             ) -> Optional[asyncio.TimerHandle]:
+        """Expire ``future`` at ``deadline`` (loop time). Calls of one timeout come in the
+        order of their deadlines: those wait in one queue behind one loop timer, which costs
+        less than a timer each (made, pushed on the loop's heap, cancelled: a thousand calls
+        at once made a thousand). A deadline earlier than the last queued gets a timer of its
+        own, which is returned (to cancel)."""
+        queue = self._deadlines
+        while queue and queue[0][1].done():  # answered calls leave from the front
+            queue.popleft()
+        if len(queue) > 2 * len(self._pending) + 64:  # a slow call at the front holds many
+            queue = self._deadlines = collections.deque(e for e in queue if not e[1].done())
+        if queue and deadline < queue[-1][0]:
+            return self.loop.call_at(deadline, _expire, future)
+        queue.append((deadline, future))
+        first = queue[0][0]
+        sweeper = self._sweeper
+        if sweeper is None or first < sweeper.when():  # (armed for calls gone since)
+            if sweeper is not None:
+                sweeper.cancel()
+            self._sweeper = self.loop.call_at(first, self._sweep)
+        return None
+
+    def _sweep(self) -> None:
+        """The first queued deadline came: expire what is due, wait for the next."""
+        self._sweeper = None
+        queue, now = self._deadlines, self.loop.time()
+        while queue and (queue[0][0] <= now or queue[0][1].done()):
+            _, future = queue.popleft()
+            _expire(future)
+        if queue:
+            self._sweeper = self.loop.call_at(queue[0][0], self._sweep)
 
     # ------------------------------------------------------------------ streams
 
@@ -236,6 +273,9 @@ class AsyncChannel:
         self._fail_all(ConnectionLost(f"the connection to {self.endpoint} was closed"))
         for task in list(self._tasks):
             task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._deadlines.clear()
         self._close_sockets()
 
     # ------------------------------------------------------------------ tasks
