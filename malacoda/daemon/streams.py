@@ -120,7 +120,7 @@ class Stream:
     """One open stream: its source, credit and the encoded items not sent yet."""
 
     __slots__ = ("key", "source", "events", "credit", "index", "queued", "queued_bytes",
-                 "final", "scheduled", "cancelled", "finished", "stop_after")
+                 "final", "scheduled", "cancelled", "finished")
 
     def __init__(self, key: Key, source: Any) -> None:
         self.key = key
@@ -134,7 +134,6 @@ class Stream:
         self.scheduled = False  # in the turn queue or in a turn (iterators only)
         self.cancelled = False
         self.finished = False  # the source is closed (nothing more will be produced)
-        self.stop_after = False
 
 
 class StreamHub:
