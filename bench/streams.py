@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 PAIRS = 10  # alternating latency batches per round of the call-path comparison
@@ -277,7 +279,8 @@ def measure_regression(baseline: Path, rounds: int, calls: int, window: float,
     servers: Dict[str, Server] = {}
     callers: Dict[str, List[Caller]] = {k: [] for k in trees}
     out: Dict[str, List[float]] = {"p50_new": [], "p50_old": [], "p50_ratio": [],
-                                   "tput_new": [], "tput_old": [], "tput_ratio": []}
+                                   "tput_new": [], "tput_old": [], "tput_ratio": [],
+                                   "cpu_new": [], "cpu_old": [], "cpu_ratio": []}
     try:
         for k, tree in trees.items():
             os.chmod(homes[k], 0o700)
@@ -292,12 +295,21 @@ def measure_regression(baseline: Path, rounds: int, calls: int, window: float,
                 for k in (order if i % 2 == 0 else order[::-1]):
                     pairs[k].append(callers[k][0].ask(f"lat {max(50, calls // PAIRS)}"))
             p50 = {k: statistics.median(v) for k, v in pairs.items()}
-            tput = {}
+            tput, cpu = {}, {}
             for k in order:
                 start = time.time() + 0.3
                 for c in callers[k]:
                     c.send(f"tput {start} {window}")
-                tput[k] = sum(c.result() for c in callers[k]) / window
+                server = psutil.Process(servers[k].proc.pid)
+                time.sleep(max(0.0, start - time.time()))
+                before = sum(server.cpu_times()[:2])
+                done = sum(c.result() for c in callers[k])
+                used = sum(server.cpu_times()[:2]) - before  # the daemon's CPU, all threads
+                tput[k] = done / window
+                cpu[k] = used / done * 1e6
+            out["cpu_new"].append(cpu["new"])
+            out["cpu_old"].append(cpu["old"])
+            out["cpu_ratio"].append(cpu["new"] / cpu["old"])
             out["p50_new"].append(p50["new"])
             out["p50_old"].append(p50["old"])
             out["p50_ratio"].append(p50["new"] / p50["old"])
@@ -306,7 +318,9 @@ def measure_regression(baseline: Path, rounds: int, calls: int, window: float,
             out["tput_ratio"].append(tput["new"] / tput["old"])
             print(f"  round {r + 1}: p50 new {p50['new']:.1f} µs old {p50['old']:.1f} µs "
                   f"({out['p50_ratio'][-1]:.3f}); {clients} clients new {tput['new']:,.0f}/s "
-                  f"old {tput['old']:,.0f}/s ({out['tput_ratio'][-1]:.3f})", flush=True)
+                  f"old {tput['old']:,.0f}/s ({out['tput_ratio'][-1]:.3f}); daemon CPU per call "
+                  f"new {cpu['new']:.1f} µs old {cpu['old']:.1f} µs ({out['cpu_ratio'][-1]:.3f})",
+                  flush=True)
     finally:
         for group in callers.values():
             for c in group:
@@ -348,7 +362,11 @@ def report(rates: Dict[str, List[float]], n: int, regression: Optional[Dict[str,
                   f"{_cell(regression['p50_old'], '{:.1f}')} | {_cell(p50, '{:.3f}')} | ≤ 1.03 |",
                   f"| 16 clients, calls/s | {_cell(regression['tput_new'], '{:,.0f}')} | "
                   f"{_cell(regression['tput_old'], '{:,.0f}')} | {_cell(tput, '{:.3f}')} | "
-                  "≥ 0.97 |", ""]
+                  "≥ 0.97 |",
+                  f"| the daemon's CPU per call, 16 clients (user + sys µs) | "
+                  f"{_cell(regression['cpu_new'], '{:.1f}')} | "
+                  f"{_cell(regression['cpu_old'], '{:.1f}')} | "
+                  f"{_cell(regression['cpu_ratio'], '{:.3f}')} | ≤ 1.03 |", ""]
     lines.append(END)
     return "\n".join(lines)
 

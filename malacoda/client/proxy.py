@@ -26,7 +26,8 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from malacoda.address import Target
-from malacoda.client.channel import Channel, NotSent
+from malacoda.client.channel import NotSent
+from malacoda.client.stream_channel import StreamChannel
 from malacoda.client.streaming import RemoteIterator
 from malacoda.errors import (
     AccessDenied,
@@ -332,7 +333,7 @@ class Proxy:
         d["_rid_prefix"] = os.urandom(8)
         d["_counter"] = itertools.count(1)
 
-    def _connect(self) -> Channel:
+    def _connect(self) -> StreamChannel:
         if self._generation != _fork_generation:
             self._start_afresh_after_fork()
         with self._lock:
@@ -343,13 +344,14 @@ class Proxy:
                 channel.close()
                 self._target.close()
             target: Target = resolve(self._spec, **self._ssh_args)
-            channel = Channel(target.endpoint, curve=target.curve, max_message=self._max_message,
-                              plain=target.plain, owner_token=target.owner_token)
+            channel = StreamChannel(target.endpoint, curve=target.curve,
+                                    max_message=self._max_message,
+                                    plain=target.plain, owner_token=target.owner_token)
             self.__dict__["_target"] = target
             self.__dict__["_channel"] = channel
             return channel
 
-    def _connect_waiting(self, timeout: Optional[float], started: float) -> Channel:
+    def _connect_waiting(self, timeout: Optional[float], started: float) -> StreamChannel:
         """:meth:`_connect`, looking the name up again while no daemon of that name runs, until
         the call's deadline (without one: :data:`LOOKUP_WAIT` seconds): a daemon its monitor
         restarts (after ``kill -9``, in its backoff) is found once it is back."""

@@ -26,7 +26,7 @@ import time
 import weakref
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from malacoda.client.channel import Channel
+from malacoda.client.stream_channel import StreamChannel
 from malacoda.errors import CallTimeout, ConnectionLost, ProtocolError
 from malacoda.wire import protocol as p
 
@@ -38,7 +38,7 @@ FLUSH_EVERY = 0.25  # seconds: how soon a cancel from a __del__ goes out when no
 class RemoteIterator:
     """The items of one stream, in order. Safe to share between threads (one item each)."""
 
-    def __init__(self, channel: Channel, rid: bytes, incarnation: str, opened: Any,
+    def __init__(self, channel: StreamChannel, rid: bytes, incarnation: str, opened: Any,
                  timeout: Optional[float], label: str, owner: Any,
                  error_of: Callable[[Any], BaseException], window: int = WINDOW) -> None:
         if not isinstance(opened, dict):
@@ -184,7 +184,7 @@ class _KeepAlive:
 
     def __init__(self) -> None:
         self._streams: weakref.WeakSet[RemoteIterator] = weakref.WeakSet()
-        self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()  # ever had a stream
+        self._channels: weakref.WeakSet[StreamChannel] = weakref.WeakSet()  # ever had a stream
         self._mu = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._wake = threading.Event()
@@ -235,7 +235,7 @@ class _KeepAlive:
     @staticmethod
     def _ping(streams: List[RemoteIterator]) -> None:
         """Ping each connection of ``streams`` once."""
-        channels: Dict[int, Channel] = {id(s._channel): s._channel for s in streams}
+        channels: Dict[int, StreamChannel] = {id(s._channel): s._channel for s in streams}
         for channel in channels.values():
             try:
                 channel.keep_alive()

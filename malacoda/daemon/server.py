@@ -76,6 +76,7 @@ _DEFERRED: List[bytes] = []
 #: The common results, looked up before asking whether a result is an iterator (it never is).
 _NEVER_STREAMS = frozenset({str, int, float, bool, type(None), bytes, list, dict, tuple})
 _STREAM_OPS = p.STREAM_OPS
+_CALL, _PING = p.CALL, p.PING
 
 
 class Server:
@@ -154,6 +155,7 @@ class Server:
                                  lease=stream_lease, max_streams=max_streams)
         self.streams.schedule = self._schedule_turn
         self.streams.ring = self._ring
+        self._peers = self.streams.heard  # the same dict: not empty while streams are open
         self._turns: Deque[Stream] = collections.deque()
         self._turns_running = 0
         # Stream turns hold at most this many workers: one is always left for calls.
@@ -371,7 +373,7 @@ class Server:
         while not self._stopping:
             # Read in this order: a worker takes a queued request and counts it running in one
             # step, and counts its reply late before it stops counting it running.
-            if not self._queue and not self._running and not self._late and not self.streams.heard:
+            if not self._queue and not self._running and not self._late and not self._peers:
                 # Nothing waits or runs elsewhere, so no reply can come through the PULL
                 # socket: a plain blocking receive (RCVTIMEO) costs fewer system calls than a poll.
                 try:
@@ -381,7 +383,7 @@ class Server:
                 if not self._incoming(me, router, frames):
                     return  # lost the socket while running a call
                 continue
-            if self.streams.heard:
+            if self._peers:
                 now = time.monotonic()
                 if now > self._next_expiry:  # clients silent for the lease lose their streams
                     self._next_expiry = now + min(1.0, self.streams.lease / 4)
@@ -436,19 +438,21 @@ class Server:
             rid = p.peek_request_id(frames[1:])
             send_routed(router, identity, self._reply(rid, status, p.error_body(exc)))
             return True
-        if self.streams.heard:
+        if self._peers:  # (the connections with streams open)
             self.streams.seen(identity)  # its streams' lease starts again
-        if request.op == p.PING:
-            send_routed(router, identity, self._reply(request.rid, p.OK, "pong"))
-            return True
-        if request.op in _STREAM_OPS:  # credit and cancel: no worker, and unanswered
-            if request.op == p.CREDIT:
-                refused = self.streams.credit(identity, request.rid, request.body)
-                if refused is not None:
-                    send_routed(router, identity, refused)
-            else:
-                self.streams.cancel(identity, request.rid)
-            return True
+        op = request.op
+        if op != _CALL:  # one look for the common case
+            if op == _PING:
+                send_routed(router, identity, self._reply(request.rid, p.OK, "pong"))
+                return True
+            if op in _STREAM_OPS:  # credit and cancel: no worker, and unanswered
+                if op == p.CREDIT:
+                    refused = self.streams.credit(identity, request.rid, request.body)
+                    if refused is not None:
+                        send_routed(router, identity, refused)
+                else:
+                    self.streams.cancel(identity, request.rid)
+                return True
         if request.buffers:  # their hash, for the reply cache's key: not under the lock
             self.replies.prepare(request)
         mu = self._mu
@@ -577,7 +581,7 @@ class Server:
         """Run ``request``; its reply frames, or ``_DEFERRED`` when it is a call of an
         ``async def`` method, handed to the event loop, which sends its reply."""
         status, body = self.dispatcher.handle(request)
-        if status == 0 and type(body) not in _NEVER_STREAMS and request.op == p.CALL:
+        if status == 0 and type(body) not in _NEVER_STREAMS and request.op == _CALL:
             if type(body) is CoroutineType:  # an async def method: run on the daemon's loop
                 if self._defer(request, identity, body):
                     return _DEFERRED

@@ -122,24 +122,38 @@ class EventSource:
 
 
 class Stream:
-    """One open stream: its source, credit and the encoded items not sent yet."""
+    """One open stream: its source, credit and the encoded items not sent yet.
 
-    __slots__ = ("key", "source", "events", "credit", "index", "queued", "queued_bytes",
-                 "final", "scheduled", "cancelled", "finished", "stop_after")
+    The producer's path takes no lock per item (CPython's GIL makes each ``deque.append``,
+    attribute read and write atomic): ``produced`` and ``bytes_in`` have one writer (the
+    producer), ``granted``, ``sent`` and ``bytes_out`` another (the socket's owner, or ``credit``
+    under the hub's lock). The moves between running and parked take the hub's lock, so that a
+    credit arriving as the producer parks is never lost.
+    """
+
+    __slots__ = ("key", "source", "events", "granted", "produced", "sent", "queue",
+                 "bytes_in", "bytes_out", "dirty", "final", "scheduled", "cancelled",
+                 "finished")
 
     def __init__(self, key: Key, source: Any) -> None:
         self.key = key
         self.source = source
         self.events: Optional[EventSource] = source if isinstance(source, EventSource) else None
-        self.credit = 0
-        self.index = 0  # the index of the first item in ``queued``
-        self.queued: List[bytes] = []
-        self.queued_bytes = 0
+        self.granted = 0  # items granted in all (credit)
+        self.produced = 0  # items produced in all: granted - produced is the credit left
+        self.sent = 0  # items taken off the queue to be sent (the index of the next batch)
+        self.queue: Deque[bytes] = collections.deque()  # encoded items not sent yet
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.dirty = False  # in the hub's list of streams with something to send
         self.final: Optional[List[bytes]] = None  # END or ERROR, once produced
         self.scheduled = False  # in the turn queue or in a turn (iterators only)
         self.cancelled = False
         self.finished = False  # the source is closed (nothing more will be produced)
-        self.stop_after = False
+
+    def can_produce(self) -> bool:
+        return (self.granted > self.produced
+                and self.bytes_in - self.bytes_out <= MAX_QUEUED_BYTES)
 
 
 class StreamHub:
@@ -214,10 +228,10 @@ class StreamHub:
                 lost = LookupError(f"no stream {rid.hex()}: it ended, was cancelled, its lease "
                                    "ran out, or the daemon restarted")
                 return p.reply_frames(rid, p.ERROR, self.incarnation, p.error_body(lost))
-            stream.credit = min(self.window, stream.credit + n)
+            stream.granted = min(stream.granted + n, stream.produced + self.window)
             if stream.events is not None:
                 self._feed(stream)
-            elif stream.credit and not stream.scheduled and not stream.finished:
+            elif not stream.scheduled and not stream.finished and stream.can_produce():
                 stream.scheduled = True
                 self.schedule(stream)
         return None
@@ -238,8 +252,8 @@ class StreamHub:
         watched attributes changed."""
         if stream.cancelled:
             return False
-        stream.cancelled = True
-        stream.queued, stream.queued_bytes, stream.final = [], 0, None
+        stream.cancelled = True  # the socket's owner sends nothing more of it
+        stream.final = None
         if stream.events is not None:
             self._remove(stream)
             return self._unsubscribe(stream.events)
@@ -294,18 +308,25 @@ class StreamHub:
         """Produce items of an iterator stream, in a worker; True when it wants another turn
         at once (its slice ran out with credit left)."""
         it = stream.source
+        queue = stream.queue
         deadline = time.monotonic() + TURN_SLICE
         error: Optional[Dict[str, Any]] = None
         ended = False
-        rid = stream.key[1]
-        lock, encode, monotonic = self.lock, encode_item, time.monotonic
-        with lock:
-            go = not stream.cancelled and stream.credit > 0
-            if not go and not stream.cancelled:
-                stream.scheduled = False
-                return False
-        produced = 0
-        while go:
+        encode, monotonic, append = encode_item, time.monotonic, queue.append
+        made = 0
+        produced, limit = stream.produced, stream.granted
+        while not stream.cancelled:
+            if produced >= limit or (not made & 15 and not stream.can_produce()):
+                limit = stream.granted  # (only credit() raises it)
+                if not stream.can_produce():
+                    with self.lock:  # park, unless credit (or a drain) came meanwhile
+                        if stream.cancelled:
+                            break
+                        if not stream.can_produce():
+                            stream.scheduled = False
+                            return False
+                    limit = stream.granted
+                continue
             try:
                 encoded = encode(next(it))
             except StopIteration:
@@ -314,22 +335,17 @@ class StreamHub:
             except Exception as exc:  # the daemon's code raised, or an item cannot be sent
                 error = p.error_body(exc, traceback.format_exc())
                 break
-            with lock:  # one lock per item: queue it, take its credit, and see what is left
-                if stream.cancelled:
-                    break
-                queued = stream.queued
-                queued.append(encoded)
-                stream.queued_bytes += len(encoded)
-                stream.credit -= 1
-                if len(queued) == 1:
-                    self._mark(stream)
-                if not stream.credit or stream.queued_bytes > MAX_QUEUED_BYTES:
-                    stream.scheduled = False  # parked: credit (or a drain) schedules it again
-                    return False
+            append(encoded)
+            stream.bytes_in += len(encoded)
             produced += 1
-            if not produced & 63 and monotonic() > deadline:
+            stream.produced = produced
+            if not stream.dirty:
+                self._mark(stream)
+            made += 1
+            if not made & 63 and monotonic() > deadline:
                 return True  # the worker goes to others; the stream stays scheduled
-        with lock:
+        rid = stream.key[1]
+        with self.lock:
             stream.finished = True
             if stream.cancelled or not (ended or error):
                 self._remove(stream)
@@ -337,9 +353,9 @@ class StreamHub:
                 if error is not None:
                     stream.final = p.reply_frames(rid, p.ERROR, self.incarnation, error)
                 else:
-                    stream.final = p.reply_frames(rid, p.END, self.incarnation,
-                                                  stream.index + len(stream.queued))
-                self._mark(stream)
+                    stream.final = p.reply_frames(rid, p.END, self.incarnation, stream.produced)
+                if not stream.dirty:
+                    self._mark(stream)
         _close_source(it, self)
         return False
 
@@ -348,59 +364,73 @@ class StreamHub:
         credit allows."""
         events = stream.events
         assert events is not None
-        was_empty = not stream.queued
-        while stream.credit and events.pending and not stream.cancelled:
+        added = False
+        while stream.granted > stream.produced and events.pending and not stream.cancelled:
             _, encoded = events.take()
-            stream.queued.append(encoded)
-            stream.queued_bytes += len(encoded)
-            stream.credit -= 1
-        if was_empty and stream.queued:
+            stream.queue.append(encoded)
+            stream.bytes_in += len(encoded)
+            stream.produced += 1
+            added = True
+        if added and not stream.dirty:
             self._mark(stream)
         events.fed()
 
     def _mark(self, stream: Stream) -> None:
-        """Under the lock: ``stream`` has something to send; ring once for all of them."""
+        """``stream`` has something to send: list it, and ring once for all that are listed
+        (any thread; no lock needed: see :class:`Stream`)."""
+        stream.dirty = True
         self._dirty.append(stream)
         if not self._rung:
             self._rung = True
             self.ring()
 
     def drain(self, send: Callable[[bytes, List[bytes]], None]) -> None:
-        """In the socket's owner: send every queued item and final reply."""
-        while True:
-            with self.lock:
-                self._rung = False
-                if not self._dirty:
-                    return
-                dirty, self._dirty = self._dirty, collections.deque()
-                batches = []
-                for stream in dirty:
-                    if stream.cancelled or (not stream.queued and stream.final is None):
-                        continue
-                    items, first = stream.queued, stream.index
-                    stream.index += len(items)
-                    stream.queued, stream.queued_bytes = [], 0
-                    final, stream.final = stream.final, None
-                    if final is not None:
-                        self._remove(stream)
-                    elif (stream.events is None and stream.credit and not stream.scheduled
-                          and not stream.finished):
-                        stream.scheduled = True  # it had stopped for its queue's size
+        """In the socket's owner (the only thread that takes items off the queues): send every
+        queued item and final reply."""
+        self._rung = False  # before looking: a stream marked from now on rings again
+        dirty = self._dirty
+        batches = []
+        while dirty:
+            try:
+                stream = dirty.popleft()
+            except IndexError:
+                break
+            stream.dirty = False  # before reading: an item queued from now on marks it again
+            if stream.cancelled:
+                continue
+            final = stream.final  # read before the items: every item before it is queued
+            queue = stream.queue
+            n = len(queue)
+            if not n and final is None:
+                continue
+            items = [queue.popleft() for _ in range(n)]
+            stream.bytes_out += sum(map(len, items))
+            first = stream.sent
+            stream.sent += n
+            if final is not None:
+                with self.lock:
+                    stream.final = None
+                    self._remove(stream)
+            elif (stream.events is None and not stream.scheduled and not stream.finished
+                  and stream.can_produce()):
+                with self.lock:  # it had parked for its queue's size
+                    if not stream.scheduled and not stream.finished and not stream.cancelled:
+                        stream.scheduled = True
                         self.schedule(stream)
-                    batches.append((stream.key, first, items, final))
-            for (identity, rid), first, items, final in batches:
-                start, size = 0, 0
-                for i, item in enumerate(items):
-                    if size and size + len(item) > MAX_BATCH:
-                        send(identity, p.items_frames(rid, self.incarnation, first + start,
-                                                      items[start:i]))
-                        start, size = i, 0
-                    size += len(item)
-                if start < len(items):
+            batches.append((stream.key, first, items, final))
+        for (identity, rid), first, items, final in batches:
+            start, size = 0, 0
+            for i, item in enumerate(items):
+                if size and size + len(item) > MAX_BATCH:
                     send(identity, p.items_frames(rid, self.incarnation, first + start,
-                                                  items[start:]))
-                if final is not None:
-                    send(identity, final)
+                                                  items[start:i]))
+                    start, size = i, 0
+                size += len(item)
+            if start < len(items):
+                send(identity, p.items_frames(rid, self.incarnation, first + start,
+                                              items[start:]))
+            if final is not None:
+                send(identity, final)
 
     def _remove(self, stream: Stream) -> None:
         """Under the lock."""
