@@ -211,7 +211,8 @@ class AsyncGenSource(EventSource):
                     if self.closed:
                         return
                     stream = self.stream
-                    ready = stream is not None and stream.credit > 0 and not self.pending
+                    ready = (stream is not None and stream.granted > stream.produced
+                             and not self.pending)
                     if not ready:
                         self._waiting = True
                         demand.clear()
@@ -254,6 +255,6 @@ class AsyncGenSource(EventSource):
             if error is not None:
                 stream.final = p.reply_frames(self.rid, p.ERROR, hub.incarnation, error)
             else:
-                stream.final = p.reply_frames(self.rid, p.END, hub.incarnation,
-                                              stream.index + len(stream.queued))
-            hub._mark(stream)
+                stream.final = p.reply_frames(self.rid, p.END, hub.incarnation, stream.produced)
+            if not stream.dirty:
+                hub._mark(stream)
