@@ -63,9 +63,12 @@ $(VENV)/.bench: $(VENV)/.installed pyproject.toml
 
 bench: $(VENV)/.bench
 	$(PY) -m bench
+	$(PY) -m bench.streams --write docs/benchmarks.md
+	$(PY) -m bench.watchcost
 
 bench-quick: $(VENV)/.bench
 	$(PY) -m bench --quick
+	$(PY) -m bench.streams --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -97,6 +97,12 @@ def targets(data: Dict[str, Any]) -> List[Tuple[str, str, str, Optional[bool]]]:
     gain = None if not single or not shared else shared / single
     rows.append(("one proxy, 16 threads / one thread (calls/s)", _fmt_ratio(gain), "≥ 2.00×",
                  None if gain is None else gain >= 2.0))
+    aio = data.get("aio")
+    if aio:
+        rows.append(("asyncio: 1,000 concurrent awaits on one AsyncProxy / 16 threads on one "
+                     "Proxy (calls/s, same daemon, interleaved)",
+                     f"{_fmt_ratio(aio['ratio'])} ({aio['ratio_min']:.2f}–{aio['ratio_max']:.2f})",
+                     "≥ 1.00×", aio["ratio"] >= 1.0))
     pst = data.get("pst")
     if pst:
         r = statistics.median(pst["ratios"]) if pst.get("ratios") else None
@@ -179,6 +185,22 @@ def markdown(data: Dict[str, Any]) -> str:
             + ", ".join(f"{x:.2f}×" for x in pst.get("ratios", [])) + " (the target uses their "
             "median: one save that meets a burst of load elsewhere on the machine says little "
             "about the save).", "",
+        ]
+    aio = data.get("aio")
+    if aio:
+        lines += [
+            "### asyncio: one AsyncProxy against 16 threads on one Proxy", "",
+            "| client | calls/s (median) | min–max |", "|---|---|---|",
+            f"| {aio['concurrent']:,} concurrent `await d.echo(i)` on one `malacoda.aio` "
+            f"AsyncProxy | {aio['aio']:,.0f} | {aio['aio_min']:,.0f}–{aio['aio_max']:,.0f} |",
+            f"| {aio['threads']} threads calling `d.echo(i)` on one shared `malacoda.Proxy` | "
+            f"{aio['threads_cps']:,.0f} | {aio['threads_min']:,.0f}–{aio['threads_max']:,.0f} |",
+            "",
+            f"`python -m bench.aio {aio['rounds']} {aio['calls']}`: the same daemon, the two "
+            f"interleaved in one client process ({aio['calls']:,} calls each way per round, "
+            f"{aio['rounds']} rounds, the order alternating); every reply checked. Ratio per "
+            f"round: median {aio['ratio']:.2f}×, {aio['ratio_min']:.2f}–{aio['ratio_max']:.2f}×.",
+            "",
         ]
     sup = data.get("supervisor")
     if sup:

@@ -14,6 +14,8 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -231,6 +233,16 @@ def measure_pst(pool: Pool, prm: Params) -> Dict[str, Any]:
         server.stop()
 
 
+def measure_aio(rounds: int, calls: int) -> Dict[str, Any]:
+    """``bench.aio`` in a client process of its own: asyncio against 16 threads."""
+    done = subprocess.run([sys.executable, "-m", "bench.aio", str(rounds), str(calls), "--json"],
+                          cwd=str(ROOT), env=child_env(), capture_output=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(done.stderr.decode(errors="replace")[-800:])
+    got: Dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return got
+
+
 def machine_info() -> Dict[str, Any]:
     import importlib.metadata as md
 
@@ -261,7 +273,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", help="Markdown report (default: docs/benchmarks.md, or "
                                   "build/bench-quick.md with --quick)")
     ap.add_argument("--png", help="chart (default: docs/benchmarks.png, or build/bench-quick.png)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: calls,pst,supervisor")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to skip: calls,pst,aio,supervisor")
     args = ap.parse_args(argv)
     prm = Params.for_mode(args.quick)
     if args.repeats:
@@ -287,6 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     pool = Pool(16)
     pst: Optional[Dict[str, Any]] = None
     supervisor: Optional[Dict[str, Any]] = None
+    aio: Optional[Dict[str, Any]] = None
     try:
         if "calls" not in skip:
             for rep in range(prm.repeats):
@@ -305,6 +319,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             except Exception as exc:
                 failures.append(f"pst save: {exc}")
                 print(f"  FAILED: {exc}", flush=True)
+        if "aio" not in skip:
+            print(f"[{time.monotonic() - began:6.1f} s] asyncio against threads", flush=True)
+            try:
+                aio = measure_aio(*((3, 3000) if args.quick else (10, 5000)))
+            except Exception as exc:
+                failures.append(f"asyncio: {exc}")
+                print(f"  FAILED: {exc}", flush=True)
         if "supervisor" not in skip:
             from bench import supervisor as sup
 
@@ -321,7 +342,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     info["mode"] = "quick" if args.quick else "full"
     info["params"] = vars(prm)
     data = {"info": info, "results": results, "pst": pst, "supervisor": supervisor,
-            "failures": failures, "systems": systems}
+            "aio": aio, "failures": failures, "systems": systems}
     text = report.markdown(data)
     print(text)
     report.write(out_md, text)

@@ -37,6 +37,7 @@ from malacoda.version import __version__
 
 if TYPE_CHECKING:
     from malacoda.client.proxy import Proxy
+    from malacoda.client.streaming import RemoteIterator
     from malacoda.daemon.base import Malacoda
     from malacoda.storage import PstFileStorage, PstS3Storage, PstSqliteStorage, PstStorage
     from malacoda.wire.codec import register_type
@@ -44,10 +45,12 @@ if TYPE_CHECKING:
 # Imported on first use: a command line (malacodactl) needs none of the daemon's side.
 _LAZY = {"Malacoda": "daemon.base", "register_type": "wire.codec", "Proxy": "client.proxy",
          "PstFileStorage": "storage", "PstS3Storage": "storage", "PstSqliteStorage": "storage",
-         "PstStorage": "storage"}
+         "PstStorage": "storage", "RemoteIterator": "client.streaming"}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "aio":  # the asyncio proxy's module (malacoda.aio.get): imported on first use
+        return importlib.import_module(".aio", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'malacoda' has no attribute {name!r}")
@@ -76,6 +79,7 @@ __all__ = [
     "ProcessError",
     "ProtocolError",
     "Proxy",
+    "RemoteIterator",
     "PstFileStorage",
     "PstS3Storage",
     "PstSqliteStorage",
@@ -85,6 +89,7 @@ __all__ = [
     "RequestTooLarge",
     "StateError",
     "__version__",
+    "aio",
     "get",
     "register_type",
     "stop",

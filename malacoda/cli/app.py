@@ -21,6 +21,7 @@ import click
 from malacoda.address import Spec, parse
 from malacoda.cli import hosts as cli_hosts
 from malacoda.cli import keys as cli_keys
+from malacoda.cli import streams as cli_streams
 from malacoda.cli.terminal import visible, visible_json
 from malacoda.cli.values import ValueArgs
 from malacoda.client import control as control
@@ -501,8 +502,40 @@ def call(c: Context, name: str, method: str, args: Tuple[str, ...], kwargs: Tupl
             raise ConfigError(f"--kw {item!r}: write it as NAME=VALUE")
         keywords[key] = control.parse_value(value)
     with _proxy(name, timeout) as proxy:
-        result = _remote(c, lambda: getattr(proxy, method)(*values, **keywords))
+        try:
+            result = _remote(c, lambda: getattr(proxy, method)(*values, **keywords))
+        except KeyboardInterrupt:
+            sys.exit(cli_streams.INTERRUPTED)
+        if isinstance(result, cli_streams.RemoteIterator):  # a generator: items as they come
+            cli_streams.follow(result, as_json, c.raw, lambda loop: _remote(c, loop))
+            return
     _print_value(c, result, as_json)
+
+
+@cli.command()
+@NAME
+@click.argument("what", metavar="TOPIC|ATTR")
+@TIMEOUT
+@JSON
+@RAW
+@pass_ctx
+def watch(c: Context, name: str, what: str, timeout: Optional[float], as_json: bool) -> None:
+    """Print the events of the daemon NAME as they come: the new value of its attribute ATTR
+    at each change (its value now first), or else the events published under TOPIC (a prefix:
+    each as a map of topic, value and missed). Ctrl-C ends it (exit 130)."""
+    if what.startswith("_"):
+        raise ConfigError(f"{what!r} is private: topics and attributes starting with '_' are "
+                          "not reachable")
+    with _proxy(name, timeout) as proxy:
+        try:
+            attributes = proxy._describe().get("attributes", [])
+            if what.isidentifier() and what in attributes:
+                stream = _remote(c, lambda: proxy.watch(what))
+            else:
+                stream = _remote(c, lambda: proxy.subscribe(what))
+        except KeyboardInterrupt:
+            sys.exit(cli_streams.INTERRUPTED)
+        cli_streams.follow(stream, as_json, c.raw, lambda loop: _remote(c, loop))
 
 
 def _print_value(c: Context, value: Any, as_json: bool) -> None:

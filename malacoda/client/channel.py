@@ -75,6 +75,56 @@ def _close_monitored(sock: zmq.Socket, monitor: zmq.Socket) -> None:
     sock.close(0)
 
 
+
+#: The socket monitor events a client channel reads: the link's drops and refusals.
+LINK_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
+
+def configure_dealer(sock: zmq.Socket, endpoint: str, curve: Optional[Dict[str, bytes]],
+                     max_message: int, plain: Optional[bytes] = None,
+                     owner_token: Optional[bytes] = None) -> None:
+    """Set up a client DEALER to ``endpoint`` before it connects: limits, ``IMMEDIATE``, and the
+    credentials its :class:`~.resolve.Target` carries (CURVE keys; an owner-only daemon's secret
+    as the ZAP PLAIN password; an open daemon's owner token in the routing id). The synchronous
+    and the asyncio channel both use this: one place decides how a client proves who it is."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message)
+    # Queue requests only for a connection that is up: see Channel._send_when_connected.
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    if endpoint.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
+    if curve:
+        sock.curve_secretkey = curve["secret"]
+        sock.curve_publickey = curve["public"]
+        sock.curve_serverkey = curve["server"]
+    elif plain is not None:  # an owner-only daemon: its secret as the ZAP PLAIN password
+        sock.plain_username = b"malacoda"
+        sock.plain_password = plain
+    if owner_token is not None:  # an open daemon of ours: mark our connection as the owner's
+        sock.setsockopt(zmq.ROUTING_ID, owner_token + b"." + os.urandom(8).hex().encode())
+
+
+def link_error(event: List[bytes], endpoint: str, curve: bool,
+               client_key: str) -> Optional[ConnectionLost]:
+    """What a socket monitor ``event`` means for the calls on that link: ConnectionLost (the
+    daemon went away, or refused the handshake: why, and what to do), or None (all is well)."""
+    # libzmq's monitor message: a 16-bit event id and a 32-bit value, native order.
+    # (Parsed here: zmq.utils.monitor would import asyncio into every client.)
+    kind = struct.unpack("=Hi", event[0][:6])[0] if len(event[0]) >= 6 else 0
+    if kind == zmq.EVENT_DISCONNECTED:
+        return ConnectionLost(f"the daemon at {endpoint} went away")
+    if kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+        return ConnectionLost(
+            f"the daemon at {endpoint} refused the connection: CURVE authentication "
+            f"failed (authorize this client's key on the daemon's host: 'malacodactl keys "
+            f"authorize {client_key}')" if curve else
+            f"the daemon at {endpoint} refused the connection: it accepts only its "
+            "owner's clients (and root's) unless started open = true, or CURVE keys "
+            "authorized with 'malacodactl keys authorize'")
+    return None
+
+
 class NotSent(ConnectionLost):
     """The link was found down before the request left: it is safe to send it elsewhere."""
 
@@ -100,28 +150,11 @@ class Channel:
         self.max_message = max_message
         self._max_items = max(codec.MAX_REQUEST_ITEMS, max_message // REPLY_BYTES_PER_ITEM)
         sock = context().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_message)
         sock.setsockopt(zmq.RCVTIMEO, int(DIRECT_WAIT * 1000))
-        # Queue requests only for a connection that is up: see _send_when_connected.
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        if endpoint.startswith("tcp://["):
-            sock.setsockopt(zmq.IPV6, 1)
+        configure_dealer(sock, endpoint, curve, max_message, plain, owner_token)
         self._client_key = curve["public"].decode() if curve else "<client key>"
         self._curve = curve is not None
-        if curve:
-            sock.curve_secretkey = curve["secret"]
-            sock.curve_publickey = curve["public"]
-            sock.curve_serverkey = curve["server"]
-        elif plain is not None:  # an owner-only daemon: its secret as the ZAP PLAIN password
-            sock.plain_username = b"malacoda"
-            sock.plain_password = plain
-        if owner_token is not None:  # an open daemon of ours: mark our connection as the owner's
-            sock.setsockopt(zmq.ROUTING_ID, owner_token + b"." + os.urandom(8).hex().encode())
-        self._monitor = sock.get_monitor_socket(
-            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-        )
+        self._monitor = sock.get_monitor_socket(LINK_EVENTS)
         try:
             sock.connect(endpoint)
         except zmq.ZMQError:
@@ -334,7 +367,7 @@ class Channel:
     def _pass_reader_role(self, me: Optional[Waiter] = None) -> None:
         with self._mu:
             for other in self._pending.values():
-                if not other.done and other is not me:
+                if not other.done and other is not me and other.wants_role:
                     other.wake()
                     return
 
@@ -471,19 +504,9 @@ class Channel:
                 event = recv_frames(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            # libzmq's monitor message: a 16-bit event id and a 32-bit value, native order.
-            # (Parsed here: zmq.utils.monitor would import asyncio into every client.)
-            kind = struct.unpack("=Hi", event[0][:6])[0] if len(event[0]) >= 6 else 0
-            if kind == zmq.EVENT_DISCONNECTED:
-                self._fail_all(ConnectionLost(f"the daemon at {self.endpoint} went away"))
-            elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-                self._fail_all(ConnectionLost(
-                    f"the daemon at {self.endpoint} refused the connection: CURVE authentication "
-                    f"failed (authorize this client's key on the daemon's host: 'malacodactl keys "
-                    f"authorize {self._client_key}')" if self._curve else
-                    f"the daemon at {self.endpoint} refused the connection: it accepts only its "
-                    "owner's clients (and root's) unless started open = true, or CURVE keys "
-                    "authorized with 'malacodactl keys authorize'"))
+            lost = link_error(event, self.endpoint, self._curve, self._client_key)
+            if lost is not None:
+                self._fail_all(lost)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._mu:
@@ -491,6 +514,4 @@ class Channel:
                 self.broken = error
             waiters = list(self._pending.values())
         for w in waiters:
-            if not w.done:
-                w.error = error
-                w.wake()
+            w.fail(error)

@@ -24,8 +24,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from malacoda.address import Target
-from malacoda.client.channel import Channel, NotSent
-from malacoda.client.replies import checked_description, reply_result, signature
+from malacoda.client.channel import NotSent
+from malacoda.client.replies import checked_description, remote_exception, reply_result, signature
+from malacoda.client.stream_channel import StreamChannel
+from malacoda.client.streaming import RemoteIterator
 from malacoda.errors import (
     AccessDenied,
     AmbiguousName,
@@ -74,6 +76,7 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
+
 class _DaemonDoc:
     """``Proxy.__doc__``: on the class, the Proxy class's own docs (``help(malacoda.Proxy)``);
     on a proxy, the daemon's class docstring (``proxy.__doc__``, ``help(proxy)``,
@@ -116,6 +119,12 @@ def check_timeout(value: Any) -> Optional[float]:
         raise ConfigError(f"timeout={value!r}: a timeout must be more than 0 seconds "
                           "(None waits for ever)")
     return None if math.isinf(seconds) else seconds
+
+
+def wire_timeout_ms(timeout: float) -> int:
+    """A call's remaining ``timeout`` (seconds) as the request's timeout field: at least 1 ms
+    (0 would be dropped), at most :data:`WIRE_TIMEOUT_MS_MAX`."""
+    return max(1, min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX))
 
 
 class Proxy:
@@ -177,7 +186,7 @@ class Proxy:
         d["_rid_prefix"] = os.urandom(8)
         d["_counter"] = itertools.count(1)
 
-    def _connect(self) -> Channel:
+    def _connect(self) -> StreamChannel:
         if self._generation != _fork_generation:
             self._start_afresh_after_fork()
         with self._lock:
@@ -188,13 +197,14 @@ class Proxy:
                 channel.close()
                 self._target.close()
             target: Target = resolve(self._spec, **self._ssh_args)
-            channel = Channel(target.endpoint, curve=target.curve, max_message=self._max_message,
-                              plain=target.plain, owner_token=target.owner_token)
+            channel = StreamChannel(target.endpoint, curve=target.curve,
+                                    max_message=self._max_message,
+                                    plain=target.plain, owner_token=target.owner_token)
             self.__dict__["_target"] = target
             self.__dict__["_channel"] = channel
             return channel
 
-    def _connect_waiting(self, timeout: Optional[float], started: float) -> Channel:
+    def _connect_waiting(self, timeout: Optional[float], started: float) -> StreamChannel:
         """:meth:`_connect`, looking the name up again while no daemon of that name runs, until
         the call's deadline (without one: :data:`LOOKUP_WAIT` seconds): a daemon its monitor
         restarts (after ``kill -9``, in its backoff) is found once it is back."""
@@ -216,6 +226,7 @@ class Proxy:
     def _request(self, op: str, name: Optional[str], body: Any, timeout: Optional[float],
                  encoded: Optional[Tuple[bytes, List[bytes]]] = None) -> Any:
         started = time.monotonic()
+        per_item = timeout  # a stream's wait for each item: the caller's whole timeout
         channel = self._channel
         if (channel is None or self._generation != _fork_generation or channel.broken is not None
                 or not self._target.current()):
@@ -224,7 +235,7 @@ class Proxy:
         timeout_ms = None
         if timeout is not None:  # what is left of it after the look-ups; 0 ms would be dropped
             timeout = max(timeout - (time.monotonic() - started), 0.001)
-            timeout_ms = max(1, min(int(timeout * 1000), WIRE_TIMEOUT_MS_MAX))
+            timeout_ms = wire_timeout_ms(timeout)
             started = time.monotonic()
         frames = p.request_frames(rid, op, name, body, timeout_ms, encoded)
         if op != p.DESCRIBE and sum(map(len, frames)) > CHECK_SIZE_ABOVE:
@@ -251,6 +262,9 @@ class Proxy:
             if self._incarnation is not None:
                 self._forget_methods()
             self.__dict__["_incarnation"] = reply.incarnation
+        if reply.status == p.STREAM:  # the method's result is an iterator: its items follow
+            return RemoteIterator(self._channel or channel, rid, reply.incarnation, reply.value(),
+                                  per_item, f"{self._spec}.{name}", self, remote_exception)
         return reply_result(reply)
 
     def _check_size(self, frames: List[bytes]) -> None:

@@ -12,6 +12,7 @@ class Waiter:
     """A thread waiting for its reply; ``wake`` is a one-shot signal (a lock, the cheapest)."""
 
     __slots__ = ("_signal", "reply", "error")
+    wants_role = True  # a thread sleeps on it: it can take the reader's role when woken
 
     def __init__(self) -> None:
         self._signal = threading.Lock()
@@ -32,3 +33,9 @@ class Waiter:
     def sleep(self, timeout: Optional[float]) -> None:
         """Wait for a wake (consuming it) or ``timeout`` seconds."""
         self._signal.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+
+    def fail(self, error: BaseException) -> None:
+        """Wake the waiting thread with ``error`` (nothing if it is done already)."""
+        if not self.done:
+            self.error = error
+            self.wake()

@@ -41,8 +41,10 @@ import zmq
 from malacoda import cluster
 from malacoda.address import is_loopback
 from malacoda.daemon.dispatch import Dispatcher
+from malacoda.daemon.events import Events
 from malacoda.daemon.guard import MAX_CONNECTIONS
 from malacoda.daemon.server import Server
+from malacoda.daemon.streams import LEASE, MAX_STREAMS, WINDOW
 from malacoda.errors import AlreadyRunning, ConfigError, ProcessError, StateError
 from malacoda.host.files import private_dir
 from malacoda.host.paths import Paths, check_name, host_name
@@ -54,6 +56,8 @@ from malacoda.version import __version__
 log = logging.getLogger(__name__)
 
 READ_ONLY = frozenset({"name", "running", "finished"})
+#: Methods of the base class a proxy cannot reach: events are published by the daemon itself.
+HIDDEN = frozenset({"publish"})
 MAX_MESSAGE = 64 << 20  # the largest request a daemon reads (ZMQ_MAXMSGSIZE), by default
 #: python-daemon's ``DaemonContext`` options (PEP 3143), which the original passed through its
 #: ``**kwargs``. With ``daemonize=True`` they go to ``DaemonContext``; in the foreground,
@@ -92,7 +96,7 @@ class RunOptions:
 run_options: Optional[RunOptions] = None
 
 
-class Malacoda:
+class Malacoda(Events):
     """Base class of a daemon. See the module docstring for the lifecycle.
 
     Keywords (the original's, in its order): ``name`` (default: the class name),
@@ -119,6 +123,11 @@ class Malacoda:
     #: Whether a ``set`` through a proxy may create a ``pst*`` attribute the daemon does not have
     #: (it would be saved, and loaded at every later start); setting an existing one always is.
     _allow_new_pst: bool = False
+    #: Streams (see :mod:`malacoda.daemon.streams`): the most items one stream runs ahead of its
+    #: client, the seconds a silent client keeps its streams, and the streams open at once.
+    _stream_window: int = WINDOW
+    _stream_lease: float = LEASE
+    _max_streams: int = MAX_STREAMS
 
     def __init__(
         self,
@@ -280,13 +289,16 @@ class Malacoda:
             registry.clean_stale(name)
             self._malacoda_load_pst()
             dispatcher = Dispatcher(self, self._malacoda_incarnation, __version__,
-                                    read_only=READ_ONLY)
+                                    read_only=READ_ONLY, hidden=HIDDEN)
             dispatcher.max_message = max_message  # in describe: proxies refuse larger requests
             server = Server(dispatcher, address, port, workers, queue, max_message=max_message,
                             max_connections=self._malacoda_max_connections,
                             configure=chain(curve.configure if curve else None,
                                             plain.configure if plain else None,
-                                            opts.configure_socket))
+                                            opts.configure_socket),
+                            max_streams=self._max_streams, stream_lease=self._stream_lease,
+                            stream_window=self._stream_window)
+            self._malacoda_attach_events(server.streams)
             if self._malacoda_open:  # others get no tracebacks; its owner still does
                 server.owner_prefix = owner_token(self._malacoda_secret)
             try:

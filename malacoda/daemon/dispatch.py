@@ -81,6 +81,18 @@ def _annotations(signature: inspect.Signature) -> Dict[str, str]:
     return found
 
 
+def failure(exc: Exception) -> Outcome:
+    """The reply to a request that raised ``exc`` (called in its ``except`` block): DENIED for
+    :class:`~.errors.AccessDenied`, BAD_REQUEST for :class:`~.errors.ProtocolError`, else ERROR
+    with the remote code's own exception and its traceback. For the calls of plain methods and
+    of ``async def`` ones (:mod:`malacoda.daemon.aioloop`) alike."""
+    if isinstance(exc, AccessDenied):
+        return p.DENIED, p.error_body(exc)
+    if isinstance(exc, ProtocolError):
+        return p.BAD_REQUEST, p.error_body(exc)
+    return p.ERROR, p.error_body(exc, traceback.format_exc())
+
+
 class Dispatcher:
     """Runs the operations of the protocol on ``target``."""
 
@@ -118,12 +130,8 @@ class Dispatcher:
             return p.UNKNOWN_OP, p.error_body(exc)
         try:
             return operation(request)
-        except AccessDenied as exc:
-            return p.DENIED, p.error_body(exc)
-        except ProtocolError as exc:
-            return p.BAD_REQUEST, p.error_body(exc)
-        except Exception as exc:  # the remote code's own exception: the caller gets it back
-            return p.ERROR, p.error_body(exc, traceback.format_exc())
+        except Exception as exc:
+            return failure(exc)
         except (SystemExit, KeyboardInterrupt) as exc:
             # Raised by the remote code itself (signals reach only the main thread, which
             # serves no calls): the caller gets it back; the daemon does not stop for it.
@@ -191,6 +199,8 @@ class Dispatcher:
                 except (TypeError, ValueError):
                     params = [["args", 2, None], ["kwargs", 4, None]]
                 methods[name] = {"doc": inspect.getdoc(method), "params": params}
+                if inspect.isgeneratorfunction(method) or inspect.isasyncgenfunction(method):
+                    methods[name]["stream"] = True  # a key more: older clients skip it
                 if annotations:  # a key more, only when there are some: older clients skip it
                     methods[name]["annotations"] = annotations
             else:
@@ -203,6 +213,7 @@ class Dispatcher:
             "version": self.version,
             "methods": methods,
             "attributes": attributes,
+            "extensions": {"streams": p.STREAMS_VERSION},
         }
         if self.max_message is not None:  # a key more: older clients skip it
             found["max_message"] = self.max_message

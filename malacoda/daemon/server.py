@@ -11,7 +11,10 @@ sends its reply through an inproc PUSH socket to whoever does.
 
 At most ``workers`` user calls run at once. A request that finds them all busy waits in a
 queue of ``queue`` entries (and ``queue_bytes`` bytes), and one that finds the queue full gets a
-BUSY reply at once: a flood cannot grow memory without bound. A re-sent request is answered
+BUSY reply at once: a flood cannot grow memory without bound. A call of an ``async def`` method
+holds a worker only while its coroutine is made; the coroutine runs on the daemon's event loop
+(:mod:`~.aioloop`), at most ``_async_calls`` of them (a class attribute, default 1024) whose
+requests hold at most ``queue_bytes`` beyond the first; past either, BUSY. A re-sent request is answered
 from a :class:`~.replycache.ReplyCache` instead of running again. ``ping`` is answered by the
 socket's owner without a worker. A request whose caller's timeout has passed before it could
 start is dropped unanswered.
@@ -24,18 +27,27 @@ most ``max_message`` + max(256 KiB, ``max_message`` / 8) of messages not read ye
 counts what it reads from each, :class:`~.peers.PeerBook`), all of them together and the
 memory they hold within ``queue_bytes + (workers + 2) * max_message`` (at least 256 MiB)
 beyond the daemon's own.
+
+A call whose result is an iterator opens a stream (:mod:`malacoda.daemon.streams`): its
+``credit`` and ``cancel`` messages are handled by the socket's owner, like ``ping``; its
+*turns* (producing items) wait for a worker in a queue of their own, taken only after waiting
+calls and by at most ``workers - 1`` workers at once; its items are sent by the socket's owner
+when a doorbell (an empty frame on the inproc socket) rings.
 """
 
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import threading
 import time
+from types import AsyncGeneratorType, CoroutineType
 from typing import Any, Callable, Deque, List, Optional, Tuple
 
 import zmq
 
+from malacoda.daemon.aioloop import ASYNC_CALLS, AsyncGenSource, CallLoop
 from malacoda.daemon.dispatch import Dispatcher
 from malacoda.daemon.guard import (
     EVENTS,
@@ -46,6 +58,7 @@ from malacoda.daemon.guard import (
 )
 from malacoda.daemon.peers import PeerBook
 from malacoda.daemon.replycache import ReplyCache
+from malacoda.daemon.streams import LEASE, MAX_STREAMS, WINDOW, Stream, StreamHub, is_stream
 from malacoda.errors import ProtocolError, UnsupportedVersion
 from malacoda.wire import protocol as p
 from malacoda.wire.frames import recv_frames, send_frames, send_routed
@@ -61,6 +74,12 @@ TICK_IDLE = 0.1  # the standby's pace while no call comes (a new call wakes it)
 _INPROC = "inproc://malacoda-replies-{}"
 
 _Item = Tuple[bytes, p.Request, float]
+#: What _run returns for a call handed to the event loop: its reply comes later.
+_DEFERRED: List[bytes] = []
+#: The common results, looked up before asking whether a result is an iterator (it never is).
+_NEVER_STREAMS = frozenset({str, int, float, bool, type(None), bytes, list, dict, tuple})
+_STREAM_OPS = p.STREAM_OPS
+_CALL, _PING = p.CALL, p.PING
 
 
 class Server:
@@ -81,6 +100,9 @@ class Server:
         queue_bytes: Optional[int] = None,
         configure: Optional[Callable[[zmq.Socket], object]] = None,
         max_connections: int = MAX_CONNECTIONS,
+        max_streams: int = MAX_STREAMS,
+        stream_lease: float = LEASE,
+        stream_window: int = WINDOW,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -97,6 +119,10 @@ class Server:
             raise ValueError("max_connections must be at least 1")
         self.max_connections = max_connections  # the cap in force: see start()
         self._monitor: Optional[zmq.Socket] = None
+        # async def calls at once (a class attribute of the daemon), and what their requests hold
+        self.async_calls = int(getattr(type(dispatcher.target), "_async_calls", ASYNC_CALLS))
+        self._async_running = 0
+        self._async_bytes = 0
         self.guard = ConnectionGuard(
             max_connections, max(MIN_HEADROOM, self.queue_bytes + (workers + 2) * max_message))
         # What each connection may hold of requests not delivered yet: one max_message, or
@@ -128,8 +154,22 @@ class Server:
         self._router: Optional[zmq.Socket] = None
         self._pull: Optional[zmq.Socket] = None
         self._inproc = _INPROC.format(id(self))
+        self.calls = CallLoop(on_exit=self._close_push)  # where async def methods run
         # A re-sent call is answered from here, not run twice.
         self.replies = ReplyCache(incarnation=dispatcher.incarnation)
+        # Streams (see malacoda.daemon.streams): their turns wait here for a worker, after calls.
+        self.streams = StreamHub(dispatcher.incarnation, window=stream_window,
+                                 lease=stream_lease, max_streams=max_streams)
+        self.streams.schedule = self._schedule_turn
+        self.streams.ring = self._ring
+        self._peers = self.streams.heard  # the same dict: not empty while streams are open
+        self._turns: Deque[Stream] = collections.deque()
+        self._turns_running = 0
+        # Stream turns hold at most this many workers: one is always left for calls.
+        self.turn_slots = max(1, workers - 1)
+        self._doorbell: Optional[zmq.Socket] = None
+        self._doorbell_lock = threading.Lock()
+        self._next_expiry = 0.0
         #: Set for an ``open`` daemon: only callers whose routing id starts with it (its owner)
         #: get remote tracebacks; others get the exception's type and message alone.
         self.owner_prefix: Optional[bytes] = None
@@ -169,6 +209,9 @@ class Server:
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.bind(self._inproc)
+        self._doorbell = ctx.socket(zmq.PUSH)
+        self._doorbell.setsockopt(zmq.LINGER, 0)
+        self._doorbell.connect(self._inproc)
         self._monitor = router.get_monitor_socket(EVENTS)
         self.guard.port = self.peers.port = self.port
         watcher = threading.Thread(target=self.guard.watch,
@@ -180,15 +223,24 @@ class Server:
             t = threading.Thread(target=self._thread_main, name=f"malacoda-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        cls = type(self.dispatcher.target)
+        if any(inspect.iscoroutinefunction(getattr(cls, name, None))
+               or inspect.isasyncgenfunction(getattr(cls, name, None))
+               for name in dir(cls) if not name.startswith("_")):
+            self.calls.start()  # else at the first coroutine
         return self.port
 
     def running_calls(self) -> int:
         with self._mu:
-            return self._running + len(self._queue)
+            return self._running + len(self._queue) + self._async_running
 
     def close(self, grace: float = 5.0) -> None:
-        """Let calls in progress finish (up to ``grace`` s), deliver their replies, then stop."""
+        """Let calls in progress finish (up to ``grace`` s), deliver their replies, then stop.
+        Streams are cancelled first (their generators closed: a ``finally:`` runs); their
+        clients see the daemon go away (ConnectionLost), never a silent end."""
         deadline = time.monotonic() + grace
+        for stream in self.streams.close_all():
+            self.streams.finish_cancelled(stream)
         while self.running_calls() and time.monotonic() < deadline:
             time.sleep(0.01)
         with self._mu:
@@ -200,6 +252,7 @@ class Server:
             # flag every IDLE_SAMPLE at least) before its monitor socket is closed below.
             least = 1.0 if t.name == "malacoda-connections" else 0.1
             t.join(timeout=max(least, deadline - time.monotonic()))
+        self.calls.close()  # async def calls still running are cancelled (and answered)
         if self._monitor is not None and self._router is not None:
             # The only safe order: monitoring off, the monitor's socket, then the socket.
             try:
@@ -212,10 +265,12 @@ class Server:
             self._router.close(linger=500)
         if self._pull is not None:
             self._pull.close(0)
+        if self._doorbell is not None:
+            self._doorbell.close(0)
         self._run_cleanup()
         if self._ctx is not None:
             self._ctx.term()
-        self._ctx = self._router = self._pull = None
+        self._ctx = self._router = self._pull = self._doorbell = None
         if not any(t.is_alive() for t in self._threads if t.name == "malacoda-connections"):
             self.peers.close()  # (a guard still running polls its epoll set: left to the GC)
 
@@ -231,6 +286,7 @@ class Server:
         try:
             while True:
                 item: Optional[_Item] = None
+                stream: Optional[Stream] = None
                 with self._mu:
                     if self._stopping:
                         return
@@ -242,6 +298,12 @@ class Server:
                         self._queued_bytes -= item[1].size
                         self._running += 1
                         role = "work"
+                    elif (self._turns and self._running < self.workers
+                          and self._turns_running < self.turn_slots):
+                        stream = self._turns.popleft()
+                        self._running += 1
+                        self._turns_running += 1
+                        role = "turn"
                     elif self._standby is None:
                         self._standby = me
                         role = "standby"
@@ -254,6 +316,9 @@ class Server:
                     elif role == "work":
                         assert item is not None
                         self._work(item)
+                    elif role == "turn":
+                        assert stream is not None
+                        self._turn(stream)
                     elif self._stand_by(me):
                         self._lead(me)
                 except BaseException:  # a bug of ours: the socket must not be left to nobody
@@ -265,9 +330,14 @@ class Server:
                             self._standby = None
                         self._cv.notify_all()
         finally:
-            push = getattr(self._local, "push", None)
-            if push is not None:
-                push.close(linger=1000)
+            self._close_push()
+
+    def _close_push(self) -> None:
+        """Close this thread's PUSH socket, if it has one (before the context ends)."""
+        push = getattr(self._local, "push", None)
+        if push is not None:
+            push.close(linger=1000)
+            self._local.push = None
 
     def _stand_by(self, me: int) -> bool:
         """Watch the leader; True once this thread has taken over the socket.
@@ -313,7 +383,7 @@ class Server:
         while not self._stopping:
             # Read in this order: a worker takes a queued request and counts it running in one
             # step, and counts its reply late before it stops counting it running.
-            if not self._queue and not self._running and not self._late:
+            if not self._queue and not self._running and not self._late and not self._peers:
                 # Nothing waits or runs elsewhere, so no reply can come through the PULL
                 # socket: a plain blocking receive (RCVTIMEO) costs fewer system calls than a poll.
                 try:
@@ -323,6 +393,11 @@ class Server:
                 if not self._incoming(me, router, frames):
                     return  # lost the socket while running a call
                 continue
+            if self._peers:
+                now = time.monotonic()
+                if now > self._next_expiry:  # clients silent for the lease lose their streams
+                    self._next_expiry = now + min(1.0, self.streams.lease / 4)
+                    self.streams.expire(now)
             for source, _ in poll(100):
                 if source is router:
                     try:
@@ -344,6 +419,9 @@ class Server:
                 frames = recv_frames(pull, zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if not frames[0]:  # a stream's doorbell (a routing id is never empty)
+                self.streams.drain(lambda identity, f: send_routed(router, identity, f))
+                continue
             send_frames(router, frames)
             forwarded += 1
         if forwarded:
@@ -370,9 +448,21 @@ class Server:
             rid = p.peek_request_id(frames[1:])
             send_routed(router, identity, self._reply(rid, status, p.error_body(exc)))
             return True
-        if request.op == p.PING:
-            send_routed(router, identity, self._reply(request.rid, p.OK, "pong"))
-            return True
+        if self._peers:  # (the connections with streams open)
+            self.streams.seen(identity)  # its streams' lease starts again
+        op = request.op
+        if op != _CALL:  # one look for the common case
+            if op == _PING:
+                send_routed(router, identity, self._reply(request.rid, p.OK, "pong"))
+                return True
+            if op in _STREAM_OPS:  # credit and cancel: no worker, and unanswered
+                if op == p.CREDIT:
+                    refused = self.streams.credit(identity, request.rid, request.body)
+                    if refused is not None:
+                        send_routed(router, identity, refused)
+                else:
+                    self.streams.cancel(identity, request.rid)
+                return True
         if request.buffers:  # their hash, for the reply cache's key: not under the lock
             self.replies.prepare(request)
         mu = self._mu
@@ -411,16 +501,20 @@ class Server:
             reply = self._run(request, identity)
         finally:
             with mu:
-                resent = self.replies.finish(request, reply)  # copies of it, sent meanwhile
+                deferred = reply is _DEFERRED  # on the event loop: answered from there
+                # copies of it, sent meanwhile
+                resent = [] if deferred else self.replies.finish(request, reply)
                 self._running -= 1
                 still_leader = self._leader == me
                 if still_leader:
                     self._leader_busy = False  # (after a take-over the flag is the new leader's)
-                else:
+                elif not deferred:
                     # counted before the leader can see _running drop
                     self._late += (reply is not None) + len(resent)
-                if self._queue and self._running < self.workers:
+                if (self._queue or self._turns) and self._running < self.workers:
                     self._cv.notify()
+        if deferred:
+            return still_leader
         if still_leader:
             send_routed(router, identity, reply)
             for message in resent:
@@ -444,14 +538,45 @@ class Server:
                 reply = self._run(request, identity)
         finally:
             with self._mu:
-                resent = self.replies.finish(request, reply)
                 self._running -= 1
-                self._late += len(resent) + (reply is not None)
+                if reply is not _DEFERRED:
+                    resent = self.replies.finish(request, reply)
+                    self._late += len(resent) + (reply is not None)
+                if self._turns and self._running < self.workers:
+                    self._cv.notify()
+        if reply is _DEFERRED:
+            return
         push = self._push()
         if reply is not None:
             send_frames(push, [identity, *reply])
         for message in resent:
             send_frames(push, message)
+
+    def _schedule_turn(self, stream: Stream) -> None:
+        """A stream has credit (or was cancelled): queue a turn for a worker (the hub's lock
+        is held; this takes the server's)."""
+        with self._mu:
+            self._turns.append(stream)
+            self._cv.notify()
+
+    def _ring(self) -> None:
+        """Items wait to be sent: wake the socket's owner (any thread; the hub's lock held)."""
+        with self._doorbell_lock:
+            if self._doorbell is not None:
+                self._doorbell.send(b"")
+
+    def _turn(self, stream: Stream) -> None:
+        again = False
+        try:
+            again = self.streams.turn(stream)
+        finally:
+            with self._mu:
+                self._running -= 1
+                self._turns_running -= 1
+                if again:
+                    self._turns.append(stream)
+                if (self._queue or self._turns) and self._running < self.workers:
+                    self._cv.notify()
 
     def _push(self) -> zmq.Socket:
         push = getattr(self._local, "push", None)
@@ -463,8 +588,63 @@ class Server:
         return push
 
     def _run(self, request: p.Request, identity: bytes = b"") -> List[bytes]:
-        """Run ``request``; its reply frames."""
+        """Run ``request``; its reply frames, or ``_DEFERRED`` when it is a call of an
+        ``async def`` method, handed to the event loop, which sends its reply."""
         status, body = self.dispatcher.handle(request)
+        if status == 0 and type(body) not in _NEVER_STREAMS and request.op == _CALL:
+            if type(body) is CoroutineType:  # an async def method: run on the daemon's loop
+                if self._defer(request, identity, body):
+                    return _DEFERRED
+                body.close()  # never run
+                busy = RuntimeError(f"daemon busy: {self.async_calls} async calls run (or "
+                                    f"their requests hold {self.queue_bytes} bytes); try again")
+                status, body = p.BUSY, p.error_body(busy)
+            elif is_stream(body):
+                return self.streams.open(identity, request.rid, body)
+            elif type(body) is AsyncGeneratorType:  # produced on the daemon's event loop
+                return self.streams.open(identity, request.rid,
+                                         AsyncGenSource(self.streams, self.calls, body,
+                                                        request.rid))
+        return self._reply_to(request, identity, status, body)
+
+    def _defer(self, request: p.Request, identity: bytes, coro: CoroutineType) -> bool:
+        """Hand ``coro`` to the event loop; False (nothing handed) when the loop already runs
+        ``async_calls`` calls, or their requests with this one would hold more than
+        ``queue_bytes`` (the first is always taken)."""
+        with self._mu:
+            if self._stopping or self._async_running >= self.async_calls or (
+                    self._async_running
+                    and self._async_bytes + request.size > self.queue_bytes):
+                return False
+            self._async_running += 1
+            self._async_bytes += request.size
+            self._late += 1  # its reply comes through the PULL socket
+
+        def done(status: int, body: Any) -> None:  # in the loop's thread
+            reply = self._reply_to(request, identity, status, body)
+            with self._mu:
+                resent = self.replies.finish(request, reply)
+                self._async_running -= 1
+                self._async_bytes -= request.size
+                self._late += len(resent)
+            push = self._push()
+            send_frames(push, [identity, *reply])
+            for message in resent:
+                send_frames(push, message)
+
+        try:
+            self.calls.submit(coro, done)
+        except RuntimeError:  # the loop has stopped: the daemon is stopping
+            with self._mu:
+                self._async_running -= 1
+                self._async_bytes -= request.size
+                self._late -= 1
+            return False
+        return True
+
+    def _reply_to(self, request: p.Request, identity: bytes, status: int,
+                  body: Any) -> List[bytes]:
+        """The reply frames of ``request`` with ``(status, body)``."""
         if (status != p.OK and self.owner_prefix is not None and isinstance(body, dict)
                 and body.get("traceback") and not identity.startswith(self.owner_prefix)):
             body = {**body, "traceback": ""}

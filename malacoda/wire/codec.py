@@ -206,11 +206,17 @@ class Encoder:
                 return base(obj)  # type: ignore[arg-type]
         if isinstance(obj, memoryview):
             return bytes(obj)
+        if t.__name__ == "generator" and t.__module__ == "builtins":
+            raise TypeError(
+                "cannot send a generator inside a value: a method that returns (or is) a "
+                "generator streams its items, but a generator within a list, a map or an "
+                "argument cannot travel (no registration makes one); return it alone")
         if t.__name__ in _UNSENDABLE_KINDS and t.__module__ == "builtins":
             raise TypeError(
-                f"cannot send a {t.__name__}: generators and coroutines cannot be returned or "
-                "sent yet (no registration makes one travel); return a list of its values, or "
-                "the awaited result")
+                f"cannot send a {t.__name__} inside a value: an async def method's coroutine is "
+                "awaited on the daemon and an async generator streams, but one within a list, a "
+                "map or an argument cannot travel (no registration makes one); return the "
+                "awaited result")
         raise TypeError(
             f"cannot send a value of type {t.__module__}.{t.__qualname__}: "
             "register it with malacoda.register_type() on both ends"
@@ -418,6 +424,19 @@ def encode_call(args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple[bytes, Lis
         except _NOT_PACKED:
             pass  # a str subclass as a keyword name, a big int…: the full encoder decides
     return encode([list(args), kwargs], lift=3)
+
+
+def encode_item(value: Any) -> bytes:
+    """One stream item, encoded inline (no buffer frames): ITEMS replies are one frame."""
+    t = type(value)
+    if t in _SCALARS:
+        return _plain.pack(value)
+    if t is int or t is bytes:
+        try:
+            return _strict.pack(value)
+        except _NOT_PACKED:
+            pass
+    return Encoder(threshold=MAX_LENGTH + 1).pack(value)
 
 
 def _ext_entry(code: int, data: bytes) -> Any:

@@ -17,7 +17,8 @@ Request envelope (client → daemon): ``[id, op, name, timeout, body]``
 item       type       meaning
 =========  =========  ====================================================================
 id         bin        request id, 1 to 64 bytes, unique per client; echoed in the reply
-op         str        operation: ``call``, ``get``, ``set``, ``describe``, ``ping``
+op         str        operation: ``call``, ``get``, ``set``, ``describe``, ``ping``;
+                      ``credit``, ``cancel`` for streams
 name       str/nil    the method or attribute name (``call``, ``get``, ``set``)
 timeout    int/nil    how many milliseconds the caller will wait; nil waits for ever. A daemon
                       that cannot *start* the request within that time drops it unanswered.
@@ -49,7 +50,8 @@ code   name             body
 0      OK               the result: the return value, the attribute's value, nil for
                         ``set``, the description for ``describe``, ``"pong"`` for ``ping``
 1      ERROR            the remote code raised: an error map (below)
-2      BUSY             every worker is busy and the queue is full; nothing ran
+2      BUSY             every worker is busy and the queue is full, or the daemon
+                        runs as many ``async def`` calls as it allows; nothing ran
 3      DENIED           the name is private (``_…``), dotted, reserved, or read-only
 4      BAD_REQUEST      the message could not be decoded or lacks an item; nothing ran
 5      UNKNOWN_OP       the operation is not one of the above
@@ -59,6 +61,11 @@ code   name             body
 7      GONE             a copy of this request ran already, but its reply was not kept for
                         a re-send (too large, or pushed out): nothing ran now, the result
                         is lost
+8      STREAM           the call's result is an iterator: a stream is open (below);
+                        ``{"window": int, "lease": int ms}``
+9      ITEMS            ``[first, [item, …]]``: items of a stream, ``first`` the index of
+                        the batch's first item
+10     END              the stream's iterator is exhausted; the count of items sent
 =====  ===============  =================================================================
 
 Error map (every status but 0): ``{"type": str, "module": str, "message": str,
@@ -75,6 +82,16 @@ Description (``describe``): ``{"name", "class", "doc", "incarnation", "version",
 "attributes": [name, …]}``; ``kind`` is ``inspect.Parameter.kind`` as an int (0 positional
 only, 1 positional or keyword, 2 ``*args``, 3 keyword only, 4 ``**kwargs``); a nil
 ``default_repr`` means no default.
+
+Streams (the ``streams`` extension, version 1; ``"extensions": {"streams": 1}`` in the
+description): a ``call`` whose result is an iterator is answered STREAM, with no credit. Every
+later message of the stream carries the call's request id. The client sends ``credit`` (body:
+a uint, items it grants; 0 only renews the lease) and ``cancel`` (body nil; the daemon closes
+the iterator), neither answered while the stream exists (a credit for an unknown stream gets
+an ERROR, ``LookupError``). The daemon sends at most the credit granted (kept up to
+``window``), in ITEMS replies, then END — or ERROR if the iterator raised. A connection that
+sends nothing for the lease loses its streams; ``ping`` keeps them. The daemon's
+``subscribe(prefix)`` and ``watch(name)`` methods stream events this way.
 
 The values inside bodies are encoded by :mod:`malacoda.wire.codec`.
 """
@@ -97,9 +114,15 @@ SIGNATURE = b"MLC\x02"
 # Operations.
 CALL, GET, SET, DESCRIBE, PING = "call", "get", "set", "describe", "ping"
 OPERATIONS = (CALL, GET, SET, DESCRIBE, PING)
+#: The streams extension (docs/protocol.md, "Streams"): grant items, stop a stream. Both carry
+#: the stream's id (its call's request id) and are never answered while the stream exists.
+CREDIT, CANCEL = "credit", "cancel"
+STREAM_OPS = frozenset({CREDIT, CANCEL})
+STREAMS_VERSION = 1  # told in describe as {"extensions": {"streams": 1}}
 
 # Reply statuses.
 OK, ERROR, BUSY, DENIED, BAD_REQUEST, UNKNOWN_OP, BAD_VERSION, GONE = range(8)
+STREAM, ITEMS, END = 8, 9, 10  # the streams extension
 STATUS_NAMES = {
     OK: "OK",
     ERROR: "ERROR",
@@ -109,6 +132,9 @@ STATUS_NAMES = {
     UNKNOWN_OP: "UNKNOWN_OP",
     BAD_VERSION: "BAD_VERSION",
     GONE: "GONE",
+    STREAM: "STREAM",
+    ITEMS: "ITEMS",
+    END: "END",
 }
 
 # Limits (documented in docs/protocol.md; the daemon's settings may lower them).
@@ -238,6 +264,21 @@ def peek_request_id(frames: Sequence[bytes]) -> bytes:
     except Exception:
         pass
     return b""
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def items_frames(rid: bytes, incarnation: str, first: int, items: Sequence[bytes]) -> List[bytes]:
+    """The one frame of an ITEMS reply: ``[first, [item, ...]]``, the items already encoded
+    (:func:`encode_item`), so that a batch costs one join, not one encoding of the list."""
+    body = b"".join((b"\x92", _plain.pack(first), _array_header(len(items)), *items))
+    return [SIGNATURE + _plain.pack([rid, ITEMS, incarnation, body])]
 
 
 def reply_frames(rid: bytes, status: int, incarnation: str, body: Any) -> List[bytes]:

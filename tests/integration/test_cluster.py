@@ -448,3 +448,16 @@ def test_etcd_entry_never_carries_the_daemons_secret(hosts, etcd):
     for value in values:
         assert secret.encode() not in value
         assert "secret" not in json.loads(value)
+
+
+def test_a_stream_across_the_cluster(hosts, etcd):
+    """A generator method on B, streamed to a client on A that found it in etcd; leaving
+    early closes the generator there."""
+    hosts.start(B)
+    hosts.be(A)
+    d = malacoda.get("TestDaemon", timeout=20)
+    assert list(d.count(500)) == list(range(500))
+    for item in d.endless():
+        if item == 3:
+            break
+    wait_for(lambda: d.closed_streams == 2, timeout=3, what="the generator on B to close")

@@ -15,6 +15,7 @@ import pytest
 import malacoda
 from malacoda.client.proxy import request
 from malacoda.host.registry import Registry
+from malacoda.wire import codec
 from tests.support import pid_alive, wait_for
 
 
@@ -105,16 +106,30 @@ def test_remote_exceptions_keep_their_family(start_daemon):
     assert getattr(info.value, "remote_type", None) is None
 
 
-def test_a_returned_generator_or_coroutine_says_so(start_daemon):
-    """Not "register it with register_type()": no registration makes one travel."""
+def test_a_returned_generator_streams_and_a_coroutine_says_so(start_daemon):
+    """Not "register it with register_type()": no registration makes one travel. A generator
+    returned by itself streams (tests/integration/test_streams.py), a coroutine is awaited on
+    the daemon (issue 15: tests/integration/test_aio.py); inside a value neither can travel."""
     start_daemon()
     d = malacoda.get("TestDaemon", timeout=10)
-    for method in (d.numbers, d.later):
+    assert list(d.numbers()) == [0, 1, 2]
+    assert d.later() == 1  # async def: run on the daemon's event loop
+    with pytest.raises(TypeError) as info:
+        d.generator_in_a_list()
+    text = str(info.value)
+    assert "a generator within a list" in text and "register_type" not in text, text
+
+    async def later() -> int:
+        return 1
+
+    coro = later()
+    try:
         with pytest.raises(TypeError) as info:
-            method()
-        text = str(info.value)
-        assert "generators and coroutines cannot be returned" in text, text
-        assert "register_type" not in text
+            codec.encode([coro])
+    finally:
+        coro.close()
+    text = str(info.value)
+    assert "coroutine inside a value" in text and "register_type" not in text, text
 
 
 def test_a_request_over_max_message_says_too_large(start_daemon):

@@ -16,6 +16,7 @@ from malacoda.host.paths import Paths
 from malacoda.host.registry import Registry
 from malacoda.remote import host as remote
 from malacoda.security import Keys
+from tests.support import wait_for
 from tests.support.sshd import keygen
 
 
@@ -182,3 +183,21 @@ def test_owner_only_daemon_over_ssh_needs_no_set_up(start_daemon, web1):
     assert d.echo("owner over ssh") == "owner over ssh"
     assert d._target.plain == entry.secret.encode()
     close(d)
+
+
+def test_a_stream_over_ssh(start_daemon, web1):
+    """NAME:HOST: a generator's items come through the SSH tunnel, with credit; break closes
+    the generator on the far side."""
+    start_daemon()
+    d = malacoda.get("TestDaemon:web1", timeout=20)
+    assert list(d.count(3000)) == list(range(3000))
+    for item in d.endless():
+        if item == 3:
+            break
+    local = malacoda.get("TestDaemon", timeout=10)
+    wait_for(lambda: local.closed_streams == 2, timeout=3, what="the generator to close")
+    watch = d.watch("pst_counter")
+    assert next(watch) == 0
+    local.bump()
+    assert next(watch) == 1
+    watch.close()

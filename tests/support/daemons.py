@@ -25,6 +25,8 @@ class TestDaemon(Malacoda):
         self.pst_data = {"a": (1, 2)}
         self.loops = 0
         self.lock = threading.Lock()
+        self.produced = 0  # items the latest stream of count() or endless() made
+        self.closed_streams = 0  # streams whose generator's finally ran
         super().__init__(name=name, daemonize=daemonize, **kwargs)
 
     def _run(self):
@@ -76,6 +78,9 @@ class TestDaemon(Malacoda):
     async def later(self):
         return 1
 
+    def generator_in_a_list(self):
+        return [n for n in range(3)], (n for n in range(3))
+
     def fail_exit(self, kind="SystemExit"):
         raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}[kind](kind)
 
@@ -85,6 +90,60 @@ class TestDaemon(Malacoda):
 
     def pid(self):
         return os.getpid()
+
+    # streams and events
+
+    def count(self, n, delay=0.0):
+        """Yield 0 to n - 1 (a stream)."""
+        self.produced = 0
+        try:
+            for i in range(n):
+                if delay:
+                    time.sleep(delay)
+                self.produced += 1
+                yield i
+        finally:
+            self.closed_streams += 1
+
+    def endless(self, delay=0.0):
+        """Yield 0, 1, 2... until the client leaves."""
+        self.produced = 0
+        try:
+            while True:
+                if delay:
+                    time.sleep(delay)
+                self.produced += 1
+                yield self.produced - 1
+        finally:
+            self.closed_streams += 1
+
+    def iterate(self, n):
+        """Not a generator function: returns an iterator."""
+        return iter(range(n))
+
+    def fail_at(self, n):
+        yield from range(n)
+        raise ValueError(f"failed at {n}")
+
+    def first_then_wait(self, seconds):
+        yield "first"
+        time.sleep(seconds)
+        yield "second"
+
+    def announce(self, topic, value=None):
+        return self.publish(topic, value)
+
+    def announce_many(self, topic, n):
+        for i in range(n):
+            self.publish(topic, i)
+        return n
+
+    def open_streams(self):
+        return self._malacoda_hub.count
+
+    def hooked(self):
+        """Whether attribute writes go through the watchers' hook now."""
+        return getattr(type(self).__dict__.get("__setattr__"), "_malacoda_hook", False)
 
     def crash(self):
         os._exit(3)
@@ -96,6 +155,11 @@ class TwoLoops(TestDaemon):
     def __init__(self, **kwargs):
         self.side_loops = 0
         super().__init__(**kwargs)
+
+    def tail(self, n):
+        """docs/protocol.md's example: yields "a", "b"..."""
+        for i in range(n):
+            yield "abcdefghijklmnopqrstuvwxyz"[i % 26]
 
     def _run_side(self):
         while self.running:
@@ -134,6 +198,11 @@ class HostileDaemon(TestDaemon):
         self.seen = {}
         super().__init__(**kwargs)
 
+    def tail(self, n):
+        """docs/protocol.md's example: yields "a", "b"..."""
+        for i in range(n):
+            yield "abcdefghijklmnopqrstuvwxyz"[i % 26]
+
     def tally(self, seconds=0.0):
         """Count this call, then take ``seconds``."""
         with self.lock:
@@ -170,6 +239,11 @@ class PstSocket(TestDaemon):
         self.pst_list = None
         self.pst_sock = None
         super().__init__(**kwargs)
+
+    def tail(self, n):
+        """docs/protocol.md's example: yields "a", "b"..."""
+        for i in range(n):
+            yield "abcdefghijklmnopqrstuvwxyz"[i % 26]
 
     def open_socket(self):
         import socket
@@ -282,6 +356,11 @@ class SlowInit(TestDaemon):
         time.sleep(100)
         super().__init__(**kwargs)
 
+    def tail(self, n):
+        """docs/protocol.md's example: yields "a", "b"..."""
+        for i in range(n):
+            yield "abcdefghijklmnopqrstuvwxyz"[i % 26]
+
 
 class Defaced(Talker):
     """Daemon docs with \x1b]0;pwned\x07 a window title and a \x1b[2J clear-screen in them."""
@@ -289,3 +368,18 @@ class Defaced(Talker):
     def banner(self):
         """Returns a greeting.\r[monitor] forged line"""
         return "hello"
+
+
+class StreamDaemon(TestDaemon):
+    """TestDaemon with a short stream lease (``lease`` seconds) and small limits to test."""
+
+    def __init__(self, lease=1.0, max_streams=None, **kwargs):
+        self._stream_lease = lease
+        if max_streams is not None:
+            self._max_streams = max_streams
+        super().__init__(**kwargs)
+
+    def tail(self, n):
+        """docs/protocol.md's example: yields "a", "b"..."""
+        for i in range(n):
+            yield "abcdefghijklmnopqrstuvwxyz"[i % 26]
