@@ -212,6 +212,16 @@ def markdown(data: Dict[str, Any]) -> str:
         for note in sup.get("notes", []):
             lines += ["", note]
         lines.append("")
+    beside = data.get("supervisord")
+    if beside:
+        lines += ["### Supervisor beside supervisord", "",
+                  "| measurement | median | spread | ratio |", "|---|---|---|---|"]
+        for row in beside["rows"]:
+            lines.append(f"| {row['name']} | {row['median']} | {row['spread']} | "
+                         f"{row.get('ratio', '–')} |")
+        for note in beside.get("notes", []):
+            lines += ["", note]
+        lines.append("")
     if data["failures"]:
         lines += ["### Failures", ""] + [f"- {f}" for f in data["failures"]] + [""]
     else:

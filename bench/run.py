@@ -42,12 +42,13 @@ class Params:
     pst_saves: int
     daemons: int
     cli_runs: int
+    units: int = 30  # units beside supervisord's programs (issue 14's targets: 30)
 
     @classmethod
     def for_mode(cls, quick: bool) -> Params:
         if quick:
             return cls(repeats=1, warmup=100, calls=600, window=0.7, mib_warmup=2, mib_calls=6,
-                       shared_window=0.7, pst_mib=100, pst_saves=1, daemons=8, cli_runs=3,
+                       shared_window=0.7, pst_mib=100, pst_saves=1, daemons=8, cli_runs=3, units=10,
                        placements=False)
         return cls(repeats=3, warmup=200, calls=2000, window=2.0, mib_warmup=3, mib_calls=20,
                    shared_window=2.0, pst_mib=100, pst_saves=5, daemons=50, cli_runs=7,
@@ -301,6 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     pst: Optional[Dict[str, Any]] = None
     supervisor: Optional[Dict[str, Any]] = None
     aio: Optional[Dict[str, Any]] = None
+    beside: Optional[Dict[str, Any]] = None
     try:
         if "calls" not in skip:
             for rep in range(prm.repeats):
@@ -335,6 +337,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             except Exception as exc:
                 failures.append(f"supervisor: {exc}")
                 print(f"  FAILED: {exc}", flush=True)
+            from bench import supervisord
+
+            print(f"[{time.monotonic() - began:6.1f} s] beside supervisord", flush=True)
+            try:
+                beside = supervisord.measure(prm.units, prm.cli_runs, child_env(), ROOT)
+            except Exception as exc:
+                failures.append(f"beside supervisord: {exc}")
+                print(f"  FAILED: {exc}", flush=True)
     finally:
         pool.stop()
         shutil.rmtree(home, ignore_errors=True)
@@ -342,7 +352,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     info["mode"] = "quick" if args.quick else "full"
     info["params"] = vars(prm)
     data = {"info": info, "results": results, "pst": pst, "supervisor": supervisor,
-            "aio": aio, "failures": failures, "systems": systems}
+            "aio": aio, "supervisord": beside, "failures": failures, "systems": systems}
     text = report.markdown(data)
     print(text)
     report.write(out_md, text)
