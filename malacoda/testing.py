@@ -1,4 +1,4 @@
-"""pytest fixtures: your units under the real monitor, in a temporary ``MALACODA_HOME``.
+"""pytest fixtures: your units under the real host supervisor, in a temporary ``MALACODA_HOME``.
 
 Make them available in your ``conftest.py``::
 
@@ -13,9 +13,9 @@ and use them::
     def test_other(malacoda_unit):
         d = malacoda_unit(name="Echo", cls="mypkg.echo:Echo", args={"size": 3})   # keys
 
-``malacoda_unit`` starts the unit exactly as ``malacodactl start`` does (monitor, log file,
+``malacoda_unit`` starts the unit exactly as ``malacodactl start`` does (host supervisor, log file,
 restart policy, the units it ``requires`` first: looked up beside the unit file, then along the
-unit search path), returns once it serves, and yields a :class:`~malacoda.client.proxy.Proxy`; every
+unit search path), returns once it serves, and yields a :class:`~malacoda.proxy.Proxy`; every
 unit it started is stopped when the test ends, requirements last. The temporary home is the
 test's own. Relative ``path`` entries and ``workdir`` given inline (``path=["."]``) are the
 test file's folder, as they would be for a unit file written beside it.
@@ -31,7 +31,7 @@ import pytest
 
 from malacoda.client.proxy import Proxy, close
 from malacoda.host.paths import Paths
-from malacoda.supervisor.supervise import start, stop
+from malacoda.supervisor.supervise import end_supervisor, start, stop
 from malacoda.supervisor.units import Unit, load_file, ordered, search_path
 
 
@@ -78,7 +78,7 @@ def malacoda_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def malacoda_unit(malacoda_home: Path, tmp_path: Path,
                   request: pytest.FixtureRequest) -> Iterator[Callable[..., Proxy]]:
-    """Start a unit under the real monitor and get a proxy to it (see the module docstring)."""
+    """Start a unit under the real host supervisor and get a proxy to it (see the module docstring)."""
     started: List[Unit] = []
     proxies: List[Proxy] = []
     paths = Paths.default()
@@ -109,3 +109,4 @@ def malacoda_unit(malacoda_home: Path, tmp_path: Path,
         close(proxy)
     for unit in reversed(started):
         stop(unit.name, paths, unit.stop_timeout)
+    end_supervisor(paths)  # its MALACODA_HOME goes with this test

@@ -9,22 +9,18 @@ failed (a start that failed, a remote exception), 2 bad input (usage, unit file,
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from malacoda.address import Spec, parse
-from malacoda.cli import hosts as cli_hosts
-from malacoda.cli import keys as cli_keys
-from malacoda.cli import streams as cli_streams
 from malacoda.cli.terminal import visible, visible_json
 from malacoda.cli.values import ValueArgs
-from malacoda.client import control as control
 from malacoda.errors import (
     AccessDenied,
     CommunicationError,
@@ -33,11 +29,39 @@ from malacoda.errors import (
     MalacodaError,
     RemoteError,
 )
-from malacoda.host.paths import Paths, host_name
-from malacoda.supervisor import logfile as logfile
-from malacoda.supervisor import supervise as supervise
-from malacoda.supervisor import units as units
 from malacoda.version import __version__
+
+
+class _Later:
+    """A module imported when it is first used: ``malacodactl --version`` (and every command)
+    pays only for the modules it uses (``psutil``, ``zmq`` and the rest are not imported to
+    print a version or a usage error)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    from malacoda import address
+    from malacoda.cli import hosts as cli_hosts
+    from malacoda.cli import keys as cli_keys
+    from malacoda.cli import streams as cli_streams
+    from malacoda.client import control
+    from malacoda.host import paths as host_paths
+    from malacoda.supervisor import logfile, supervise, units
+else:
+    address = _Later("malacoda.address")
+    cli_hosts = _Later("malacoda.cli.hosts")
+    cli_keys = _Later("malacoda.cli.keys")
+    cli_streams = _Later("malacoda.cli.streams")
+    control = _Later("malacoda.client.control")
+    host_paths = _Later("malacoda.host.paths")
+    logfile = _Later("malacoda.supervisor.logfile")
+    supervise = _Later("malacoda.supervisor.supervise")
+    units = _Later("malacoda.supervisor.units")
 
 OK, FAILED, BAD_INPUT, NOT_RUNNING, NO_ANSWER = 0, 1, 2, 3, 4
 
@@ -49,7 +73,13 @@ class Context:
         self.unit_path = unit_path
         self.verbose = verbose
         self.raw = False  # --raw: print what came from daemons, logs and etcd as it is
-        self.paths = Paths.default()
+        self._paths: Optional[host_paths.Paths] = None
+
+    @property
+    def paths(self) -> host_paths.Paths:
+        if self._paths is None:
+            self._paths = host_paths.Paths.default()
+        return self._paths
 
     def shown(self, text: str, newlines: bool = True) -> str:
         """``text`` from a daemon, a log or etcd as it is printed: control characters made
@@ -72,9 +102,9 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-def target(text: str) -> Spec:
+def target(text: str) -> address.Spec:
     """Every command's NAME goes through here: ``NAME[:HOST][:PORT]`` → a :class:`Spec`."""
-    return parse(text)
+    return address.parse(text)
 
 
 def local_name(text: str) -> str:
@@ -132,6 +162,14 @@ def _reader_left() -> None:
 
 class Group(click.Group):
     """Library errors become one line on stderr and an exit code, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(set(super().list_commands(ctx)) | {"keys"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name == "keys" and "keys" not in self.commands:  # imported when used
+            self.add_command(cli_keys.keys)
+        return super().get_command(ctx, cmd_name)
 
     def add_command(self, cmd: click.Command, name: Optional[str] = None) -> None:
         if not isinstance(cmd, click.Group):
@@ -202,27 +240,23 @@ def _warn_secrets(unit: units.Unit) -> None:
 
 
 def _start_units(c: Context, order: List[units.Unit], verb: str) -> None:
-    """Start ``order`` (from :func:`units.ordered`: requirements first); a unit whose
-    requirement did not start is not started. Exits with the worst code."""
-    code, failed = OK, set()
+    """Start ``order`` (from :func:`units.ordered`: requirements first) in the host supervisor,
+    side by side; a unit whose requirement did not start is not started. Exits with the worst
+    code."""
     for unit in order:
         _warn_secrets(unit)
-        missing = [name for name in unit.requires if name in failed]
-        if missing:
-            complain(f"{unit.name} not started: it requires {', '.join(missing)}, which did "
-                     "not start")
-            failed.add(unit.name)
+    code = OK
+    for row in supervise.start_many(order, c.paths):
+        name, outcome = row["name"], row["outcome"]
+        if outcome == "not started":
+            complain(f"{name} not started: {row['detail']}")
             code = max(code, FAILED)
-            continue
-        try:
-            outcome, st = supervise.start(unit, c.paths)
-        except MalacodaError as exc:
-            complain(str(exc))
-            failed.add(unit.name)
-            code = max(code, exit_code(exc))
-            continue
-        click.echo(f"{unit.name} {verb if outcome == 'started' else outcome} "
-                   f"(pid {st.pid}, port {st.port})")
+        elif outcome not in ("started", "already running"):
+            complain(f"{name} did not start: {row['detail']}")
+            code = max(code, FAILED)
+        else:
+            click.echo(f"{name} {verb if outcome == 'started' else outcome} "
+                       f"(pid {row['pid']}, port {row['port']})")
     sys.exit(code)
 
 
@@ -231,7 +265,8 @@ def _start_units(c: Context, order: List[units.Unit], verb: str) -> None:
 @ALL
 @pass_ctx
 def start(c: Context, names: Tuple[str, ...], all_: bool) -> None:
-    """Start units (and what they require) under a monitor; returns once they serve.
+    """Start units (and what they require) under the host supervisor, side by side; returns
+    once they serve (the supervisor is started first when it is not running).
 
     Exit 0 when all run, 1 when one failed to start (its error is printed), 2 bad unit.
     """
@@ -274,6 +309,8 @@ def _stop_order(c: Context, names: List[str]) -> List[Tuple[str, float]]:
 def stop(c: Context, names: Tuple[str, ...], all_: bool) -> None:
     """Stop daemons: ask them (pst saved), then SIGTERM, then SIGKILL after stop_timeout.
 
+    Many stop side by side in the host supervisor (a unit after those that require it).
+
     NAME:HOST stops NAME on HOST (over SSH). Stopping what is not running succeeds. Exit 0, or
     1 when a daemon could not be stopped or stopped with its final pst save incomplete (an
     attribute that cannot be saved: the message names it; the others were saved).
@@ -285,16 +322,19 @@ def stop(c: Context, names: Tuple[str, ...], all_: bool) -> None:
         _known_or_fail(c, name)
     chosen = local if names else sorted(
         set(units.names(c.search)) | set(supervise.known_names(c.paths)))
-    incomplete = False
-    for name, timeout in _stop_order(c, chosen):
-        outcome = supervise.stop(name, c.paths, timeout)
+    failed = False
+    for name, outcome in supervise.stop_many(_stop_order(c, chosen), c.paths,
+                                             everything=all_) if chosen else []:
         if outcome.startswith("stopped, but "):  # its final pst save was incomplete
             complain(f"{name} {outcome}")
-            incomplete = True
+            failed = True
+        elif outcome.startswith("error: "):
+            complain(f"{name}: {outcome[len('error: '):]}")
+            failed = True
         elif names or outcome == "stopped":
             click.echo(visible(f"{name} {outcome}"))
     code = max([cli_hosts.stop_there(host, there) for host, there in remote.items()], default=OK)
-    sys.exit(max(code, FAILED if incomplete else OK))
+    sys.exit(max(code, FAILED if failed else OK))
 
 
 @cli.command()
@@ -305,9 +345,25 @@ def restart(c: Context, names: Tuple[str, ...], all_: bool) -> None:
     """Stop, then start units. Exit codes as for start."""
     chosen = _selected(c, names, all_)
     order = units.ordered({u.name: u for u in chosen}, c.search)  # a bad 'requires': none stop
-    for name, timeout in _stop_order(c, [u.name for u in chosen]):
-        supervise.stop(name, c.paths, timeout)
+    supervise.stop_many(_stop_order(c, [u.name for u in chosen]), c.paths)
     _start_units(c, order, "restarted")
+
+
+@cli.command()
+@pass_ctx
+def reload(c: Context) -> None:
+    """Re-read every unit file: automatic restarts run them as they are now (a running daemon
+    goes on as it is; 'restart' applies a change at once). Exit 0, 2 when a file is invalid."""
+    loaded, code = [], OK
+    for name in units.names(c.search):
+        try:
+            loaded.append(c.unit(name))
+        except ConfigError as exc:
+            complain(str(exc))
+            code = BAD_INPUT
+    for row in supervise.reload(loaded, c.paths):
+        click.echo(f"{row['name']} {row['outcome']}")
+    sys.exit(code)
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -381,11 +437,21 @@ def status(c: Context, names: Tuple[str, ...], all_: bool, hosts: Tuple[str, ...
         for name in unknown:
             complain(f"unknown unit {name!r}: no unit file, no record, no daemon of that name")
         chosen = [n for n in local if n in known] if local else sorted(known)
-        found = _mark_units(c, supervise.statuses(chosen, c.paths, ping_timeout))
-        results += [(host_name(), r) for r in found]
+        here, supervised = supervise.statuses_here_or_there(chosen, c.paths, ping_timeout)
+        if not supervised and any(r.state in ("running", "hung", "stale") for r in here):
+            complain("the host supervisor is not running: states from the registry and the "
+                     "status records (the next start, stop or restart starts it)")
+        found = _mark_units(c, here)
+        results += [(host_paths.host_name(), r) for r in found]
         code = max([r.code for _, r in results] + [4] * bool(unknown), default=NOT_RUNNING)
     for host, there in remote.items():
-        found, status_code = cli_hosts.remote_statuses(host, there, ping_timeout)
+        try:
+            found, status_code = cli_hosts.remote_statuses(host, there, ping_timeout)
+        except MalacodaError as exc:  # one host that cannot be asked is a row, not an abort
+            complain(str(exc))
+            found = [supervise.UnitStatus(name=n, state="unreachable", restarts=None,
+                                          message=str(exc)) for n in (there or ["*"])]
+            status_code = NO_ANSWER
         results += [(host, r) for r in found]
         code = max(code, status_code)
     if as_json:
@@ -436,7 +502,7 @@ def _status_table(c: Context, results: List[Tuple[supervise.UnitStatus, Optional
     for row in rows:
         c.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), newlines=False)
     for r, host in results:
-        if r.message and (c.verbose or r.state == "invalid" or r.changed):
+        if r.message and (c.verbose or r.state in ("invalid", "unreachable") or r.changed):
             c.echo(f"{r.name}{':' + host if host else ''}: {r.message}", False)
         if r.pst:  # always: state that a restart would lose
             c.echo(f"{r.name}{':' + host if host else ''}: {r.pst}", False)
@@ -695,13 +761,35 @@ def run(c: Context, name: str) -> None:
 
 
 @cli.command(name="systemd")
-@NAME
+@click.argument("name", required=False, shell_complete=complete_units)
+@click.option("--supervisor", "host_supervisor", is_flag=True,
+              help="The host supervisor's service instead of one unit's.")
 @pass_ctx
-def systemd_unit(c: Context, name: str) -> None:
-    """Print a systemd service (Type=notify) that runs the unit NAME. Exit 0, or 2 bad unit."""
+def systemd_unit(c: Context, name: Optional[str], host_supervisor: bool) -> None:
+    """Print a systemd service (Type=notify) that runs the unit NAME, or with --supervisor the
+    host supervisor. Exit 0, or 2 bad unit."""
     from malacoda.supervisor import systemd as systemd
 
+    if host_supervisor == bool(name):
+        raise click.UsageError("give a unit NAME or --supervisor (not both)")
+    if host_supervisor:
+        click.echo(systemd.supervisor_unit(), nl=False)
+        return
+    assert name is not None
     click.echo(systemd.service_unit(c.unit(name)), nl=False)
+
+
+@cli.command(name="supervisor")
+def host_supervisor() -> None:
+    """Run the host supervisor in the foreground (systemd: Type=notify; SIGTERM ends it and
+    leaves the daemons running). Exit 0, 1 when one runs already or it failed."""
+    import os
+
+    from malacoda.host.launch import python_command
+    from malacoda.supervisor.monitor import SUPERVISOR_MODULE
+
+    argv = python_command(SUPERVISOR_MODULE, ["--foreground"])
+    os.execv(argv[0], argv)  # the same pid (systemd's MAINPID), its module in the command line
 
 
 @cli.command()
@@ -757,7 +845,6 @@ def completion(shell: str) -> None:
     click.echo(cls(cli, {}, "malacodactl", "_MALACODACTL_COMPLETE").source())
 
 
-cli.add_command(cli_keys.keys)
 
 
 class _VisibleFormatter(logging.Formatter):

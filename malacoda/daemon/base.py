@@ -73,7 +73,9 @@ class RunOptions:
     """Settings a supervisor imposes on the daemon it starts, over the constructor's.
 
     The unit runner fills this in before it instantiates the class; ``None`` fields leave the
-    constructor's value. ``on_ready`` is called with the registry entry once the daemon serves.
+    constructor's value. ``on_ready`` is called with the registry entry once the daemon serves;
+    ``on_failure`` with the exception as soon as ``_run`` (or a ``_run_*``) failed, before the
+    daemon saves its state and closes.
     """
 
     name: Optional[str] = None
@@ -89,6 +91,7 @@ class RunOptions:
     open: Optional[bool] = None
     configure_socket: Optional[Callable[[zmq.Socket], object]] = None
     on_ready: List[Callable[[Entry], None]] = field(default_factory=list)
+    on_failure: List[Callable[[BaseException], None]] = field(default_factory=list)
     stop_grace: float = 5.0
 
 
@@ -346,6 +349,9 @@ class Malacoda(Events):
             self._malacoda_run_loops()
         except BaseException as exc:  # noqa: B902 - re-raised below, after the state is saved
             failure = exc
+            for told in opts.on_failure:
+                with contextlib.suppress(Exception):
+                    told(exc)
         finally:
             self.running = False
             self._malacoda_stop.set()

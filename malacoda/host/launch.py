@@ -4,7 +4,7 @@ current folder.
 ``python -m pkg.mod`` puts the current folder first on ``sys.path``: ``cd /tmp && malacodactl
 start X`` would run a ``json.py`` that another user left in ``/tmp`` as whoever started X, and
 the daemon runner would do the same with a unit's ``workdir``. So every Python process Malacoda
-starts (the monitor, the daemon runner, the lookup and ``malacodactl`` it runs on a remote host
+starts (the host supervisor, the daemon runner, the lookup and ``malacodactl`` it runs on a remote host
 over SSH, the ``ExecStart=`` line ``malacodactl systemd`` prints when no ``malacodactl`` script
 is installed) runs ``python -c BOOTSTRAP MODULE ARGS...``: :data:`BOOTSTRAP` removes the
 current folder's entry (``''``, which ``-c`` puts first) before anything is imported, then runs

@@ -1,9 +1,12 @@
 """A unit's log file: timestamped lines, rotation by size, and reading it back (``-n``, ``-f``).
 
-The monitor owns the writing end: every line the daemon prints (stdout, stderr, Python
-logging) is written as ``2026-01-02 03:04:05.678 <line>``, and the monitor's own notes as
-``… [monitor] <note>``. A line longer than :data:`PIECE` bytes is cut into lines of at most
-that many bytes as it is written, each with its own time. Past ``max_bytes`` the file is
+The daemon owns the writing end (:func:`capture`): its stdout and stderr (fds 1 and 2) are a
+pipe that a thread of its own copies into the file, so that no other process is between the
+daemon and its log — a host supervisor killed with ``kill -9`` breaks no pipe of the daemon's
+and loses no line of it. Every line the daemon prints (stdout, stderr, Python logging) is
+written as ``2026-01-02 03:04:05.678 <line>``, and the supervisor's notes about it as
+``… [monitor] <note>`` (:func:`append_line`). A line longer than :data:`PIECE` bytes is cut
+into lines of at most that many bytes as it is written, each with its own time. Past ``max_bytes`` the file is
 renamed ``<name>.log.1`` (older ones shift up to ``.N``) and a new one is started.
 :func:`follow` keeps reading across that rename.
 """
@@ -111,6 +114,77 @@ class LogFile:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one timestamped line to the log ``path`` (opened and closed again: the file may
+    have been rotated by the daemon that writes it since the last line)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, f"{timestamp()} {line.rstrip(chr(10))}\n".encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
+
+
+#: The note the supervisor writes before it starts a daemon: :func:`last_error_in` looks only
+#: at the lines after the last one.
+STARTING = "[monitor] starting "
+
+
+def last_error_in(path: Path) -> str:
+    """The last line the daemon wrote (since the supervisor's last :data:`STARTING` note) that
+    names an exception (a traceback's last line), else its last line, else ''."""
+    lines = [line[24:] if line[:4].isdigit() else line for line in tail(path, RECENT * 4)]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(STARTING):
+            lines = lines[i + 1:]
+            break
+    recent = [line for line in lines if not line.startswith("[monitor] ")][-RECENT:]
+    for line in reversed(recent):
+        if _ERROR_LINE.match(line.strip()):
+            return line.strip()
+    return next((line.strip() for line in reversed(recent) if line.strip()), "")
+
+
+class Capture:
+    """This process's stdout and stderr going into its log file (see :func:`capture`)."""
+
+    def __init__(self, logfile: LogFile) -> None:
+        import sys
+
+        read_end, write_end = os.pipe()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.logfile = logfile
+        self.thread = threading.Thread(target=logfile.pump, args=(os.fdopen(read_end, "rb"),),
+                                       name="malacoda-log", daemon=True)
+        self.thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush what was printed, end the pipe and wait until the thread wrote it all."""
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        self.thread.join(timeout)
+
+
+def capture(path: Path, max_bytes: int, backups: int) -> Capture:
+    """Point fds 1 and 2 of this process at a pipe that a thread copies into the log ``path``
+    (timestamped, rotated, long lines cut: :meth:`LogFile.pump`) until :meth:`Capture.close`.
+
+    A child process started afterwards inherits the pipe as its stdout and stderr.
+    """
+    return Capture(LogFile(path, max_bytes, backups))
 
 
 #: How many bytes :func:`tail` reads at a time, going backwards from the end of a file.

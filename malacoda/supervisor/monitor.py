@@ -1,20 +1,20 @@
-"""The per-unit monitor: the daemon's parent, its restart policy, its log and its status record.
+"""One unit under the host supervisor: its daemon, restart policy, stop sequence and record.
 
-``malacodactl start NAME`` runs ``malacoda.monitor UNIT_FILE FD`` (as ``python -m`` would, without
-the current folder on ``sys.path``: :mod:`malacoda.host.launch`), which forks once
-more (the starter reaps the first child; the monitor is nobody's child to wait for), takes the
-unit's monitor lock (a second monitor for the same unit leaves at once: ``ALREADY``), and then:
+A :class:`Monitor` is a thread of the host supervisor (:mod:`malacoda.supervisor.host`), one per unit:
 
-1. starts the daemon (``malacoda.runner``, likewise) in a session of its own, its stdout and
-   stderr piped into the unit's log file, timestamped and rotated (:mod:`malacoda.supervisor.logfile`);
+1. starts the daemon (``malacoda.runner``, without the current folder on ``sys.path``:
+   :mod:`malacoda.host.launch`) in a session of its own; the daemon writes its own log file,
+   timestamped and rotated (:func:`malacoda.supervisor.logfile.capture`);
 2. waits until the daemon reports ``READY`` over a pipe, its own error, or its death; the first
-   outcome is told to the starter on ``FD`` (``READY {json}`` or ``FAILED text``), so that
+   outcome is told to whoever started it (``READY {json}`` or ``FAILED text``), so that
    ``start`` returns only once the daemon serves, or fails with the daemon's own error;
 3. when the daemon exits, records the exit code or signal and applies the restart policy:
    exponential backoff from ``backoff`` up to ``backoff_max``, reset after ``backoff_reset``
    seconds up, and after ``start_limit`` restarts in a row the state ``failed``;
-4. on SIGTERM/SIGINT/SIGHUP runs the stop sequence (:func:`stop_sequence`) and exits.
+4. once asked to stop, runs the stop sequence (:func:`stop_sequence`) and ends.
 
+A daemon another supervisor started (one killed since) is *adopted*: watched by pid and
+start time (:class:`Adopted`); its exit code is not ours to know (``last_exit`` says so).
 The status record, ``<run>/status/<name>.json``, is rewritten atomically at each change.
 """
 
@@ -27,7 +27,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,18 +36,22 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import psutil
 
 from malacoda.errors import MalacodaError
-from malacoda.host.files import atomic_write, private_dir, read_pipe, text_pipe, untrusted
+from malacoda.host.files import atomic_write, private_dir, text_pipe, untrusted
 from malacoda.host.launch import python_command
 from malacoda.host.paths import Paths, known_fields
 from malacoda.host.process import PST_INCOMPLETE, process_start_time, same_process
-from malacoda.host.registry import NameLock, Registry
-from malacoda.supervisor.logfile import LogFile
-from malacoda.supervisor.units import Unit, digest, load_file
+from malacoda.host.registry import Registry
+from malacoda.supervisor.logfile import STARTING, append_line, last_error_in
+from malacoda.supervisor.runner import SETTLE
+from malacoda.supervisor.units import Unit
 
 log = logging.getLogger(__name__)
 
-#: A daemon that exits this soon after it was ready did not start: its ``_run`` raised at once.
-SETTLE = 0.2
+#: The host supervisor: its module (in its command line) and its daemon name (registry).
+SUPERVISOR_MODULE = "malacoda.supervisor.host"
+SUPERVISOR_NAME = "malacoda-supervisor"
+#: ``last_exit`` of an adopted daemon: it is not our child, its exit code is not ours to read.
+UNKNOWN_EXIT = {"exit": "unknown (adopted: not this supervisor's child)"}
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
@@ -58,7 +61,7 @@ def package_env(env: Dict[str, str]) -> Dict[str, str]:
     The monitor and the daemon then run this same Malacoda, however often a daemon is handed
     over to a new monitor (each hand-over passes the environment on again). An empty entry
     (``PYTHONPATH=:/opt/lib``) means the current folder to Python: it is dropped, as
-    :mod:`malacoda.host.launch` drops the current folder; a relative one is made absolute here, so
+    :mod:`malacoda.launch` drops the current folder; a relative one is made absolute here, so
     that it names the same folder in the monitor and in the daemon (run in its ``workdir``).
     """
     entries = env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
@@ -84,6 +87,8 @@ class Record:
     message: str = ""
     updated: float = field(default_factory=time.time)
     unit_digest: str = ""  # units.digest() of the unit file as the monitor loaded it
+    text: str = ""  # the unit file as the supervisor loaded it: an adopting one restarts that
+    daemon_start: Optional[float] = None  # the daemon's process start time (adoption checks it)
 
     def monitor_alive(self) -> bool:
         if self.monitor_pid is None or self.monitor_start is None:
@@ -91,7 +96,7 @@ class Record:
         if not same_process(self.monitor_pid, self.monitor_start, os.geteuid()):
             return False
         try:  # never signal a process that is not our monitor, whatever a record says
-            return "malacoda.monitor" in psutil.Process(self.monitor_pid).cmdline()
+            return SUPERVISOR_MODULE in psutil.Process(self.monitor_pid).cmdline()
         except psutil.Error:
             return False
 
@@ -127,13 +132,18 @@ def write_record(paths: Paths, record: Record) -> None:
     atomic_write(record_path(paths, record.name), json.dumps(asdict(record)).encode())
 
 
-def _exit_words(code: int) -> str:
+def _exit_words(code: Optional[int]) -> str:
     """:func:`describe_exit` as words: ``code 1``, ``signal SIGKILL``."""
+    if code is None:
+        return "exit code unknown (adopted)"
     return ", ".join(f"{k} {v}" for k, v in describe_exit(code).items())
 
 
-def describe_exit(code: int) -> Dict[str, Any]:
-    """A ``Popen.returncode`` as ``{"code": n}`` or ``{"signal": "SIGKILL"}``."""
+def describe_exit(code: Optional[int]) -> Dict[str, Any]:
+    """A ``Popen.returncode`` as ``{"code": n}`` or ``{"signal": "SIGKILL"}``; None (an adopted
+    daemon's) as :data:`UNKNOWN_EXIT`."""
+    if code is None:
+        return dict(UNKNOWN_EXIT)
     if code < 0:
         try:
             return {"signal": signal.Signals(-code).name}
@@ -142,34 +152,49 @@ def describe_exit(code: int) -> Dict[str, Any]:
     return {"code": code}
 
 
+class WordPipe:
+    """Lines ``WORD detail`` read one at a time from the pipe ``fd`` (how the daemon tells the
+    supervisor, and the supervisor its starter, how a start went)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.data = b""
+        self.ended = False
+
+    def word(self, timeout: float,
+             interrupted: Callable[[], bool] = lambda: False) -> Tuple[Optional[str], str]:
+        """The next line as ``(word, detail)``; ``("", "")`` when the pipe closed without one,
+        ``(None, "")`` after ``timeout`` seconds or once ``interrupted()``."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.data and not self.ended:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or interrupted():
+                return None, ""
+            readable, _, _ = select.select([self.fd], [], [], min(remaining, 0.2))
+            if readable:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    self.ended = True
+                self.data += chunk
+        line, _, self.data = self.data.partition(b"\n")
+        word, _, detail = line.decode("utf-8", "replace").strip().partition(" ")
+        return word, detail
+
+
 def read_word(fd: int, timeout: float,
               interrupted: Callable[[], bool] = lambda: False) -> Tuple[Optional[str], str]:
-    """One line ``WORD detail`` from the pipe ``fd`` (how the daemon tells the monitor, and the
-    monitor the starter, how a start went): ``(word, detail)``, ``("", "")`` when the pipe closed
-    without a word, ``(None, "")`` after ``timeout`` seconds or once ``interrupted()``."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or interrupted():
-            return None, ""
-        readable, _, _ = select.select([fd], [], [], min(remaining, 0.2))
-        if readable:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            data += chunk
-    word, _, detail = data.decode("utf-8", "replace").strip().partition(" ")
-    return word, detail
+    """The first line ``WORD detail`` of the pipe ``fd``, as :meth:`WordPipe.word` gives it."""
+    return WordPipe(fd).word(timeout, interrupted)
 
 
 def stop_sequence(name: str, pid: int, timeout: float, exited: Callable[[float], bool],
-                  ready: bool = True) -> None:
+                  ready: bool = True, note: Optional[Callable[[str], None]] = None) -> None:
     """Stop the daemon ``pid``: ask it (pst saved), SIGTERM at half ``timeout``, then SIGKILL.
 
     ``exited(seconds)`` waits up to ``seconds`` for the process to end and says whether it has.
     A daemon that never became ``ready`` cannot be asked (it serves no socket): SIGTERM at once.
     Signals go to the daemon's process group when it leads one (the monitor starts it so).
+    ``note``: where the escalations are told too (the unit's log).
     """
     start = time.monotonic()
     if ready:
@@ -180,6 +205,8 @@ def stop_sequence(name: str, pid: int, timeout: float, exited: Callable[[float],
                 proxy.stop()
         except (MalacodaError, OSError) as exc:
             log.info("%s: asking it to stop failed (%s); sending SIGTERM", name, exc)
+            if note is not None:
+                note(f"asking {name} to stop failed ({exc}); sending SIGTERM")
         if exited(max(0.0, start + timeout / 2 - time.monotonic())):
             return
     _signal(pid, signal.SIGTERM)
@@ -187,6 +214,8 @@ def stop_sequence(name: str, pid: int, timeout: float, exited: Callable[[float],
     if exited(max(0.0, start + timeout - time.monotonic())):
         return
     log.warning("%s (pid %d) did not stop in %g s: SIGKILL", name, pid, timeout)
+    if note is not None:
+        note(f"{name} (pid {pid}) did not stop in {timeout:g} s: SIGKILL")
     _signal(pid, signal.SIGKILL)
     exited(5.0)
 
@@ -201,45 +230,86 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+class Adopted:
+    """A daemon this supervisor did not start (its starter was killed): watched by pid and
+    process start time, with :class:`subprocess.Popen`'s ``pid``/``poll``/``wait``; its exit
+    code is unknown (None)."""
+
+    def __init__(self, pid: int, start_time: float) -> None:
+        self.pid = pid
+        self.start_time = start_time
+        self.returncode: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        return None if same_process(self.pid, self.start_time, os.geteuid()) else 0
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while same_process(self.pid, self.start_time, os.geteuid()):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.05)
+        return None
+
+
+Child = Any  # subprocess.Popen or Adopted
+
+
 class Monitor:
     """Runs one unit's daemon per its restart policy (see the module docstring)."""
 
-    def __init__(self, unit: Unit, paths: Paths, tell: Callable[[str], None], logfile: LogFile,
-                 record: Record) -> None:
+    def __init__(self, unit: Unit, paths: Paths, tell: Callable[[str], None], record: Record,
+                 env: Optional[Dict[str, str]] = None) -> None:
         self.unit = unit
         self.paths = paths
         self.tell = tell
-        self.logfile = logfile
         self.record = record
+        self.env = dict(os.environ if env is None else env)
         self.stopping = threading.Event()
-        self.pump_done: Callable[[float], None] = lambda timeout: None
+        self.proc: Optional[Child] = None
+        self.log_path = paths.log_file(unit.name)
+        self._settling: Optional[WordPipe] = None  # the readiness pipe, just after READY
 
     def note(self, message: str) -> None:
-        self.logfile.write(f"[monitor] {message}")
+        with contextlib.suppress(OSError):
+            append_line(self.log_path, f"[monitor] {message}")
+
+    def last_error(self) -> str:
+        with contextlib.suppress(OSError):
+            return last_error_in(self.log_path)
+        return ""
 
     def save(self, **changes: Any) -> None:
         for key, value in changes.items():
             setattr(self.record, key, value)
         write_record(self.paths, self.record)
 
-    def on_signal(self, signum: int, frame: Any) -> None:
-        self.stopping.set()
-
-    def run(self) -> int:
-        unit, streak, first = self.unit, 0, True
+    def run(self, adopted: Optional[Adopted] = None) -> int:
+        unit, streak, first = self.unit, 0, adopted is None
+        proc: Optional[Child]
         while True:
-            self.save(state="starting", pid=None, port=None, started=None)
-            proc, outcome, detail = self.spawn()
+            if adopted is not None:
+                proc, outcome, detail = adopted, "adopted", ""
+                adopted = None
+                self.proc = proc
+                self.note(f"adopted {unit.name} (pid {proc.pid}) from a supervisor that ended")
+            else:
+                self.save(state="starting", pid=None, port=None, started=None)
+                proc, outcome, detail = self.spawn()
             up_since = time.monotonic()
             if outcome == "ready" and proc is not None:
                 info = json.loads(detail)
                 self.save(state="running", pid=proc.pid, port=info["port"], started=time.time(),
-                          message="")
+                          daemon_start=process_start_time(proc.pid), message="")
                 self.note(f"{unit.name} ready: pid {proc.pid}, port {info['port']}")
-                if first and self._died_at_once(proc):
-                    code = proc.wait()
-                    self.pump_done(1.0)
-                    error = self.logfile.last_error() or "no error in its log"
+                error = self._died_at_once(proc) if first else None
+                if error is not None:
+                    try:
+                        code: Optional[int] = proc.wait(timeout=max(10.0, unit.stop_timeout))
+                    except subprocess.TimeoutExpired:
+                        self.stop_child(proc)
+                        code = proc.wait()
+                    error = error or self.last_error() or "no error in its log"
                     detail = (f"it exited ({_exit_words(code)}) right after it was ready: {error}; "
                               f"see 'malacodactl logs {unit.name}'")
                     self.note(f"{unit.name} failed to start: {detail}")
@@ -251,6 +321,12 @@ class Monitor:
                 if first:
                     self.tell("READY " + detail)
                     first = False
+                elif self._settling is not None:
+                    os.close(self._settling.fd)
+                    self._settling = None
+                code = self.watch(proc)
+            elif outcome == "adopted" and proc is not None:
+                outcome = "ready"
                 code = self.watch(proc)
             else:
                 if proc is not None and proc.poll() is None:
@@ -272,8 +348,7 @@ class Monitor:
             if self.stopping.is_set():
                 message = "stopped"
                 if code == PST_INCOMPLETE:
-                    self.pump_done(1.0)
-                    line = self.logfile.last_error()  # the runner's, naming the attribute
+                    line = self.last_error()  # the runner's, naming the attribute
                     line = line.partition(f"StateError: {unit.name}: ")[2] or \
                         "its final pst save was incomplete: see its log"
                     message = "stopped, but " + line
@@ -300,53 +375,70 @@ class Monitor:
                 return 0
             self.record.restarts += 1
 
-    def _died_at_once(self, proc: subprocess.Popen) -> bool:
-        """True when the daemon, just ready, exits within :data:`SETTLE` seconds with an error:
-        its ``_run`` raised at once. Its start is then a failed start, not "started" and a
-        silent death. Exit 0 is a ``_run`` that returned (or a stop): it did start."""
+    def _died_at_once(self, proc: Child) -> Optional[str]:
+        """After ``READY``: the daemon's error (``""`` when it gave none) when its ``_run``
+        failed within :data:`~.runner.SETTLE` seconds (it says so over the still open
+        readiness pipe, by its own clock) or when it exited with an error by the time the pipe
+        closed; else None: it started. Exit 0 is a ``_run`` that returned (or a stop)."""
+        pipe = self._settling
+        self._settling = None
+        if pipe is None:
+            return None
         try:
-            return proc.wait(timeout=SETTLE) != 0
-        except subprocess.TimeoutExpired:
-            return False
+            word, detail = pipe.word(SETTLE + 10.0)
+        finally:
+            os.close(pipe.fd)
+        if word == "ERROR":
+            return detail
+        if word == "":  # closed: settled, unless it has died with an error meanwhile
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if proc.wait(timeout=0.05) not in (0, None):
+                    return ""
+        return None
 
     def spawn(self) -> Tuple[Optional[subprocess.Popen], str, str]:
         """Start the daemon and wait for its first word: ``(proc, outcome, detail)``."""
         unit = self.unit
         Registry(self.paths).clean_stale(unit.name)
+        private_dir(self.paths.log)
+        self.note(STARTING[len("[monitor] "):] + f"{unit.name} ({unit.file})")
         ready_r, ready_w = os.pipe()
-        out_r, out_w = os.pipe()
-        # The unit as the monitor loaded it: an automatic restart runs that, not an edit
+        # The unit as the supervisor loaded it: an automatic restart runs that, not an edit
         # saved (maybe half) since.
         unit_r = text_pipe(unit.text)
-        env = package_env(dict(os.environ, **unit.env, PYTHONUNBUFFERED="1"))
+        env = package_env(dict(self.env, **unit.env, PYTHONUNBUFFERED="1"))
         try:
-            proc = subprocess.Popen(
-                python_command("malacoda.runner", [str(unit.file), str(ready_w), str(unit_r)]),
-                pass_fds=(ready_w, unit_r), stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
-                cwd=str(unit.workdir), env=env, start_new_session=True,
-            )
+            # Until the runner captures its own output, it writes straight into the log file.
+            log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                             0o600)
+            try:
+                proc = subprocess.Popen(
+                    python_command("malacoda.runner", [str(unit.file), str(ready_w), str(unit_r)]),
+                    pass_fds=(ready_w, unit_r), stdin=subprocess.DEVNULL, stdout=log_fd,
+                    stderr=log_fd, cwd=str(unit.workdir), env=env, start_new_session=True,
+                )
+            finally:
+                os.close(log_fd)
         except (OSError, ValueError) as exc:  # ValueError: an environment the OS refuses
-            for fd in (ready_r, ready_w, out_r, out_w):
+            for fd in (ready_r, ready_w):
                 os.close(fd)
             return None, "error", f"cannot start it in {unit.workdir}: {exc}"
         finally:
             with contextlib.suppress(OSError):
                 os.close(unit_r)
         os.close(ready_w)
-        os.close(out_w)
-        pump = threading.Thread(target=self.logfile.pump, args=(os.fdopen(out_r, "rb"),),
-                                name="malacoda-log", daemon=True)
-        pump.start()
-        self.pump_done = pump.join
+        self.proc = proc
         self.save(pid=proc.pid)
-        outcome, detail = self._first_word(proc, ready_r)
-        os.close(ready_r)
-        if outcome != "ready":
-            pump.join(1.0)  # let the traceback reach the log before it is pointed to
+        pipe = WordPipe(ready_r)
+        outcome, detail = self._first_word(proc, pipe)
+        if outcome == "ready":  # the daemon keeps it open a moment: see _died_at_once
+            self._settling = pipe
+        else:
+            os.close(ready_r)
         return proc, outcome, detail
 
-    def _first_word(self, proc: subprocess.Popen, fd: int) -> Tuple[str, str]:
-        word, detail = read_word(fd, self.unit.start_timeout, self.stopping.is_set)
+    def _first_word(self, proc: subprocess.Popen, pipe: WordPipe) -> Tuple[str, str]:
+        word, detail = pipe.word(self.unit.start_timeout, self.stopping.is_set)
         if self.stopping.is_set():
             return "stopped", "stopped while starting"
         if word is None:
@@ -354,6 +446,8 @@ class Monitor:
         if word == "READY":
             return "ready", detail
         if word == "ERROR":
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=2)  # its traceback is in the log once it has ended
             return "error", detail
         try:
             code = proc.wait(timeout=5)
@@ -362,7 +456,7 @@ class Monitor:
         return "error", (f"exited ({_exit_words(code)}) before it was ready; "
                          f"see 'malacodactl logs {self.unit.name}'")
 
-    def watch(self, proc: subprocess.Popen) -> int:
+    def watch(self, proc: Child) -> Optional[int]:
         """Wait for the daemon to exit; on a stop request, stop it. Returns its exit code."""
         while True:
             try:
@@ -372,7 +466,7 @@ class Monitor:
             if self.stopping.is_set():
                 return self.stop_child(proc)
 
-    def stop_child(self, proc: subprocess.Popen, ready: bool = True) -> int:
+    def stop_child(self, proc: Child, ready: bool = True) -> Optional[int]:
         self.note(f"stopping {self.unit.name} (pid {proc.pid})")
 
         def exited(seconds: float) -> bool:
@@ -382,61 +476,5 @@ class Monitor:
             except subprocess.TimeoutExpired:
                 return False
 
-        stop_sequence(self.unit.name, proc.pid, self.unit.stop_timeout, exited, ready)
+        stop_sequence(self.unit.name, proc.pid, self.unit.stop_timeout, exited, ready, self.note)
         return proc.wait()
-
-
-def main(unit_file: str, fd: int, unit_fd: Optional[int] = None) -> int:
-    """Entry of ``python -m malacoda.monitor``: detach, lock, supervise (module docstring).
-
-    ``unit_fd``: a pipe (:func:`~malacoda.host.files.text_pipe`) holding the unit file's text to run, as
-    the starter loaded it; without it the file is read.
-    """
-    text = read_pipe(unit_fd) if unit_fd is not None else None
-    if os.fork() > 0:
-        os._exit(0)
-    os.chdir("/")
-    os.umask(0o077)
-    channel = os.fdopen(fd, "w")
-
-    def tell(message: str) -> None:
-        if not channel.closed:
-            try:
-                channel.write(message + "\n")
-                channel.close()
-            except OSError:
-                pass
-
-    try:
-        unit = load_file(Path(unit_file), text)
-        paths = Paths.default()
-        lock = NameLock(paths, unit.name, "monitor")
-        if not lock.acquire():
-            tell(f"ALREADY {lock.holder() or ''}")
-            return 0
-        private_dir(paths.log)
-        logfile = LogFile(paths.log_file(unit.name), unit.log_max_bytes, unit.log_backups)
-        previous = read_record(paths, unit.name)
-        record = Record(name=unit.name, unit=str(unit.file), monitor_pid=os.getpid(),
-                        monitor_start=process_start_time(os.getpid()),
-                        last_exit=previous.last_exit if previous else None,
-                        unit_digest=digest(unit.text))
-        write_record(paths, record)
-        monitor = Monitor(unit, paths, tell, logfile, record)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, monitor.on_signal)
-        monitor.note(f"monitor started (pid {os.getpid()}) for {unit.file}")
-        try:
-            return monitor.run()
-        finally:
-            monitor.note("monitor exits")
-    except BaseException as exc:  # noqa: B902 - the starter must hear about it
-        import traceback
-
-        traceback.print_exc()
-        tell(f"FAILED monitor error: {type(exc).__name__}: {exc}")
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None))

@@ -1,22 +1,25 @@
 """Starting, stopping and inspecting supervised units: what ``malacodactl`` calls.
 
-:func:`start` launches the unit's monitor (:mod:`malacoda.supervisor.monitor`) and returns once the daemon
-serves, or raises :class:`~malacoda.errors.ProcessError` carrying the daemon's own error.
-:func:`stop` asks the monitor to run the stop sequence (or runs it itself on an unsupervised
-daemon). :func:`status` combines the monitor's record, the registry and a ping into one state:
+:func:`start` / :func:`start_many` ask the host supervisor (:mod:`malacoda.supervisor.host`, started by
+:func:`ensure_supervisor` when none runs) to start units, and return once the daemons serve or
+with the daemon's own error. :func:`stop` / :func:`stop_many` ask it to run the stop sequence
+(a daemon no supervisor runs is stopped here: :func:`stop_here`). :func:`status` combines the
+supervisor's record of a unit, the registry and a ping into one state; the supervisor answers
+:func:`statuses_here_or_there` in one call, and without it the files are read here:
 
 ==========  =====================================================  ==========
 state       meaning                                                LSB code
 ==========  =====================================================  ==========
 running     registered, alive, answers a ping                      0
 hung        registered and alive, but the ping timed out           4
-starting    the monitor is starting or restarting it (backoff)     3
-stale       records of a daemon or monitor that died (kill -9)     1
-failed      the monitor gave up (start failed, start_limit hit)    3
+starting    the supervisor is starting or restarting it (backoff)  3
+stale       records of a daemon or supervisor that died (kill -9)  1
+failed      the supervisor gave up (start failed, start_limit)     3
 stopped     not running                                            3
 ==========  =====================================================  ==========
 
-Start and stop are idempotent, and two starts racing leave one daemon: the monitor lock decides.
+Start and stop are idempotent, and two starts racing leave one daemon: the supervisor holds one
+start per unit.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -34,12 +36,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 import psutil
 
 from malacoda.errors import ProcessError
-from malacoda.host.files import private_dir, text_pipe
+from malacoda.host.files import private_dir
 from malacoda.host.launch import python_command
-from malacoda.host.paths import Paths, host_name
-from malacoda.host.process import PST_INCOMPLETE, same_process
+from malacoda.host.paths import Paths, host_name, known_fields
+from malacoda.host.process import same_process
 from malacoda.host.registry import Registry
 from malacoda.supervisor.monitor import (
+    SUPERVISOR_MODULE,
+    SUPERVISOR_NAME,
     package_env,
     read_record,
     read_word,
@@ -50,7 +54,7 @@ from malacoda.supervisor.monitor import (
 from malacoda.supervisor.units import Unit
 
 LSB = {"running": 0, "stale": 1, "starting": 3, "failed": 3, "stopped": 3, "invalid": 3,
-       "hung": 4}
+       "hung": 4, "unreachable": 4}
 DEFAULT_STOP_TIMEOUT = 10.0
 
 
@@ -89,8 +93,10 @@ def ping(name: str, timeout: float) -> bool:
     return ping_daemon(name, timeout)
 
 
-def status(name: str, paths: Optional[Paths] = None, ping_timeout: float = 2.0) -> UnitStatus:
-    """The state of ``name`` on this host (see the module docstring)."""
+def status(name: str, paths: Optional[Paths] = None, ping_timeout: float = 2.0,
+           pinger: Optional[Callable[[str, float], bool]] = None) -> UnitStatus:
+    """The state of ``name`` on this host (see the module docstring). ``pinger(name, timeout)``
+    pings the daemon (default: :func:`ping`, through a new connection)."""
     paths = paths or Paths.default()
     record = read_record(paths, name)
     monitor_alive = record is not None and record.monitor_alive()
@@ -108,10 +114,10 @@ def status(name: str, paths: Optional[Paths] = None, ping_timeout: float = 2.0) 
     if registered == "running" and entry is not None:
         result.pid, result.port = entry.pid, entry.port
         result.pst = str(entry.extra.get("pst") or "")
-        result.state = "running" if ping(name, ping_timeout) else "hung"
+        result.state = "running" if (pinger or ping)(name, ping_timeout) else "hung"
         if not monitor_alive:
-            result.message = result.message or "not supervised (no monitor)"
-    elif monitor_alive:
+            result.message = result.message or "not supervised (no supervisor runs it)"
+    elif monitor_alive and record is not None and record.state in ("running", "starting"):
         result.state = "starting"
     elif registered == "stale" or (record is not None and record.state in ("running", "starting")):
         result.state = "stale"
@@ -197,115 +203,158 @@ def known_names(paths: Optional[Paths] = None) -> List[str]:
     folder = status_dir(paths)
     if folder.is_dir():
         names.update(p.stem for p in folder.glob("*.json"))
+    names.discard(SUPERVISOR_NAME)
     return sorted(names)
 
 
 def clean_stale(name: str, paths: Optional[Paths] = None) -> bool:
-    """Forget a dead daemon's registry entry and a dead monitor's record; True if any."""
+    """Forget a dead daemon's registry entry and a dead supervisor's record; True if any."""
     paths = paths or Paths.default()
     cleaned = Registry(paths).clean_stale(name)
     record = read_record(paths, name)
     if record is not None and record.state in ("running", "starting") and not record.monitor_alive():
         record.state, record.pid, record.port = "stopped", None, None
-        record.message = "cleaned up after a monitor that died"
+        record.message = "cleaned up after a supervisor that died"
         write_record(paths, record)
         cleaned = True
     return cleaned
 
 
+# ---------------------------------------------------------------------- the host supervisor
+
+def supervisor_running(paths: Optional[Paths] = None) -> bool:
+    """True when this host's (this ``MALACODA_HOME``'s) supervisor is registered and alive."""
+    _, state = Registry(paths or Paths.default()).read(SUPERVISOR_NAME)
+    return state == "running"
+
+
+def ensure_supervisor(paths: Optional[Paths] = None, timeout: float = 60.0) -> None:
+    """Start the host supervisor, detached, unless it runs; return once it serves."""
+    paths = paths or Paths.default()
+    if supervisor_running(paths):
+        return
+    private_dir(paths.log)
+    read_fd, write_fd = os.pipe()
+    env = package_env(dict(os.environ))
+    try:
+        log_fd = os.open(paths.log_file(SUPERVISOR_NAME),
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as log_file:
+            starter = subprocess.Popen(
+                python_command(SUPERVISOR_MODULE, [str(write_fd)]), pass_fds=(write_fd,),
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
+                start_new_session=True)
+    finally:
+        os.close(write_fd)
+    try:
+        starter.wait(timeout=30)
+        word, detail = read_word(read_fd, timeout)
+    finally:
+        os.close(read_fd)
+    if word == "READY":
+        return
+    if word == "ALREADY":  # another command started it at the same time: wait for it
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if supervisor_running(paths):
+                return
+            time.sleep(0.02)
+    said = detail or ("did not answer in time" if word is None else "exited without a word")
+    raise ProcessError(f"the host supervisor did not start: {said}; see "
+                       f"{paths.log_file(SUPERVISOR_NAME)}")
+
+
+def end_supervisor(paths: Optional[Paths] = None, timeout: float = 10.0) -> None:
+    """End the host supervisor, if one runs (its daemons go on: stop them first)."""
+    paths = paths or Paths.default()
+    entry, state = Registry(paths).read(SUPERVISOR_NAME)
+    if state != "running" or entry is None:
+        return
+    with _supervisor(timeout=timeout) as sup:
+        sup.stop()
+    _wait_gone(entry.pid, entry.start_time, entry.uid, timeout)
+
+
+def _supervisor(timeout: Optional[float] = None) -> Any:
+    from malacoda.client.proxy import Proxy
+
+    return Proxy(SUPERVISOR_NAME, timeout=timeout)
+
+
+def _given(unit: Unit) -> Dict[str, str]:
+    return {"file": str(unit.file), "text": unit.text}
+
+
+def start_many(order: List[Unit], paths: Optional[Paths] = None) -> List[Dict[str, Any]]:
+    """Start ``order`` (requirements first) in the host supervisor (started if need be), side
+    by side; one result per unit (see :meth:`~malacoda.supervisor.host.HostSupervisor.start_units`)."""
+    paths = paths or Paths.default()
+    ensure_supervisor(paths)
+    with _supervisor() as sup:
+        return list(sup.start_units([_given(u) for u in order], dict(os.environ)))
+
+
 def start(unit: Unit, paths: Optional[Paths] = None) -> Tuple[str, UnitStatus]:
-    """Start ``unit`` under a monitor; ``("started" | "already running", status)``.
+    """Start ``unit`` under the host supervisor; ``("started" | "already running", status)``.
 
     Returns once the daemon is ready; raises :class:`ProcessError` with the daemon's own error
     when it cannot start. Requirements (``requires``) are the caller's to start first.
     """
     paths = paths or Paths.default()
-    current = status(unit.name, paths)
-    if current.state in ("running", "hung"):
-        return "already running", current
-    if current.state == "starting":
-        return "already running", _wait_started(unit, paths)
-    clean_stale(unit.name, paths)
-    private_dir(paths.log)
-    read_fd, write_fd = os.pipe()
-    unit_fd = text_pipe(unit.text)  # the unit as loaded here (a hand-over: as it ran)
-    env = package_env(dict(os.environ))
-    try:
-        log_fd = os.open(paths.log_file(unit.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(log_fd, "ab") as log_file:
-            starter = subprocess.Popen(
-                python_command("malacoda.monitor", [str(unit.file), str(write_fd), str(unit_fd)]),
-                pass_fds=(write_fd, unit_fd), stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=log_file, env=env, start_new_session=True,
-            )
-    finally:
-        os.close(write_fd)
-        os.close(unit_fd)
-    try:
-        starter.wait(timeout=30)
-        word, detail = read_word(read_fd, _start_wait(unit))
-    finally:
-        os.close(read_fd)
-    if word == "READY":
-        return "started", status(unit.name, paths)
-    if word == "ALREADY":
-        return "already running", _wait_started(unit, paths)
-    if word == "FAILED":
-        raise ProcessError(f"{unit.name} did not start: {detail}")
-    said = "did not answer in time" if word is None else "exited without a word"
-    raise ProcessError(f"{unit.name} did not start: its monitor {said}; "
-                       f"see 'malacodactl logs {unit.name}'")
+    [row] = start_many([unit], paths)
+    if row["outcome"] in ("started", "already running"):
+        return row["outcome"], status(unit.name, paths)
+    raise ProcessError(f"{unit.name} did not start: {row['detail']}")
 
 
-def _start_wait(unit: Unit) -> float:
-    """How long a start may take to end, either way: a daemon not ready in ``start_timeout`` is
-    then stopped, which may take ``stop_timeout``; plus a margin for the monitor itself."""
-    return unit.start_timeout + unit.stop_timeout + 10
+def reload(loaded: List[Unit], paths: Optional[Paths] = None) -> List[Dict[str, Any]]:
+    """Hand the units as loaded now to the supervisor: automatic restarts run them."""
+    if not supervisor_running(paths):
+        return [{"name": u.name, "outcome": "not supervised"} for u in loaded]
+    with _supervisor() as sup:
+        return list(sup.reload_units([_given(u) for u in loaded]))
 
 
-def _wait_started(unit: Unit, paths: Paths) -> UnitStatus:
-    """Wait for a start someone else began; its outcome is ours."""
-    began = time.time()
-    deadline = time.monotonic() + _start_wait(unit)
-    while True:
-        current = status(unit.name, paths)
-        if current.state in ("running", "hung"):
-            return current
-        record = read_record(paths, unit.name)
-        # An outcome recorded before we began is the previous run's, not this start's.
-        final = record is not None and record.updated >= began - 0.01 \
-            and current.state in ("failed", "stopped", "stale")
-        if final or time.monotonic() > deadline:
-            raise ProcessError(f"{unit.name} did not start: {current.state}"
-                               + (f" ({current.message})" if current.message else ""))
-        time.sleep(0.05)
+def stop_many(order: List[Tuple[str, float]], paths: Optional[Paths] = None,
+              everything: bool = False) -> List[Tuple[str, str]]:
+    """Stop the daemons ``order`` names (``(name, stop_timeout)``, dependents first) side by
+    side in the supervisor; ``(name, outcome)`` each, outcomes as :func:`stop` returns them.
+
+    Without a supervisor running, one is started only when one of them is alive (it adopts
+    it first); the rest needs none.
+    """
+    paths = paths or Paths.default()
+    if not supervisor_running(paths):
+        registry = Registry(paths)
+        if not any(registry.read(name)[1] == "running" for name, _ in order):
+            return [(name, stop_here(name, paths, timeout)) for name, timeout in order]
+        ensure_supervisor(paths)
+    with _supervisor() as sup:
+        rows = sup.stop_units([n for n, _ in order], {n: t for n, t in order}, everything)
+    if everything:  # an on-demand supervisor left with nothing ends: wait for it
+        deadline = time.monotonic() + 10
+        while supervisor_running(paths) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return [(row["name"], row["outcome"]) for row in rows]
 
 
 def stop(name: str, paths: Optional[Paths] = None,
          stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> str:
     """Stop ``name``: ``"stopped"``, or ``"not running"`` when there was nothing to stop, or
-    ``"stopped, but …"`` when the daemon's final pst save was incomplete (its monitor saw the
-    exit code :data:`~malacoda.host.process.PST_INCOMPLETE`; the text names the attribute)."""
-    paths = paths or Paths.default()
+    ``"stopped, but …"`` when the daemon's final pst save was incomplete (its supervisor saw
+    the exit code :data:`~malacoda.host.process.PST_INCOMPLETE`; the text names the attribute)."""
+    [(_, outcome)] = stop_many([(name, stop_timeout)], paths)
+    if outcome.startswith("error: "):
+        raise ProcessError(outcome[len("error: "):])
+    return outcome
+
+
+def stop_here(name: str, paths: Paths, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> str:
+    """Stop a daemon no supervisor thread runs (started otherwise, e.g. library-style) through
+    its registry entry, and tidy its records: ``"stopped"`` or ``"not running"``."""
     did = False
-    incomplete = ""
-    record = read_record(paths, name)
-    if record is not None and record.monitor_alive() and record.monitor_pid is not None \
-            and record.monitor_start is not None:
-        did = True
-        pid, started = record.monitor_pid, record.monitor_start
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, started, os.geteuid(), stop_timeout + 5):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, started, os.geteuid(), 5)
-        after = read_record(paths, name)
-        if after is not None and after.last_exit == {"code": PST_INCOMPLETE} \
-                and after.message.startswith("stopped, but "):
-            incomplete = after.message
     entry, registered = Registry(paths).read(name)
-    if registered == "running" and entry is not None:  # a daemon without a monitor
+    if registered == "running" and entry is not None:
         did = True
         pid, started, uid = entry.pid, entry.start_time, entry.uid
         stop_sequence(name, pid, stop_timeout, lambda s: _wait_gone(pid, started, uid, s))
@@ -319,7 +368,24 @@ def stop(name: str, paths: Optional[Paths] = None,
     if record is not None and record.state == "failed":
         record.state, record.message = "stopped", "reset by stop"
         write_record(paths, record)
-    return incomplete or ("stopped" if did else "not running")
+    return "stopped" if did else "not running"
+
+
+def statuses_here_or_there(names: List[str], paths: Optional[Paths] = None,
+                           ping_timeout: float = 2.0) -> Tuple[List[UnitStatus], bool]:
+    """The status of ``names``: from the supervisor in one call when it runs, else from the
+    records, the registry and pings here. ``(rows, supervised)``."""
+    paths = paths or Paths.default()
+    if supervisor_running(paths):
+        from malacoda.errors import MalacodaError
+
+        try:
+            with _supervisor(timeout=ping_timeout + 30) as sup:
+                rows = sup.status_units(list(names), ping_timeout)
+            return [UnitStatus(**known_fields(UnitStatus, row)) for row in rows], True
+        except MalacodaError:
+            pass  # gone since: answer from the files
+    return statuses(names, paths, ping_timeout), False
 
 
 def _wait_gone(pid: int, started: float, uid: int, timeout: float) -> bool:

@@ -210,7 +210,7 @@ def check_code_sources(unit: Unit) -> None:
 def load_file(file: Path, text: Optional[str] = None) -> Unit:
     """Parse and validate one unit file; every error names the file and the problem.
 
-    ``text``: the file's content as read earlier (a monitor runs its unit as it was loaded, not
+    ``text``: the file's content as read earlier (the supervisor runs a unit as it was loaded, not
     as a half-saved edit may have left the file since).
     """
     file = Path(file).absolute()
@@ -293,7 +293,7 @@ def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
     if "port" in v and not 0 <= v["port"] < 65536:
         raise fail(f"'port' {v['port']} is out of range")
     if "daemonize" in v.get("args", {}):
-        raise fail("'args' must not set daemonize: the monitor runs the daemon")
+        raise fail("'args' must not set daemonize: the supervisor runs the daemon")
     for other in v.get("requires", []):
         try:
             check_name(other)

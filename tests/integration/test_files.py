@@ -200,8 +200,9 @@ def test_registry_json_is_data_only(home):
 
 
 def fake_monitor(home: Path, **popen) -> subprocess.Popen:
-    """A process whose command line says ``malacoda.monitor`` (what a record is checked for)."""
-    return subprocess.Popen(["/bin/sh", "-c", "sleep 60; :", "malacoda.monitor"], **popen)
+    """A process whose command line says ``malacoda.supervisor.host`` (what a record's supervisor is
+    checked for)."""
+    return subprocess.Popen(["/bin/sh", "-c", "sleep 60; :", "malacoda.supervisor.host"], **popen)
 
 
 @pytest.mark.parametrize("forgery", ["another owner", "world writable", "another uid's process"])

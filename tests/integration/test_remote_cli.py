@@ -99,6 +99,27 @@ def test_errors_name_the_host_in_one_line(remote_ctl: Ctl) -> None:
     one_line_error(result, 4, "web1: Malacoda is not installed there")
 
 
+def test_an_unreachable_host_is_a_row_with_its_error(remote_ctl: Ctl) -> None:
+    """status across hosts: the host that cannot be asked is a row (state 'unreachable', its
+    error), the others' rows are there, the exit code is the worst (4)."""
+    ctl = remote_ctl
+    ctl.unit("Reached")
+    ctl.ok("start", "Reached")
+    result = ctl("status", "Reached", "--host", "web1", "--host", "no-such-host.invalid",
+                 "--json")
+    assert result.returncode == 4, (result.stdout, result.stderr)
+    rows = {r["host"]: r for r in json.loads(result.stdout)}
+    assert (rows["web1"]["name"], rows["web1"]["state"]) == ("Reached", "running")
+    bad = rows["no-such-host.invalid"]
+    assert bad["state"] == "unreachable" and "no-such-host.invalid" in bad["message"], bad
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    table = ctl("status", "Reached", "--host", "web1", "--host", "no-such-host.invalid")
+    assert table.returncode == 4
+    assert any(line.split()[:3] == ["Reached", "no-such-host.invalid", "unreachable"]
+               for line in table.stdout.splitlines()), table.stdout
+    ctl.ok("stop", "Reached")
+
+
 def test_keys_commands(local_ctl: Ctl, home: Path) -> None:
     ctl = local_ctl
     out = ctl.ok("keys", "init")
