@@ -5,7 +5,8 @@ with ``malacodactl start --all``, supervisord ``count`` programs that only sleep
 
 - the PSS (psutil ``memory_full_info().pss``) of the supervision machinery: every process of
   ours that is not a daemon (the host supervisor; before issue 14, one monitor per unit)
-  against supervisord's one process;
+  against supervisord's one process. The host supervisor runs in the foreground for the whole
+  run (``malacodactl supervisor``, as systemd runs it), as supervisord does;
 - ``malacodactl status --all --json`` against ``supervisorctl status``;
 - ``malacodactl stop`` of ``count - 1`` units in one command against the stop of one (and the
   same for supervisorctl), then ``start`` of ``count`` in one command against one;
@@ -133,6 +134,31 @@ def with_kill(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
+def _host_supervisor(ctl: List[str], env: Dict[str, str], cwd: str,
+                     tmp: Path) -> Optional[subprocess.Popen]:
+    """``malacodactl supervisor`` in the foreground, as systemd runs it (so that no start of
+    the comparison includes the supervisor's own start, and ``stop --all`` does not end it);
+    None when this tree has no host supervisor (the per-unit monitors)."""
+    import socket
+
+    if subprocess.run(ctl + ["supervisor", "--help"], env=env, cwd=cwd,
+                      capture_output=True).returncode != 0:
+        return None
+    address = str(tmp / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(60)
+    try:
+        proc = subprocess.Popen(ctl + ["supervisor"], env=dict(env, NOTIFY_SOCKET=address),
+                                cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        if "READY=1" not in sock.recv(4096).decode():
+            raise RuntimeError("the host supervisor did not say READY=1")
+        return proc
+    finally:
+        sock.close()
+
+
 def measure(count: int, runs: int, env: Dict[str, str], root: Path) -> Dict[str, Any]:
     """The rows of the Supervisor-against-supervisord table (see the module docstring)."""
     cli = cli_command()
@@ -158,7 +184,9 @@ def measure(count: int, runs: int, env: Dict[str, str], root: Path) -> Dict[str,
     sd: Optional[Supervisord] = None
     echo: Optional[subprocess.Popen] = None
     cwd = str(tmp)
+    host: Optional[subprocess.Popen] = None
     try:
+        host = _host_supervisor(ctl, env, cwd, tmp)
         yard = [_timed([sys.executable, "-c", "import click"], env, cwd) for _ in range(runs)]
         base = statistics.median(yard)
         rows.append(_row('`python -c "import click"` (the yardstick)', yard, "ms", 1e3, base))
@@ -240,6 +268,8 @@ def measure(count: int, runs: int, env: Dict[str, str], root: Path) -> Dict[str,
             sd.stop()
         subprocess.run(ctl + ["stop", "--all"], env=env, cwd=cwd, capture_output=True,
                        timeout=300)
+        if host is not None:
+            with_kill(host)
         for proc in _ours(str(home)):  # the host supervisor (and anything left)
             try:
                 proc.terminate()

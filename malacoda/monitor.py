@@ -1,5 +1,6 @@
-"""Kept at this path: running monitors are recognised by ``malacoda.monitor`` in their
-command lines, and each runs this path. The code is :mod:`malacoda.supervisor.monitor`.
+"""Kept at this path: the per-unit monitors before the host supervisor (issue 14) were this
+module, and code of that time imports it by this name. The code is
+:mod:`malacoda.supervisor.monitor` (one unit inside :mod:`malacoda.supervisor.host`).
 """
 
 import sys

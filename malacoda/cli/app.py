@@ -702,6 +702,7 @@ def logs(c: Context, name: str, lines: int, follow: bool, host: Optional[str]) -
     if not path.exists():
         _known_or_fail(c, name, f"no log for {name!r}: ")
         raise LookupFailed(f"no log for {name!r} on this host (expected {path})")
+    _note_unsupervised(c, name)
     for line in logfile.tail(path, lines):
         c.echo(line, newlines=False)
     if follow:
@@ -710,6 +711,18 @@ def logs(c: Context, name: str, lines: int, follow: bool, host: Optional[str]) -
                 c.echo(line, newlines=False)
         except KeyboardInterrupt:
             pass
+
+
+def _note_unsupervised(c: Context, name: str) -> None:
+    """Say so when ``name``'s record says it runs under a supervisor that is gone (killed): its
+    log is still written (by the daemon itself), but nobody restarts it until one is started."""
+    from malacoda.supervisor.monitor import read_record
+
+    record = read_record(c.paths, name)
+    if record is not None and record.state in ("running", "starting") \
+            and not supervise.supervisor_running(c.paths):
+        complain("the host supervisor is not running: the next start, stop or restart starts "
+                 "it (and it adopts the daemons left running)")
 
 
 def _reader_gone() -> bool:

@@ -71,6 +71,8 @@ def supervisor_killed(ctl: Ctl, name: str, cls: str) -> Dict[str, Any]:
     [orphan] = json.loads(alone.stdout)
     assert orphan["state"] == "running" and orphan["pid"] == row["pid"], orphan
     assert "supervisor is not running" in alone.stderr
+    logs = ctl("logs", name, "-n", "5")
+    assert logs.returncode == 0 and "supervisor is not running" in logs.stderr, logs.stderr
     assert supervisors(ctl) == []  # status is read-only: it starts none
     assert ctl.ok("start", name) == f"{name} already running (pid {row['pid']}, port {row['port']})\n"
     [new_supervisor] = supervisors(ctl)
