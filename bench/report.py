@@ -259,7 +259,10 @@ def chart(data: Dict[str, Any], path: Path) -> None:
               if pinned else ("p50", "small call p50 (µs, lower is better)"),
               ("tput16", "16 client processes (calls/s, higher is better)"),
               ("mib_ms", "1 MiB bytes echo p50 (ms, lower is better, log)")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    pairs = (data.get("supervisord") or {}).get("pairs") or {}
+    fig, axes = plt.subplots(1, 4 if pairs else 3, figsize=(20 if pairs else 15, 4.6))
+    if pairs:
+        _supervisor_panel(axes[3], pairs)
     for ax, (key, title) in zip(axes, panels):
         mids, lo, hi = [], [], []
         for s in systems:
@@ -284,6 +287,21 @@ def chart(data: Dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _supervisor_panel(ax: Any, pairs: Dict[str, Any]) -> None:
+    """Malacoda's host supervisor beside supervisord, each measure as a ratio to supervisord."""
+    names = list(pairs)
+    ratios = [pairs[n][0] / pairs[n][1] if pairs[n][1] else 0.0 for n in names]
+    ax.bar(range(len(names)), ratios, color="#c62828")
+    ax.axhline(1.0, color="#5c6bc0", linewidth=2, label="supervisord = 1")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([n.replace(" (", "\n(") for n in names], fontsize=8)
+    ax.set_title("host supervisor / supervisord, 30 units (lower is better)", fontsize=9)
+    ax.legend(fontsize=8)
+    for i, (n, r) in enumerate(zip(names, ratios)):
+        ax.annotate(f"{r:.2f}×\n{pairs[n][0]:.0f} vs {pairs[n][1]:.0f}", (i, r), ha="center",
+                    va="bottom", fontsize=8)
 
 
 if __name__ == "__main__":  # re-render a run: python -m bench.report docs/benchmarks.json

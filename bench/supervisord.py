@@ -167,6 +167,7 @@ def measure(count: int, runs: int, env: Dict[str, str], root: Path) -> Dict[str,
                                       "the comparison with it is not measured."]}
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
+    pairs: Dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp(prefix="malacoda-bench-sup-"))
     os.chmod(tmp, 0o700)
     home = tmp / "home"
@@ -261,6 +262,18 @@ def measure(count: int, runs: int, env: Dict[str, str], root: Path) -> Dict[str,
                          echo_pss))
         rows.append(_row("a supervised Malacoda daemon (BenchIdle), PSS (median of "
                          f"{len(daemons)})", [daemon_pss], "MiB", 1 / 2**20, echo_pss))
+        by_name = {row["name"]: row["value"] for row in rows}
+
+        def value(prefix: str) -> float:
+            return next(v for k, v in by_name.items() if k.startswith(prefix))
+
+        pairs = {  # (Malacoda, supervisord): the chart's panel
+            "machinery PSS (MiB)": (ours_pss / 2**20, sd_pss / 2**20),
+            "status, all (ms)": (value("`malacodactl status") * 1e3,
+                                 value("`supervisorctl status`") * 1e3),
+            f"stop of {count - 1} (ms)": (value(f"`malacodactl stop` of {count - 1}") * 1e3,
+                                          value(f"`supervisorctl stop` of {count - 1}") * 1e3),
+        }
     finally:
         if echo is not None:
             with_kill(echo)
@@ -277,7 +290,7 @@ def measure(count: int, runs: int, env: Dict[str, str], root: Path) -> Dict[str,
             except (psutil.Error, psutil.TimeoutExpired):
                 with_kill_psutil(proc)
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"rows": rows, "notes": notes}
+    return {"rows": rows, "notes": notes, "pairs": pairs}
 
 
 def with_kill_psutil(proc: psutil.Process) -> None:

@@ -470,6 +470,12 @@ def _mark_units(c: Context, found: List[supervise.UnitStatus]) -> List[supervise
             file = units.find(r.name, c.search)
         except ConfigError:
             continue  # no unit file: a daemon started otherwise
+        if r.unit_digest and r.state in ("running", "hung", "starting"):
+            try:  # the same text as the supervisor loaded (and checked): nothing to mark
+                if units.digest(file.read_text(encoding="utf-8")) == r.unit_digest:
+                    continue
+            except (OSError, UnicodeDecodeError):
+                pass
         try:
             unit = units.load_file(file)
         except ConfigError as exc:

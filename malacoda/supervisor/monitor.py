@@ -42,11 +42,13 @@ from malacoda.host.paths import Paths, known_fields
 from malacoda.host.process import PST_INCOMPLETE, process_start_time, same_process
 from malacoda.host.registry import Registry
 from malacoda.supervisor.logfile import STARTING, append_line, last_error_in
-from malacoda.supervisor.runner import SETTLE
 from malacoda.supervisor.units import Unit
 
 log = logging.getLogger(__name__)
 
+#: A daemon whose ``_run`` fails this soon after it was ready did not start (it raised at once):
+#: it says so over the readiness pipe, which it keeps open that long (``runner.child_main``).
+SETTLE = 0.2
 #: The host supervisor: its module (in its command line) and its daemon name (registry).
 SUPERVISOR_MODULE = "malacoda.supervisor.host"
 SUPERVISOR_NAME = "malacoda-supervisor"
@@ -377,7 +379,7 @@ class Monitor:
 
     def _died_at_once(self, proc: Child) -> Optional[str]:
         """After ``READY``: the daemon's error (``""`` when it gave none) when its ``_run``
-        failed within :data:`~.runner.SETTLE` seconds (it says so over the still open
+        failed within :data:`SETTLE` seconds (it says so over the still open
         readiness pipe, by its own clock) or when it exited with an error by the time the pipe
         closed; else None: it started. Exit 0 is a ``_run`` that returned (or a stop)."""
         pipe = self._settling

@@ -32,12 +32,10 @@ from malacoda.host.paths import Paths
 from malacoda.host.process import PST_INCOMPLETE
 from malacoda.host.registry import Entry
 from malacoda.supervisor import logfile
+from malacoda.supervisor.monitor import SETTLE
 from malacoda.supervisor.units import Unit, load_file
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
-#: A daemon whose ``_run`` fails this soon after it was ready did not start (it raised at once):
-#: it says so over the readiness pipe, which it keeps open that long (see :func:`child_main`).
-SETTLE = 0.2
 
 
 def run_unit(unit: Unit, on_ready: List[Callable[[Entry], None]],
