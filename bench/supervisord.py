@@ -300,12 +300,25 @@ def with_kill_psutil(proc: psutil.Process) -> None:
         pass
 
 
-if __name__ == "__main__":  # python -m bench.supervisord [COUNT] [RUNS]
+if __name__ == "__main__":  # python -m bench.supervisord [COUNT] [RUNS] [--into RUN.json]
+    import json
+
     from bench.run import child_env
 
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 30
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    args = [a for a in sys.argv[1:] if not a.startswith("--into")]
+    into = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--into=")), None)
+    count = int(args[0]) if args else 30
+    runs = int(args[1]) if len(args) > 1 else 5
+    os.environ.setdefault("MALACODA_HOME", tempfile.mkdtemp(prefix="malacoda-bench-"))
     result = measure(count, runs, child_env(), Path(__file__).resolve().parent.parent)
+    if into:  # add this table to a saved run (then: python -m bench.report RUN.json)
+        saved = json.loads(Path(into).read_text())
+        result["notes"].append(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+                               f"by `python -m bench.supervisord {count} {runs}` (load average "
+                               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}) and added to "
+                               "this run's data.")
+        saved["supervisord"] = result
+        Path(into).write_text(json.dumps(saved, indent=1, default=str))
     for row in result["rows"]:
         print(f"{row['name']:<70} {row['median']:>10} {row['spread']:>20} "
               f"{row.get('ratio', '–')}")

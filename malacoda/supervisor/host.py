@@ -263,6 +263,9 @@ class HostSupervisor(Malacoda):
         word, _, detail = run.word.partition(" ")
         if word == "READY":
             info = json.loads(detail)
+            now = run.monitor.record if run.monitor is not None else None
+            if existing and now is not None and now.state == "running":
+                info = {"pid": now.pid, "port": now.port}  # now, after any restart
             return dict(row, outcome="already running" if existing else "started",
                         pid=info.get("pid"), port=info.get("port"))
         return dict(row, outcome="failed", detail=detail)

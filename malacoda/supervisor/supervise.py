@@ -288,9 +288,11 @@ def _given(unit: Unit) -> Dict[str, str]:
 def start_many(order: List[Unit], paths: Optional[Paths] = None) -> List[Dict[str, Any]]:
     """Start ``order`` (requirements first) in the host supervisor (started if need be), side
     by side; one result per unit (see :meth:`~malacoda.supervisor.host.HostSupervisor.start_units`)."""
+    from malacoda.supervisor.host import start_wait
+
     paths = paths or Paths.default()
     ensure_supervisor(paths)
-    with _supervisor() as sup:
+    with _supervisor(timeout=sum(start_wait(u) for u in order) + 30) as sup:
         return list(sup.start_units([_given(u) for u in order], dict(os.environ)))
 
 
@@ -329,7 +331,7 @@ def stop_many(order: List[Tuple[str, float]], paths: Optional[Paths] = None,
         if not any(registry.read(name)[1] == "running" for name, _ in order):
             return [(name, stop_here(name, paths, timeout)) for name, timeout in order]
         ensure_supervisor(paths)
-    with _supervisor() as sup:
+    with _supervisor(timeout=sum(2 * t + 20 for _, t in order) + 30) as sup:
         rows = sup.stop_units([n for n, _ in order], {n: t for n, t in order}, everything)
     if everything:  # an on-demand supervisor left with nothing ends: wait for it
         deadline = time.monotonic() + 10
