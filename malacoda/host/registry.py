@@ -15,6 +15,7 @@ import logging
 import os
 import stat
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -24,6 +25,20 @@ from malacoda.host.paths import Paths, check_name, known_fields
 from malacoda.host.process import same_process
 
 log = logging.getLogger(__name__)
+
+
+class EntryState(str, Enum):
+    """What the registry says of a name (:meth:`Registry.read`)."""
+
+    RUNNING = "running"  # a trusted entry whose daemon is alive
+    STALE = "stale"  # an entry left by a daemon that died, or one not to be trusted
+    ABSENT = "absent"  # no entry
+
+    def __str__(self) -> str:  # printed as its value, as a ``str`` would be
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 @dataclass
@@ -89,7 +104,7 @@ class Registry:
         remove_leftovers(self._file(entry.name))
         atomic_write(self._file(entry.name), entry.to_json())
 
-    def read(self, name: str) -> Tuple[Optional[Entry], str]:
+    def read(self, name: str) -> Tuple[Optional[Entry], EntryState]:
         """``(entry, state)``: state is ``running``, ``stale`` or ``absent``.
 
         A file we do not own, one writable by others, or one that does not parse is ``stale``
@@ -99,14 +114,14 @@ class Registry:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
-            return None, "absent"
+            return None, EntryState.ABSENT
         except OSError:
-            return None, "stale"
+            return None, EntryState.STALE
         try:
             st = os.fstat(fd)
             if untrusted(st, self.owner):
                 log.warning("ignoring registry entry %s: not owned by us or writable by others", path)
-                return None, "stale"
+                return None, EntryState.STALE
             with os.fdopen(fd, "rb", closefd=False) as f:
                 data = f.read(65536)
         finally:
@@ -114,15 +129,15 @@ class Registry:
         try:
             entry = Entry.from_json(data)
         except (ValueError, TypeError):
-            return None, "stale"
+            return None, EntryState.STALE
         if entry.uid != self.owner or not entry.is_alive():
-            return entry, "stale"
-        return entry, "running"
+            return entry, EntryState.STALE
+        return entry, EntryState.RUNNING
 
     def lookup(self, name: str) -> Entry:
         """The live entry for ``name``, or :class:`LookupFailed`."""
         entry, state = self.read(name)
-        if entry is None or state != "running":
+        if entry is None or state != EntryState.RUNNING:
             raise LookupFailed(f"no daemon named {name!r} is running on this host")
         return entry
 
@@ -139,7 +154,7 @@ class Registry:
     def clean_stale(self, name: str) -> bool:
         """Remove ``name``'s entry if it is stale; True when something was removed."""
         entry, state = self.read(name)
-        if state == "stale":
+        if state == EntryState.STALE:
             with contextlib.suppress(FileNotFoundError):
                 self._file(name).unlink()
             return True

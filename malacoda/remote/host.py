@@ -36,7 +36,7 @@ from malacoda.address import Spec, Target, connect_address, is_loopback, is_wild
 from malacoda.errors import ConfigError, LookupFailed, NotInstalled, RemoteHostError
 from malacoda.host.launch import python_command
 from malacoda.host.pool import Pool
-from malacoda.host.registry import Entry
+from malacoda.host.registry import Entry, EntryState
 from malacoda.remote.ssh import Connection, connection
 from malacoda.remote.tunnel import Tunnel
 from malacoda.security import client_curve, with_auth
@@ -141,7 +141,7 @@ def find(spec: Spec, **ssh_args: Any) -> Target:
     assert spec.host is not None
     host = RemoteHost(spec.host, **ssh_args)
     entry, state = host.lookup(spec.name)
-    if state == "running" and entry is not None and spec.port in (None, entry.port):
+    if state == EntryState.RUNNING and entry is not None and spec.port in (None, entry.port):
         address, port = connect_address(entry.address), entry.port
     elif spec.port is not None:
         # The original's NAME:HOST:PORT: that port on that host, registered or not.

@@ -18,6 +18,8 @@ import sys
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
+from malacoda.host.registry import EntryState
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     from malacoda.errors import MalacodaError
@@ -33,9 +35,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         entry, state = Registry().read(args[0])
     except MalacodaError as exc:
         answer["error"] = str(exc)
-        entry, state = None, "absent"
+        entry, state = None, EntryState.ABSENT
     answer["state"] = state
-    answer["entry"] = asdict(entry) if entry is not None and state == "running" else None
+    answer["entry"] = asdict(entry) if entry is not None and state == EntryState.RUNNING else None
     sys.stdout.write(json.dumps(answer) + "\n")
     sys.stdout.flush()
     return 0

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from malacoda.address import Spec, Target, tcp_endpoint
 from malacoda.cluster import ClusterConfig
 from malacoda.errors import AmbiguousName, LookupFailed
-from malacoda.host.registry import Registry, other_users_registries
+from malacoda.host.registry import EntryState, Registry, other_users_registries
 from malacoda.security import Keys, client_curve, with_auth
 
 
@@ -23,7 +23,7 @@ def find(spec: Spec, config: Optional[ClusterConfig] = None, *, registry: Option
     """
     registry = registry or Registry()
     entry, state = registry.read(spec.name)
-    if state == "running" and entry is not None and (spec.port is None or spec.port == entry.port):
+    if state == EntryState.RUNNING and entry is not None and (spec.port is None or spec.port == entry.port):
         curve = client_curve(entry.server_key, str(spec), Keys(registry.paths))
         target = Target(tcp_endpoint(entry.address, entry.port), spec.name, entry, curve=curve)
         return with_auth(target, entry)
@@ -31,10 +31,10 @@ def find(spec: Spec, config: Optional[ClusterConfig] = None, *, registry: Option
     # Root's own name (a lock file is left by every daemon it ran since boot, a registry entry
     # by one that died) is never taken for another user's: its monitor's stop() must not
     # reach someone else's daemon of the same name.
-    ours = state != "absent" or (registry.paths.run / f"{spec.name}.lock").exists()
+    ours = state != EntryState.ABSENT or (registry.paths.run / f"{spec.name}.lock").exists()
     for theirs in ([] if ours else other_users_registries()):
         other, other_state = theirs.read(spec.name)
-        if other_state == "running" and other is not None and spec.port in (None, other.port):
+        if other_state == EntryState.RUNNING and other is not None and spec.port in (None, other.port):
             found.append(other)
     if len(found) == 1:
         other = found[0]

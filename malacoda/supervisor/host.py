@@ -47,7 +47,7 @@ from malacoda.errors import AlreadyRunning, ConfigError
 from malacoda.host.files import private_dir
 from malacoda.host.paths import Paths
 from malacoda.host.process import process_start_time
-from malacoda.host.registry import Entry, Registry
+from malacoda.host.registry import Entry, EntryState, Registry
 from malacoda.supervisor import logfile
 from malacoda.supervisor.monitor import (
     SUPERVISOR_NAME,
@@ -58,6 +58,7 @@ from malacoda.supervisor.monitor import (
     status_dir,
     write_record,
 )
+from malacoda.supervisor.states import UnitState
 from malacoda.supervisor.units import Unit, digest, load_file
 
 log = logging.getLogger(__name__)
@@ -204,14 +205,14 @@ class HostSupervisor(Malacoda):
         row = UnitStatus(name=record.name, state=record.state, restarts=record.restarts,
                          last_exit=record.last_exit, monitor_pid=os.getpid(),
                          message=record.message, unit_digest=record.unit_digest)
-        if record.state == "running" and record.pid is not None:
+        if record.state == UnitState.RUNNING and record.pid is not None:
             row.pid, row.port = record.pid, record.port
             row.uptime = round(time.time() - record.started, 1) if record.started else None
             row.cpu, row.rss = self._samples.get(record.pid, (None, None))
             entry, _ = Registry(self._paths).read(record.name)
             if entry is not None and entry.pid == record.pid:
                 row.pst = str(entry.extra.get("pst") or "")
-            row.state = "running" if self._ping(record.name, ping_timeout) else "hung"
+            row.state = UnitState.RUNNING if self._ping(record.name, ping_timeout) else UnitState.HUNG
         return row.as_dict()
 
     def reload_units(self, units: List[Dict[str, str]]) -> List[Dict[str, Any]]:
@@ -244,7 +245,7 @@ class HostSupervisor(Malacoda):
             existing = run is not None and run.alive()
             if not existing:
                 entry, state = Registry(paths).read(unit.name)
-                if state == "running" and entry is not None:  # running, but not ours
+                if state == EntryState.RUNNING and entry is not None:  # running, but not ours
                     return dict(row, outcome="already running", pid=entry.pid, port=entry.port)
                 clean_stale(unit.name, paths)
                 previous = read_record(paths, unit.name)
@@ -264,7 +265,7 @@ class HostSupervisor(Malacoda):
         if word == "READY":
             info = json.loads(detail)
             now = run.monitor.record if run.monitor is not None else None
-            if existing and now is not None and now.state == "running":
+            if existing and now is not None and now.state == UnitState.RUNNING:
                 info = {"pid": now.pid, "port": now.port}  # now, after any restart
             return dict(row, outcome="already running" if existing else "started",
                         pid=info.get("pid"), port=info.get("port"))
@@ -286,7 +287,7 @@ class HostSupervisor(Malacoda):
             log.exception("supervising %s", monitor.unit.name)
             monitor.note(f"supervisor error: {type(exc).__name__}: {exc}")
             with contextlib.suppress(Exception):
-                monitor.save(state="failed", pid=None, port=None,
+                monitor.save(state=UnitState.FAILED, pid=None, port=None,
                              message=f"supervisor error: {type(exc).__name__}: {exc}")
             run.tell(f"FAILED supervisor error: {type(exc).__name__}: {exc}")
         finally:
@@ -356,11 +357,11 @@ class HostSupervisor(Malacoda):
         folder = status_dir(paths)
         for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             record = read_record(paths, file.stem)
-            if record is None or record.state not in ("running", "starting") \
+            if record is None or record.state not in (UnitState.RUNNING, UnitState.STARTING) \
                     or record.pid is None:
                 continue
             entry, state = Registry(paths).read(record.name)
-            if state != "running" or entry is None or entry.pid != record.pid:
+            if state != EntryState.RUNNING or entry is None or entry.pid != record.pid:
                 continue
             try:
                 unit = load_file(Path(record.unit), record.text or None)
@@ -370,7 +371,7 @@ class HostSupervisor(Malacoda):
             kept = self.pst_units.get(record.name, {})
             record.restarts = max(record.restarts, int(kept.get("restarts") or 0))
             record.monitor_pid, record.monitor_start = os.getpid(), process_start_time(os.getpid())
-            record.state, record.port, record.message = "running", entry.port, ""
+            record.state, record.port, record.message = UnitState.RUNNING, entry.port, ""
             write_record(paths, record)
             run = Run()
             run.monitor = Monitor(unit, paths, run.tell, record)

@@ -42,6 +42,7 @@ from malacoda.host.paths import Paths, known_fields
 from malacoda.host.process import PST_INCOMPLETE, process_start_time, same_process
 from malacoda.host.registry import Registry
 from malacoda.supervisor.logfile import STARTING, append_line, last_error_in
+from malacoda.supervisor.states import UnitState
 from malacoda.supervisor.units import Unit
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Record:
     """What the monitor tells ``status``: its own pid and the daemon's state."""
 
     name: str
-    state: str = "starting"
+    state: str = UnitState.STARTING
     unit: str = ""
     monitor_pid: Optional[int] = None
     monitor_start: Optional[float] = None
@@ -296,12 +297,12 @@ class Monitor:
                 self.proc = proc
                 self.note(f"adopted {unit.name} (pid {proc.pid}) from a supervisor that ended")
             else:
-                self.save(state="starting", pid=None, port=None, started=None)
+                self.save(state=UnitState.STARTING, pid=None, port=None, started=None)
                 proc, outcome, detail = self.spawn()
             up_since = time.monotonic()
             if outcome == "ready" and proc is not None:
                 info = json.loads(detail)
-                self.save(state="running", pid=proc.pid, port=info["port"], started=time.time(),
+                self.save(state=UnitState.RUNNING, pid=proc.pid, port=info["port"], started=time.time(),
                           daemon_start=process_start_time(proc.pid), message="")
                 self.note(f"{unit.name} ready: pid {proc.pid}, port {info['port']}")
                 error = self._died_at_once(proc) if first else None
@@ -316,7 +317,7 @@ class Monitor:
                               f"see 'malacodactl logs {unit.name}'")
                     self.note(f"{unit.name} failed to start: {detail}")
                     Registry(self.paths).clean_stale(unit.name)
-                    self.save(state="failed", pid=None, port=None, last_exit=describe_exit(code),
+                    self.save(state=UnitState.FAILED, pid=None, port=None, last_exit=describe_exit(code),
                               message=detail)
                     self.tell("FAILED " + detail)
                     return 1
@@ -337,7 +338,7 @@ class Monitor:
                 if outcome != "stopped":
                     self.note(f"{unit.name} failed to start: {detail}")
                 if first:
-                    self.save(state="failed", last_exit=describe_exit(code), message=detail)
+                    self.save(state=UnitState.FAILED, last_exit=describe_exit(code), message=detail)
                     self.tell("FAILED " + detail)
                     return 1
             uptime = time.monotonic() - up_since
@@ -354,26 +355,26 @@ class Monitor:
                     line = line.partition(f"StateError: {unit.name}: ")[2] or \
                         "its final pst save was incomplete: see its log"
                     message = "stopped, but " + line
-                self.save(state="stopped", pid=None, port=None, message=message)
+                self.save(state=UnitState.STOPPED, pid=None, port=None, message=message)
                 return 0
             if outcome == "ready" and uptime >= unit.backoff_reset:
                 streak = 0
             if unit.restart == "no" or (unit.restart == "on-failure" and not failed):
-                self.save(state="failed" if failed else "stopped", pid=None, port=None,
+                self.save(state=UnitState.FAILED if failed else UnitState.STOPPED, pid=None, port=None,
                           message=f"restart = {unit.restart!r}: not restarted")
                 return 0
             streak += 1
             if streak > unit.start_limit:
                 message = f"gave up after {streak - 1} restarts in a row (start_limit)"
                 self.note(message)
-                self.save(state="failed", pid=None, port=None, message=message)
+                self.save(state=UnitState.FAILED, pid=None, port=None, message=message)
                 return 0
             delay = min(unit.backoff * 2 ** (streak - 1), unit.backoff_max)
             message = f"restarting in {delay:g} s (restart {streak} of at most {unit.start_limit})"
             self.note(message)
-            self.save(state="starting", pid=None, port=None, message=message)
+            self.save(state=UnitState.STARTING, pid=None, port=None, message=message)
             if self.stopping.wait(delay):
-                self.save(state="stopped", message="stopped")
+                self.save(state=UnitState.STOPPED, message="stopped")
                 return 0
             self.record.restarts += 1
 

@@ -7,16 +7,7 @@ with the daemon's own error. :func:`stop` / :func:`stop_many` ask it to run the 
 supervisor's record of a unit, the registry and a ping into one state; the supervisor answers
 :func:`statuses_here_or_there` in one call, and without it the files are read here:
 
-==========  =====================================================  ==========
-state       meaning                                                LSB code
-==========  =====================================================  ==========
-running     registered, alive, answers a ping                      0
-hung        registered and alive, but the ping timed out           4
-starting    the supervisor is starting or restarting it (backoff)  3
-stale       records of a daemon or supervisor that died (kill -9)  1
-failed      the supervisor gave up (start failed, start_limit)     3
-stopped     not running                                            3
-==========  =====================================================  ==========
+The states and their LSB codes are :class:`~.states.UnitState`.
 
 Start and stop are idempotent, and two starts racing leave one daemon: the supervisor holds one
 start per unit.
@@ -40,7 +31,7 @@ from malacoda.host.files import private_dir
 from malacoda.host.launch import python_command
 from malacoda.host.paths import Paths, host_name, known_fields
 from malacoda.host.process import same_process
-from malacoda.host.registry import Registry
+from malacoda.host.registry import EntryState, Registry
 from malacoda.supervisor.monitor import (
     SUPERVISOR_MODULE,
     SUPERVISOR_NAME,
@@ -51,11 +42,12 @@ from malacoda.supervisor.monitor import (
     stop_sequence,
     write_record,
 )
+from malacoda.supervisor.states import LSB, UnitState
 from malacoda.supervisor.units import Unit
 
-LSB = {"running": 0, "stale": 1, "starting": 3, "failed": 3, "stopped": 3, "invalid": 3,
-       "hung": 4, "unreachable": 4}
 DEFAULT_STOP_TIMEOUT = 10.0
+#: A record in one of these states means its supervisor runs (or ran) the daemon.
+ACTIVE = (UnitState.RUNNING, UnitState.STARTING)
 
 
 @dataclass
@@ -80,7 +72,7 @@ class UnitStatus:
     @property
     def code(self) -> int:
         """The LSB ``status`` exit code of this state."""
-        return LSB.get(self.state, 4)
+        return LSB.get(self.state, 4)  # type: ignore[call-overload]  # (a state from another host may be one we do not know)
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -101,7 +93,7 @@ def status(name: str, paths: Optional[Paths] = None, ping_timeout: float = 2.0,
     record = read_record(paths, name)
     monitor_alive = record is not None and record.monitor_alive()
     entry, registered = Registry(paths).read(name)
-    result = UnitStatus(name=name, state="stopped")
+    result = UnitStatus(name=name, state=UnitState.STOPPED)
     if record is not None:
         result.restarts = record.restarts
         result.last_exit = record.last_exit
@@ -111,23 +103,23 @@ def status(name: str, paths: Optional[Paths] = None, ping_timeout: float = 2.0,
         if monitor_alive:
             result.monitor_pid = record.monitor_pid
             result.unit_digest = record.unit_digest
-    if registered == "running" and entry is not None:
+    if registered == EntryState.RUNNING and entry is not None:
         result.pid, result.port = entry.pid, entry.port
         result.pst = str(entry.extra.get("pst") or "")
-        result.state = "running" if (pinger or ping)(name, ping_timeout) else "hung"
+        result.state = UnitState.RUNNING if (pinger or ping)(name, ping_timeout) else UnitState.HUNG
         if not monitor_alive:
             result.message = result.message or "not supervised (no supervisor runs it)"
-    elif monitor_alive and record is not None and record.state in ("running", "starting"):
-        result.state = "starting"
-    elif registered == "stale" or (record is not None and record.state in ("running", "starting")):
-        result.state = "stale"
+    elif monitor_alive and record is not None and record.state in ACTIVE:
+        result.state = UnitState.STARTING
+    elif registered == EntryState.STALE or (record is not None and record.state in ACTIVE):
+        result.state = UnitState.STALE
         if entry is not None:
             result.pid, result.port = entry.pid, entry.port
-    elif record is not None and record.state == "failed":
-        result.state = "failed"
-    if result.state not in ("running", "hung", "stale"):
+    elif record is not None and record.state == UnitState.FAILED:
+        result.state = UnitState.FAILED
+    if result.state not in (UnitState.RUNNING, UnitState.HUNG, UnitState.STALE):
         result.pid = result.port = None
-    if result.state in ("running", "hung") and result.pid is not None:
+    if result.state in (UnitState.RUNNING, UnitState.HUNG) and result.pid is not None:
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(result.pid)
             result.uptime = round(time.time() - proc.create_time(), 1)
@@ -146,7 +138,7 @@ def statuses(names: List[str], paths: Optional[Paths] = None,
     results = _side_by_side(lambda name: status(name, paths, ping_timeout), names)
     procs: Dict[int, psutil.Process] = {}
     for result in results:
-        if result.pid is not None and result.state in ("running", "hung"):
+        if result.pid is not None and result.state in (UnitState.RUNNING, UnitState.HUNG):
             with contextlib.suppress(psutil.Error):
                 procs[result.pid] = psutil.Process(result.pid)
                 procs[result.pid].cpu_percent(None)
@@ -212,8 +204,8 @@ def clean_stale(name: str, paths: Optional[Paths] = None) -> bool:
     paths = paths or Paths.default()
     cleaned = Registry(paths).clean_stale(name)
     record = read_record(paths, name)
-    if record is not None and record.state in ("running", "starting") and not record.monitor_alive():
-        record.state, record.pid, record.port = "stopped", None, None
+    if record is not None and record.state in ACTIVE and not record.monitor_alive():
+        record.state, record.pid, record.port = UnitState.STOPPED, None, None
         record.message = "cleaned up after a supervisor that died"
         write_record(paths, record)
         cleaned = True
@@ -225,7 +217,7 @@ def clean_stale(name: str, paths: Optional[Paths] = None) -> bool:
 def supervisor_running(paths: Optional[Paths] = None) -> bool:
     """True when this host's (this ``MALACODA_HOME``'s) supervisor is registered and alive."""
     _, state = Registry(paths or Paths.default()).read(SUPERVISOR_NAME)
-    return state == "running"
+    return state == EntryState.RUNNING
 
 
 def ensure_supervisor(paths: Optional[Paths] = None, timeout: float = 60.0) -> None:
@@ -268,7 +260,7 @@ def end_supervisor(paths: Optional[Paths] = None, timeout: float = 10.0) -> None
     """End the host supervisor, if one runs (its daemons go on: stop them first)."""
     paths = paths or Paths.default()
     entry, state = Registry(paths).read(SUPERVISOR_NAME)
-    if state != "running" or entry is None:
+    if state != EntryState.RUNNING or entry is None:
         return
     with _supervisor(timeout=timeout) as sup:
         sup.stop()
@@ -328,7 +320,7 @@ def stop_many(order: List[Tuple[str, float]], paths: Optional[Paths] = None,
     paths = paths or Paths.default()
     if not supervisor_running(paths):
         registry = Registry(paths)
-        if not any(registry.read(name)[1] == "running" for name, _ in order):
+        if not any(registry.read(name)[1] == EntryState.RUNNING for name, _ in order):
             return [(name, stop_here(name, paths, timeout)) for name, timeout in order]
         ensure_supervisor(paths)
     with _supervisor(timeout=sum(2 * t + 20 for _, t in order) + 30) as sup:
@@ -356,7 +348,7 @@ def stop_here(name: str, paths: Paths, stop_timeout: float = DEFAULT_STOP_TIMEOU
     its registry entry, and tidy its records: ``"stopped"`` or ``"not running"``."""
     did = False
     entry, registered = Registry(paths).read(name)
-    if registered == "running" and entry is not None:
+    if registered == EntryState.RUNNING and entry is not None:
         did = True
         pid, started, uid = entry.pid, entry.start_time, entry.uid
         stop_sequence(name, pid, stop_timeout, lambda s: _wait_gone(pid, started, uid, s))
@@ -364,11 +356,11 @@ def stop_here(name: str, paths: Paths, stop_timeout: float = DEFAULT_STOP_TIMEOU
             raise ProcessError(f"{name} (pid {pid}) is still alive after SIGKILL")
     clean_stale(name, paths)
     record = read_record(paths, name)
-    if did and record is not None and record.state != "stopped":
-        record.state, record.pid, record.port, record.message = "stopped", None, None, "stopped"
+    if did and record is not None and record.state != UnitState.STOPPED:
+        record.state, record.pid, record.port, record.message = UnitState.STOPPED, None, None, "stopped"
         write_record(paths, record)
-    if record is not None and record.state == "failed":
-        record.state, record.message = "stopped", "reset by stop"
+    if record is not None and record.state == UnitState.FAILED:
+        record.state, record.message = UnitState.STOPPED, "reset by stop"
         write_record(paths, record)
     return "stopped" if did else "not running"
 
@@ -426,7 +418,7 @@ def cluster_statuses(paths: Optional[Paths] = None,
             rows.append((m.host, local[m.name]))
             continue
         rows.append((m.host, UnitStatus(
-            name=m.name, state="running", pid=m.pid, port=m.port, restarts=None,
+            name=m.name, state=UnitState.RUNNING, pid=m.pid, port=m.port, restarts=None,
             uptime=max(0.0, now - m.start_time),
             message=f"registered from {m.host} by user {m.user}, malacoda {m.version}")))
     return rows
