@@ -7,9 +7,9 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-import malacoda.daemon.base as daemon_module
 from malacoda import Malacoda
-from malacoda.daemon.base import RunOptions
+from malacoda.daemon import options
+from malacoda.daemon.options import RunOptions
 
 
 class BenchEcho(Malacoda):
@@ -46,8 +46,7 @@ def serve_bench_echo(ready: Callable[[int], None], name: Optional[str] = None,
                      open: bool = False) -> None:  # open: the unit key's name
     """Serve :class:`BenchEcho`; ``ready(port)`` once it is registered. ``open``: without the
     owner check (NULL mechanism), to measure what authentication costs."""
-    daemon_module.run_options = RunOptions(name=name, open=open,
-                                           on_ready=[lambda entry: ready(entry.port)])
+    options.use(RunOptions(name=name, open=open, on_ready=[lambda entry: ready(entry.port)]))
     BenchEcho()
 
 

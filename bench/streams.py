@@ -76,16 +76,16 @@ def serve(system: str) -> None:
                 send(payload(i).encode())
             send(b"")
     elif system == "malacoda":
-        import malacoda.daemon.base as daemon_module
         from malacoda import Malacoda
-        from malacoda.daemon.base import RunOptions
+        from malacoda.daemon import options
+        from malacoda.daemon.options import RunOptions
 
         class StreamBench(Malacoda):
             def items(self, n: int) -> Any:
                 for i in range(n):
                     yield payload(i)
 
-        daemon_module.run_options = RunOptions(on_ready=[lambda entry: _ready(entry.port)])
+        options.use(RunOptions(on_ready=[lambda entry: _ready(entry.port)]))
         StreamBench()
     elif system == "pyro5":
         import Pyro5.api

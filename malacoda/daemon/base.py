@@ -32,7 +32,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -43,6 +42,8 @@ from malacoda.address import is_loopback
 from malacoda.daemon.dispatch import Dispatcher
 from malacoda.daemon.events import Events
 from malacoda.daemon.guard import MAX_CONNECTIONS
+from malacoda.daemon.options import RunOptions
+from malacoda.daemon.options import current as current_options
 from malacoda.daemon.server import Server
 from malacoda.daemon.streams import LEASE, MAX_STREAMS, WINDOW
 from malacoda.errors import AlreadyRunning, ConfigError, ProcessError, StateError
@@ -68,35 +69,6 @@ DAEMON_CONTEXT_KEYWORDS = frozenset({
 FOREGROUND_KEYWORDS = frozenset({"stdout", "stderr", "working_directory", "umask"})
 
 
-@dataclass
-class RunOptions:
-    """Settings a supervisor imposes on the daemon it starts, over the constructor's.
-
-    The unit runner fills this in before it instantiates the class; ``None`` fields leave the
-    constructor's value. ``on_ready`` is called with the registry entry once the daemon serves;
-    ``on_failure`` with the exception as soon as ``_run`` (or a ``_run_*``) failed, before the
-    daemon saves its state and closes.
-    """
-
-    name: Optional[str] = None
-    bind_address: Optional[str] = None
-    port: Optional[int] = None
-    workers: Optional[int] = None
-    queue: Optional[int] = None
-    max_message: Optional[int] = None
-    max_connections: Optional[int] = None
-    pst_config: Optional[Dict[str, Any]] = None
-    insecure: Optional[bool] = None
-    curve: Optional[bool] = None
-    open: Optional[bool] = None
-    configure_socket: Optional[Callable[[zmq.Socket], object]] = None
-    on_ready: List[Callable[[Entry], None]] = field(default_factory=list)
-    on_failure: List[Callable[[BaseException], None]] = field(default_factory=list)
-    stop_grace: float = 5.0
-
-
-#: Set by a supervisor (``malacodactl``) in the daemon's own process before instantiation.
-run_options: Optional[RunOptions] = None
 
 
 class Malacoda(Events):
@@ -154,9 +126,9 @@ class Malacoda(Events):
         if unknown:
             raise ConfigError(f"unknown keyword argument(s) {', '.join(unknown)}: neither a "
                               "Malacoda keyword nor a daemon.DaemonContext option")
-        opts = run_options or RunOptions()
+        opts = current_options()  # what a supervisor set for this process, if any
         name = check_name(opts.name or name or type(self).__name__)
-        bind_address = opts.bind_address or bind_address
+        bind_address = opts.bind or bind_address
         port = opts.port if opts.port is not None else port
         workers = opts.workers if opts.workers is not None else workers
         queue = opts.queue if opts.queue is not None else queue
@@ -171,8 +143,8 @@ class Malacoda(Events):
         insecure = opts.insecure if opts.insecure is not None else insecure
         require_curve = opts.curve if opts.curve is not None else curve
         is_open = bool(opts.open if opts.open is not None else open)
-        if opts.pst_config is not None:
-            pst_config = {**(pst_config or {}), **opts.pst_config}
+        if opts.pst is not None:
+            pst_config = {**(pst_config or {}), **opts.pst}
         paths = Paths.default()
         private_dir(paths.run)
         # before detaching, so that its errors show:

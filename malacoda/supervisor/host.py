@@ -41,8 +41,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 
-from malacoda.daemon import base as daemon_module
-from malacoda.daemon.base import Malacoda, RunOptions
+from malacoda.daemon import options
+from malacoda.daemon.base import Malacoda
+from malacoda.daemon.options import RunOptions
 from malacoda.errors import AlreadyRunning, ConfigError
 from malacoda.host.files import private_dir
 from malacoda.host.paths import Paths
@@ -461,14 +462,15 @@ def main(argv: List[str]) -> int:
     try:
         private_dir(paths.log)
         if not foreground:
-            captured = logfile.capture(paths.log_file(SUPERVISOR_NAME), 10 << 20, 5)
+            captured = logfile.capture(paths.log_file(SUPERVISOR_NAME), logfile.LOG_MAX_BYTES,
+                                       logfile.LOG_BACKUPS)
         root = logging.getLogger()
         if not root.handlers:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
             root.addHandler(handler)
         root.setLevel(logging.INFO)
-        daemon_module.run_options = RunOptions(on_ready=[ready])
+        options.use(RunOptions(on_ready=[ready]))
         HostSupervisor(on_demand=not foreground)
         return 0
     except AlreadyRunning as exc:

@@ -37,10 +37,14 @@ def timestamp(now: Optional[float] = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
 
 
+#: A unit's log file is rotated past this size by default, keeping this many old ones.
+LOG_MAX_BYTES, LOG_BACKUPS = 10 * 1024 * 1024, 5
+
+
 class LogFile:
     """Appends timestamped lines to ``path``, rotating it past ``max_bytes`` (0: never)."""
 
-    def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, backups: int = 5) -> None:
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups

@@ -23,10 +23,12 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from malacoda.daemon import base as daemon_module
+from malacoda.daemon import options
 from malacoda.host.files import read_pipe
 from malacoda.host.paths import Paths
 from malacoda.host.process import PST_INCOMPLETE
@@ -50,13 +52,8 @@ def run_unit(unit: Unit, on_ready: List[Callable[[Entry], None]],
         root.addHandler(handler)
     root.setLevel(unit.log_level)
     cls = daemon_module.load_class(unit.cls, unit.path)
-    daemon_module.run_options = daemon_module.RunOptions(
-        name=unit.name, bind_address=unit.bind, port=unit.port, workers=unit.workers,
-        queue=unit.queue, max_message=unit.max_message, max_connections=unit.max_connections,
-        insecure=unit.insecure,
-        curve=unit.curve, open=unit.open,
-        pst_config=unit.pst, on_ready=list(on_ready), on_failure=list(on_failure or []),
-    )
+    options.use(options.RunOptions(name=unit.name, **asdict(unit.daemon), on_ready=list(on_ready),
+                                   on_failure=list(on_failure or [])))
     return cls(**unit.args)
 
 

@@ -43,9 +43,8 @@ from malacoda.supervisor.monitor import (
     write_record,
 )
 from malacoda.supervisor.states import LSB, UnitState
-from malacoda.supervisor.units import Unit
+from malacoda.supervisor.units import DEFAULT_STOP_TIMEOUT, Unit
 
-DEFAULT_STOP_TIMEOUT = 10.0
 #: A record in one of these states means its supervisor runs (or ran) the daemon.
 ACTIVE = (UnitState.RUNNING, UnitState.STARTING)
 

@@ -19,13 +19,15 @@ import math
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from malacoda.daemon.options import DaemonOptions, option
 from malacoda.errors import ConfigError
 from malacoda.host.files import check_not_writable_by_others
 from malacoda.host.paths import Paths, check_name
+from malacoda.supervisor.logfile import LOG_BACKUPS, LOG_MAX_BYTES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,72 +38,56 @@ log = logging.getLogger(__name__)
 
 SYSTEM_UNITS = Path("/etc/malacoda/units")
 RESTART_POLICIES = ("on-failure", "always", "no")
-
-#: key → (accepted types, default, meaning). The one place unit defaults live.
-SCHEMA: Dict[str, Tuple[Tuple[type, ...], Any, str]] = {
-    "class": ((str,), None, "the daemon class as 'module:Class' (required)"),
-    "path": ((list,), [], "folders put first on the import path, relative to the unit file"),
-    "args": ((dict,), {}, "keyword arguments for the class's constructor"),
-    "bind": ((str,), None, "address to bind (the class's default: 127.0.0.1)"),
-    "port": ((int,), None, "a fixed port (the class's default: one the kernel picks)"),
-    "workers": ((int,), None, "calls that may run at once (the class's default: 8)"),
-    "queue": ((int,), None, "requests that may wait for a worker (the class's default: 64)"),
-    "max_message": ((int,), None, "bytes: a larger request is refused (the class's default: 64 MiB)"),
-    "max_connections": ((int,), None, "connections kept open; past it the oldest is closed "
-                        "(the class's default: 1024, fewer if the open files limit is low)"),
-    "insecure": ((bool,), None, "serve a non-loopback 'bind' without CURVE (the class's: false)"),
-    "curve": ((bool,), None, "serve CURVE on loopback too, for a shared host (the class's: false)"),
-    "open": ((bool,), None, "let any local user call it (no owner check; the class's: false)"),
-    "pst": ((dict,), None, "pst_config over the class's own (class_name, frequency, file_path…)"),
-    "restart": ((str,), "on-failure", "restart policy: 'on-failure', 'always' or 'no'"),
-    "backoff": ((int, float), 1.0, "seconds before the first restart; doubled at each failure"),
-    "backoff_max": ((int, float), 60.0, "the cap of the restart delay, in seconds"),
-    "backoff_reset": ((int, float), 60.0, "seconds up after which the delay and count reset"),
-    "start_limit": ((int,), 5, "restarts in a row (without a stable period) before 'failed'"),
-    "start_timeout": ((int, float), 30.0, "seconds a start may take before it counts as failed"),
-    "stop_timeout": ((int, float), 10.0, "seconds from the stop request to SIGKILL (SIGTERM at half)"),
-    "env": ((dict,), {}, "environment variables for the daemon (string values)"),
-    "workdir": ((str,), None, "working directory, relative to the unit file (default: its folder)"),
-    "requires": ((list,), [], "units started before this one (and stopped after it)"),
-    "log_max_bytes": ((int,), 10 * 1024 * 1024, "the log file is rotated past this size (0: never)"),
-    "log_backups": ((int,), 5, "rotated log files kept (<name>.log.1 … .N)"),
-    "log_level": ((str,), "INFO", "level of the daemon's Python logging"),
-}
-
+DEFAULT_STOP_TIMEOUT = 10.0  # seconds from the stop request to SIGKILL
 
 @dataclass
 class Unit:
-    """A validated unit file."""
+    """A validated unit file. Its keys are the fields below that carry a ``doc``, and the
+    daemon's own options (:class:`~malacoda.daemon.options.DaemonOptions`, in ``daemon``):
+    :data:`SCHEMA` is made of both, so each key, its type and its default are written once."""
 
     name: str
     file: Path
     cls: str
-    path: List[Path] = field(default_factory=list)
-    args: Dict[str, Any] = field(default_factory=dict)
-    bind: Optional[str] = None
-    port: Optional[int] = None
-    workers: Optional[int] = None
-    queue: Optional[int] = None
-    max_message: Optional[int] = None
-    max_connections: Optional[int] = None
-    insecure: Optional[bool] = None
-    curve: Optional[bool] = None
-    open: Optional[bool] = None
-    pst: Optional[Dict[str, Any]] = None
-    restart: str = "on-failure"
-    backoff: float = 1.0
-    backoff_max: float = 60.0
-    backoff_reset: float = 60.0
-    start_limit: int = 5
-    start_timeout: float = 30.0
-    stop_timeout: float = 10.0
-    env: Dict[str, str] = field(default_factory=dict)
-    workdir: Path = Path(".")
-    requires: List[str] = field(default_factory=list)
-    log_max_bytes: int = 10 * 1024 * 1024
-    log_backups: int = 5
-    log_level: str = "INFO"
+    daemon: DaemonOptions = field(default_factory=DaemonOptions)
+    path: List[Path] = option([], "folders put first on the import path, relative to the unit "
+                              "file", list)
+    args: Dict[str, Any] = option({}, "keyword arguments for the class's constructor", dict)
+    restart: str = option("on-failure", "restart policy: 'on-failure', 'always' or 'no'", str)
+    backoff: float = option(1.0, "seconds before the first restart; doubled at each failure",
+                            int, float)
+    backoff_max: float = option(60.0, "the cap of the restart delay, in seconds", int, float)
+    backoff_reset: float = option(60.0, "seconds up after which the delay and count reset",
+                                  int, float)
+    start_limit: int = option(5, "restarts in a row (without a stable period) before 'failed'",
+                              int)
+    start_timeout: float = option(30.0, "seconds a start may take before it counts as failed",
+                                  int, float)
+    stop_timeout: float = option(DEFAULT_STOP_TIMEOUT, "seconds from the stop request to SIGKILL "
+                                 "(SIGTERM at half)", int, float)
+    env: Dict[str, str] = option({}, "environment variables for the daemon (string values)",
+                                 dict)
+    workdir: Path = option(Path("."), "working directory, relative to the unit file (default: "
+                           "its folder)", str, file_default=None)
+    requires: List[str] = option([], "units started before this one (and stopped after it)",
+                                 list)
+    log_max_bytes: int = option(LOG_MAX_BYTES, "the log file is rotated past this size (0: "
+                                "never)", int)
+    log_backups: int = option(LOG_BACKUPS, "rotated log files kept (<name>.log.1 … .N)", int)
+    log_level: str = option("INFO", "level of the daemon's Python logging", str)
     text: str = field(default="", repr=False)  # the file's content as it was loaded
+
+
+def _keys(record: type) -> Dict[str, Tuple[Tuple[type, ...], Any, str]]:
+    return {f.name: (f.metadata["types"], f.metadata["file_default"], f.metadata["doc"])
+            for f in fields(record) if "doc" in f.metadata}
+
+
+#: key → (accepted types, default, meaning): built from :class:`Unit` and
+#: :class:`~malacoda.daemon.options.DaemonOptions`, where each is written once.
+SCHEMA: Dict[str, Tuple[Tuple[type, ...], Any, str]] = {
+    "class": ((str,), None, "the daemon class as 'module:Class' (required)"),
+    **_keys(DaemonOptions), **_keys(Unit)}
 
 
 def search_path(unit_path: Optional[str] = None, paths: Optional[Paths] = None) -> List[Path]:
@@ -302,23 +288,17 @@ def _build(file: Path, name: str, v: Dict[str, Any]) -> Unit:
     if v.get("log_level", "INFO").upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise fail(f"'log_level' {v['log_level']!r} is not a logging level")
     base = file.parent
-    defaults = {k: d for k, (_, d, _) in SCHEMA.items()}
-    merged = {**defaults, **v}
-    return Unit(
-        name=name, file=file, cls=v["class"],
-        path=[(base / p).resolve() for p in merged["path"]],
-        args=dict(merged["args"]), bind=merged["bind"], port=merged["port"],
-        workers=merged["workers"], queue=merged["queue"], max_message=merged["max_message"],
-        max_connections=merged["max_connections"],
-        insecure=merged["insecure"], curve=merged["curve"], open=merged["open"], pst=merged["pst"],
-        restart=merged["restart"], backoff=float(merged["backoff"]),
-        backoff_max=float(merged["backoff_max"]), backoff_reset=float(merged["backoff_reset"]),
-        start_limit=merged["start_limit"], start_timeout=float(merged["start_timeout"]),
-        stop_timeout=float(merged["stop_timeout"]), env=dict(merged["env"]),
-        workdir=(base / (merged["workdir"] or ".")).resolve(), requires=list(merged["requires"]),
-        log_max_bytes=merged["log_max_bytes"], log_backups=merged["log_backups"],
-        log_level=merged["log_level"].upper(),
-    )
+    merged = {**{k: d for k, (_, d, _) in SCHEMA.items()}, **v}
+    own = {f.name: merged[f.name] for f in fields(Unit) if f.name in SCHEMA}
+    for f in fields(Unit):  # a number of seconds given as an integer is a float all the same
+        if f.name in own and float in f.metadata["types"]:
+            own[f.name] = float(own[f.name])
+    own.update(path=[(base / p).resolve() for p in merged["path"]], args=dict(merged["args"]),
+               env=dict(merged["env"]), requires=list(merged["requires"]),
+               workdir=(base / (merged["workdir"] or ".")).resolve(),
+               log_level=merged["log_level"].upper())
+    daemon = DaemonOptions(**{f.name: merged[f.name] for f in fields(DaemonOptions)})
+    return Unit(name=name, file=file, cls=v["class"], daemon=daemon, **own)
 
 
 def secrets_warning(unit: Unit) -> Optional[str]:

@@ -420,7 +420,7 @@ def test_daemonize_true_detaches(home, processes):
 
 def test_a_supervisors_zero_workers_is_an_error_not_the_default(start_daemon) -> None:
     """RunOptions(workers=0) is the supervisor's value, refused as such: not replaced by 8."""
-    prelude = "from malacoda.daemon import base as daemon; daemon.run_options = daemon.RunOptions(workers=0)"
+    prelude = "from malacoda.daemon import options; options.use(options.RunOptions(workers=0))"
     proc = start_daemon("TestDaemon", wait=False, prelude=prelude)
     assert proc.wait(timeout=30) != 0
     assert "workers must be at least 1" in proc.output()
