@@ -37,16 +37,8 @@ from typing import TYPE_CHECKING, Deque, Dict, List, Optional, Set, Tuple, cast
 
 import zmq
 
-from malacoda.client.channel import (
-    HEARTBEAT,
-    LINK_EVENTS,
-    LINK_QUIET,
-    REPLY_BYTES_PER_ITEM,
-    NotSent,
-    configure_dealer,
-    context,
-    link_error,
-)
+from malacoda.client.channel import HEARTBEAT, LINK_QUIET, REPLY_BYTES_PER_ITEM, NotSent
+from malacoda.client.link import LINK_EVENTS, configure_dealer, context, link_error
 from malacoda.errors import CallTimeout, ConnectionLost, ProtocolError
 from malacoda.wire import codec
 from malacoda.wire import protocol as p

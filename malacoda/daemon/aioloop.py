@@ -38,7 +38,8 @@ import traceback
 from typing import Any, AsyncGenerator, Callable, Coroutine, Dict, Optional
 
 from malacoda.daemon.dispatch import Outcome, failure
-from malacoda.daemon.streams import EventSource, StreamHub
+from malacoda.daemon.streams import StreamHub
+from malacoda.daemon.subscriptions import EventSource
 from malacoda.wire import protocol as p
 from malacoda.wire.codec import encode_item
 

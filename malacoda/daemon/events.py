@@ -26,7 +26,8 @@ import threading
 from typing import Any, Callable, Optional, Set
 
 from malacoda.daemon.dispatch import _is_method, _public_identifier
-from malacoda.daemon.streams import EventSource, StreamHub
+from malacoda.daemon.streams import StreamHub
+from malacoda.daemon.subscriptions import EventSource
 from malacoda.errors import AccessDenied
 
 _hook_lock = threading.Lock()

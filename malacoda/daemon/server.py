@@ -7,14 +7,11 @@ running one tick later (a slow call), the standby takes over the socket — whic
 user code runs — and goes on receiving. The standby looks at its own pace, never woken per call:
 every ``TICK_CALM`` while calls come and go, every ``TICK_ACTIVE`` once it has seen one
 running. The old leader, once its call returns, finds that it no longer owns the socket and
-sends its reply through an inproc PUSH socket to whoever does.
+sends its reply through an inproc PUSH socket to whoever does (:mod:`~.outbox`).
 
 At most ``workers`` user calls run at once. A request that finds them all busy waits in a
 queue of ``queue`` entries (and ``queue_bytes`` bytes), and one that finds the queue full gets a
-BUSY reply at once: a flood cannot grow memory without bound. A call of an ``async def`` method
-holds a worker only while its coroutine is made; the coroutine runs on the daemon's event loop
-(:mod:`~.aioloop`), at most ``_async_calls`` of them (a class attribute, default 1024) whose
-requests hold at most ``queue_bytes`` beyond the first; past either, BUSY. A re-sent request is answered
+BUSY reply at once: a flood cannot grow memory without bound. A re-sent request is answered
 from a :class:`~.replycache.ReplyCache` instead of running again. ``ping`` is answered by the
 socket's owner without a worker. A request whose caller's timeout has passed before it could
 start is dropped unanswered.
@@ -28,26 +25,22 @@ counts what it reads from each, :class:`~.peers.PeerBook`), all of them together
 memory they hold within ``queue_bytes + (workers + 2) * max_message`` (at least 256 MiB)
 beyond the daemon's own.
 
-A call whose result is an iterator opens a stream (:mod:`malacoda.daemon.streams`): its
-``credit`` and ``cancel`` messages are handled by the socket's owner, like ``ping``; its
-*turns* (producing items) wait for a worker in a queue of their own, taken only after waiting
-calls and by at most ``workers - 1`` workers at once; its items are sent by the socket's owner
-when a doorbell (an empty frame on the inproc socket) rings.
+A call whose result is an iterator opens a stream: see :mod:`~.stream_serving`. A call of an
+``async def`` method: see :mod:`~.async_calls`.
 """
 
 from __future__ import annotations
 
 import collections
-import inspect
 import logging
 import threading
 import time
 from types import AsyncGeneratorType, CoroutineType
-from typing import Any, Callable, Deque, List, Optional, Tuple
+from typing import Callable, Deque, List, Optional, Tuple
 
 import zmq
 
-from malacoda.daemon.aioloop import ASYNC_CALLS, AsyncGenSource, CallLoop
+from malacoda.daemon.async_calls import AsyncCalls
 from malacoda.daemon.dispatch import Dispatcher
 from malacoda.daemon.guard import (
     EVENTS,
@@ -56,12 +49,14 @@ from malacoda.daemon.guard import (
     ConnectionGuard,
     fds_for_connections,
 )
+from malacoda.daemon.outbox import Outbox
 from malacoda.daemon.peers import PeerBook
 from malacoda.daemon.replycache import ReplyCache
-from malacoda.daemon.streams import LEASE, MAX_STREAMS, WINDOW, Stream, StreamHub, is_stream
+from malacoda.daemon.stream_serving import StreamServing
+from malacoda.daemon.streams import LEASE, MAX_STREAMS, WINDOW, Stream, is_stream
 from malacoda.errors import ProtocolError, UnsupportedVersion
 from malacoda.wire import protocol as p
-from malacoda.wire.frames import recv_frames, send_frames, send_routed
+from malacoda.wire.frames import send_frames, send_routed
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +66,6 @@ TICK_IDLE = 0.1  # the standby's pace while no call comes (a new call wakes it)
 # (Looking every 2 ms whatever the calls made a small call's p50 1.2x slower on 2 CPUs: the
 # wake-ups cost the process its CPU placement. A slow call is taken over within about
 # TICK_CALM + TICK_ACTIVE.)
-_INPROC = "inproc://malacoda-replies-{}"
 
 _Item = Tuple[bytes, p.Request, float]
 #: What _run returns for a call handed to the event loop: its reply comes later.
@@ -82,7 +76,7 @@ _STREAM_OPS = p.STREAM_OPS
 _CALL, _PING = p.CALL, p.PING
 
 
-class Server:
+class Server(Outbox, StreamServing, AsyncCalls):
     """Serves ``dispatcher`` on a ROUTER socket bound to ``address:port`` (0: the kernel picks).
 
     ``configure(socket)`` runs before the bind (CURVE, socket options); a callable it returns
@@ -119,10 +113,6 @@ class Server:
             raise ValueError("max_connections must be at least 1")
         self.max_connections = max_connections  # the cap in force: see start()
         self._monitor: Optional[zmq.Socket] = None
-        # async def calls at once (a class attribute of the daemon), and what their requests hold
-        self.async_calls = int(getattr(type(dispatcher.target), "_async_calls", ASYNC_CALLS))
-        self._async_running = 0
-        self._async_bytes = 0
         self.guard = ConnectionGuard(
             max_connections, max(MIN_HEADROOM, self.queue_bytes + (workers + 2) * max_message))
         # What each connection may hold of requests not delivered yet: one max_message, or
@@ -149,27 +139,15 @@ class Server:
         self._wake = threading.Event()
         self._stopping = False
         self._threads: List[threading.Thread] = []
-        self._local = threading.local()
         self._ctx: Optional[zmq.Context] = None
         self._router: Optional[zmq.Socket] = None
         self._pull: Optional[zmq.Socket] = None
-        self._inproc = _INPROC.format(id(self))
-        self.calls = CallLoop(on_exit=self._close_push)  # where async def methods run
+        self._init_outbox()
+        self._init_async(type(dispatcher.target))
         # A re-sent call is answered from here, not run twice.
         self.replies = ReplyCache(incarnation=dispatcher.incarnation)
-        # Streams (see malacoda.daemon.streams): their turns wait here for a worker, after calls.
-        self.streams = StreamHub(dispatcher.incarnation, window=stream_window,
-                                 lease=stream_lease, max_streams=max_streams)
-        self.streams.schedule = self._schedule_turn
-        self.streams.ring = self._ring
-        self._peers = self.streams.heard  # the same dict: not empty while streams are open
-        self._turns: Deque[Stream] = collections.deque()
-        self._turns_running = 0
-        # Stream turns hold at most this many workers: one is always left for calls.
-        self.turn_slots = max(1, workers - 1)
-        self._doorbell: Optional[zmq.Socket] = None
-        self._doorbell_lock = threading.Lock()
-        self._next_expiry = 0.0
+        self._init_streams(dispatcher.incarnation, workers, stream_window, stream_lease,
+                           max_streams)
         #: Set for an ``open`` daemon: only callers whose routing id starts with it (its owner)
         #: get remote tracebacks; others get the exception's type and message alone.
         self.owner_prefix: Optional[bytes] = None
@@ -209,9 +187,7 @@ class Server:
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.bind(self._inproc)
-        self._doorbell = ctx.socket(zmq.PUSH)
-        self._doorbell.setsockopt(zmq.LINGER, 0)
-        self._doorbell.connect(self._inproc)
+        self._open_doorbell(ctx, self._inproc)
         self._monitor = router.get_monitor_socket(EVENTS)
         self.guard.port = self.peers.port = self.port
         watcher = threading.Thread(target=self.guard.watch,
@@ -223,11 +199,7 @@ class Server:
             t = threading.Thread(target=self._thread_main, name=f"malacoda-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        cls = type(self.dispatcher.target)
-        if any(inspect.iscoroutinefunction(getattr(cls, name, None))
-               or inspect.isasyncgenfunction(getattr(cls, name, None))
-               for name in dir(cls) if not name.startswith("_")):
-            self.calls.start()  # else at the first coroutine
+        self._start_loop_if_async(type(self.dispatcher.target))
         return self.port
 
     def running_calls(self) -> int:
@@ -332,13 +304,6 @@ class Server:
         finally:
             self._close_push()
 
-    def _close_push(self) -> None:
-        """Close this thread's PUSH socket, if it has one (before the context ends)."""
-        push = getattr(self._local, "push", None)
-        if push is not None:
-            push.close(linger=1000)
-            self._local.push = None
-
     def _stand_by(self, me: int) -> bool:
         """Watch the leader; True once this thread has taken over the socket.
 
@@ -394,10 +359,7 @@ class Server:
                     return  # lost the socket while running a call
                 continue
             if self._peers:
-                now = time.monotonic()
-                if now > self._next_expiry:  # clients silent for the lease lose their streams
-                    self._next_expiry = now + min(1.0, self.streams.lease / 4)
-                    self.streams.expire(now)
+                self._expire_streams()
             for source, _ in poll(100):
                 if source is router:
                     try:
@@ -411,22 +373,6 @@ class Server:
         with self._mu:
             self._leader = None
         self._forward(router, pull)
-
-    def _forward(self, router: zmq.Socket, pull: zmq.Socket) -> None:
-        forwarded = 0
-        while True:
-            try:
-                frames = recv_frames(pull, zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if not frames[0]:  # a stream's doorbell (a routing id is never empty)
-                self.streams.drain(lambda identity, f: send_routed(router, identity, f))
-                continue
-            send_frames(router, frames)
-            forwarded += 1
-        if forwarded:
-            with self._mu:
-                self._late -= forwarded
 
     # ------------------------------------------------------------------ requests
 
@@ -456,12 +402,7 @@ class Server:
                 send_routed(router, identity, self._reply(request.rid, p.OK, "pong"))
                 return True
             if op in _STREAM_OPS:  # credit and cancel: no worker, and unanswered
-                if op == p.CREDIT:
-                    refused = self.streams.credit(identity, request.rid, request.body)
-                    if refused is not None:
-                        send_routed(router, identity, refused)
-                else:
-                    self.streams.cancel(identity, request.rid)
+                self._stream_message(router, identity, request)
                 return True
         if request.buffers:  # their hash, for the reply cache's key: not under the lock
             self.replies.prepare(request)
@@ -552,41 +493,6 @@ class Server:
         for message in resent:
             send_frames(push, message)
 
-    def _schedule_turn(self, stream: Stream) -> None:
-        """A stream has credit (or was cancelled): queue a turn for a worker (the hub's lock
-        is held; this takes the server's)."""
-        with self._mu:
-            self._turns.append(stream)
-            self._cv.notify()
-
-    def _ring(self) -> None:
-        """Items wait to be sent: wake the socket's owner (any thread; the hub's lock held)."""
-        with self._doorbell_lock:
-            if self._doorbell is not None:
-                self._doorbell.send(b"")
-
-    def _turn(self, stream: Stream) -> None:
-        again = False
-        try:
-            again = self.streams.turn(stream)
-        finally:
-            with self._mu:
-                self._running -= 1
-                self._turns_running -= 1
-                if again:
-                    self._turns.append(stream)
-                if (self._queue or self._turns) and self._running < self.workers:
-                    self._cv.notify()
-
-    def _push(self) -> zmq.Socket:
-        push = getattr(self._local, "push", None)
-        if push is None:
-            assert self._ctx is not None
-            push = self._ctx.socket(zmq.PUSH)
-            push.connect(self._inproc)
-            self._local.push = push
-        return push
-
     def _run(self, request: p.Request, identity: bytes = b"") -> List[bytes]:
         """Run ``request``; its reply frames, or ``_DEFERRED`` when it is a call of an
         ``async def`` method, handed to the event loop, which sends its reply."""
@@ -595,69 +501,9 @@ class Server:
             if type(body) is CoroutineType:  # an async def method: run on the daemon's loop
                 if self._defer(request, identity, body):
                     return _DEFERRED
-                body.close()  # never run
-                busy = RuntimeError(f"daemon busy: {self.async_calls} async calls run (or "
-                                    f"their requests hold {self.queue_bytes} bytes); try again")
-                status, body = p.BUSY, p.error_body(busy)
+                status, body = self._refused(body)
             elif is_stream(body):
                 return self.streams.open(identity, request.rid, body)
             elif type(body) is AsyncGeneratorType:  # produced on the daemon's event loop
-                return self.streams.open(identity, request.rid,
-                                         AsyncGenSource(self.streams, self.calls, body,
-                                                        request.rid))
+                return self._open_async_stream(identity, request.rid, body)
         return self._reply_to(request, identity, status, body)
-
-    def _defer(self, request: p.Request, identity: bytes, coro: CoroutineType) -> bool:
-        """Hand ``coro`` to the event loop; False (nothing handed) when the loop already runs
-        ``async_calls`` calls, or their requests with this one would hold more than
-        ``queue_bytes`` (the first is always taken)."""
-        with self._mu:
-            if self._stopping or self._async_running >= self.async_calls or (
-                    self._async_running
-                    and self._async_bytes + request.size > self.queue_bytes):
-                return False
-            self._async_running += 1
-            self._async_bytes += request.size
-            self._late += 1  # its reply comes through the PULL socket
-
-        def done(status: int, body: Any) -> None:  # in the loop's thread
-            reply = self._reply_to(request, identity, status, body)
-            with self._mu:
-                resent = self.replies.finish(request, reply)
-                self._async_running -= 1
-                self._async_bytes -= request.size
-                self._late += len(resent)
-            push = self._push()
-            send_frames(push, [identity, *reply])
-            for message in resent:
-                send_frames(push, message)
-
-        try:
-            self.calls.submit(coro, done)
-        except RuntimeError:  # the loop has stopped: the daemon is stopping
-            with self._mu:
-                self._async_running -= 1
-                self._async_bytes -= request.size
-                self._late -= 1
-            return False
-        return True
-
-    def _reply_to(self, request: p.Request, identity: bytes, status: int,
-                  body: Any) -> List[bytes]:
-        """The reply frames of ``request`` with ``(status, body)``."""
-        if (status != p.OK and self.owner_prefix is not None and isinstance(body, dict)
-                and body.get("traceback") and not identity.startswith(self.owner_prefix)):
-            body = {**body, "traceback": ""}
-        return self._reply(request.rid, status, body)
-
-    def _reply(self, rid: bytes, status: int, body: Any) -> List[bytes]:
-        incarnation = self.dispatcher.incarnation
-        try:
-            return p.reply_frames(rid, status, incarnation, body)
-        except Exception as exc:  # the result could not be encoded
-            if status == p.OK:
-                error = TypeError(f"the result cannot be sent: {exc}")
-            else:
-                error = TypeError(f"the error cannot be sent: {exc}")
-            return p.reply_frames(rid, p.ERROR, incarnation, p.error_body(error))
-

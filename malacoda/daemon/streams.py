@@ -11,7 +11,7 @@ items, so it never runs more than the client's window ahead, and never holds mor
   counts a turn as one running call and lets turns hold at most ``workers - 1`` workers, and a
   free worker takes a waiting call before a waiting turn: streams cannot starve calls. Any
   iterator will do (an adapter can make one of an async generator).
-- an **event source** (:class:`EventSource`: what ``subscribe`` and ``watch`` return) is fed
+- an **event source** (:class:`~.subscriptions.EventSource`: what ``subscribe`` and ``watch`` return) is fed
   by ``publish`` and attribute writes, in whatever thread makes them; it needs no worker.
 
 Items are encoded where they are produced and queued on their stream; the server's socket
@@ -21,8 +21,9 @@ batch goes out, and a slow producer's items leave one by one at once.
 
 Bounds (a hostile client must not grow the daemon): ``max_streams`` open streams, at most
 :data:`MAX_PER_PEER` per connection; per stream ``window`` items and :data:`MAX_QUEUED_BYTES`
-queued; per subscription :data:`EVENT_QUEUE` events or :data:`EVENT_BYTES` (the oldest are
-dropped and counted as missed); a connection silent for the lease loses its streams.
+queued; per subscription :data:`~.subscriptions.EVENT_QUEUE` events or
+:data:`~.subscriptions.EVENT_BYTES` (the oldest are dropped and counted as missed); a
+connection silent for the lease loses its streams.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import logging
 import threading
 import time
 import traceback
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from malacoda.daemon.subscriptions import EventSource, Subscriptions
 from malacoda.errors import ProtocolError
 from malacoda.wire import protocol as p
 from malacoda.wire.codec import decode, encode_item
@@ -47,78 +49,8 @@ MAX_PER_PEER = 64  # open streams of one connection
 TURN_SLICE = 0.02  # seconds one turn of a stream may hold its worker
 MAX_BATCH = 64 << 10  # bytes of items in one ITEMS reply
 MAX_QUEUED_BYTES = 1 << 20  # bytes of produced, unsent items of one stream: then it waits
-EVENT_QUEUE = 1024  # events one subscription keeps for a slow reader (then the oldest go)
-EVENT_BYTES = 1 << 20  # ... or bytes of them
 
 Key = Tuple[bytes, bytes]  # (connection's routing id, stream id)
-
-
-class EventSource:
-    """Events for one subscriber: what ``Malacoda.subscribe`` and ``Malacoda.watch`` return.
-
-    Through a proxy it becomes a stream; in the daemon's own code it is a plain blocking
-    iterator. ``latest`` keeps only the newest value (a watch): a slow reader sees the current
-    state, not every step.
-    """
-
-    def __init__(self, hub: StreamHub, kind: str, key: str, latest: bool = False) -> None:
-        self.hub = hub
-        self.kind = kind  # "topic" or "attr"
-        self.key = key  # the topic prefix or the attribute's name
-        self.latest = latest
-        self.pending: Deque[Tuple[Any, bytes]] = collections.deque()  # (event, encoded)
-        self.pending_bytes = 0
-        self.missed = 0
-        self.stream: Optional[Stream] = None
-        self.closed = False
-        self._ready = threading.Condition(hub.lock)
-
-    def offer(self, event: Any, encoded: bytes) -> None:
-        """Queue one event (under the hub's lock)."""
-        if self.latest:
-            self.pending.clear()
-            self.pending_bytes = 0
-        self.pending.append((event, encoded))
-        self.pending_bytes += len(encoded)
-        while len(self.pending) > 1 and (len(self.pending) > EVENT_QUEUE
-                                         or self.pending_bytes > EVENT_BYTES):
-            _, dropped = self.pending.popleft()
-            self.pending_bytes -= len(dropped)
-            self.missed += 1
-        stream = self.stream
-        if stream is not None:
-            self.hub._feed(stream)
-        else:
-            self._ready.notify()
-
-    def take(self) -> Tuple[Any, bytes]:
-        """The next event, as its reader gets it (under the hub's lock; pending not empty)."""
-        event, encoded = self.pending.popleft()
-        self.pending_bytes -= len(encoded)
-        if self.missed and self.kind == "topic":
-            event = dict(event, missed=self.missed)
-            encoded = encode_item(event)
-        self.missed = 0
-        return event, encoded
-
-    def __iter__(self) -> EventSource:
-        return self
-
-    def __next__(self) -> Any:
-        with self.hub.lock:
-            while not self.pending:
-                if self.closed:
-                    raise StopIteration
-                self._ready.wait(1.0)
-            return self.take()[0]
-
-    def close(self) -> None:
-        self.hub.unsubscribe(self)
-
-    def fed(self) -> None:
-        """Called under the hub's lock after the stream took pending events (credit came) and
-        when the source is closed: a source that produces on demand (an async generator's,
-        :mod:`malacoda.daemon.aioloop`) wakes its producer here. Plain events need nothing."""
 
 
 class Stream:
@@ -156,7 +88,7 @@ class Stream:
                 and self.bytes_in - self.bytes_out <= MAX_QUEUED_BYTES)
 
 
-class StreamHub:
+class StreamHub(Subscriptions):
     """Every open stream of one daemon. ``schedule(stream)`` queues a turn on a worker;
     ``ring()`` tells the socket's owner that items wait (it then calls :meth:`drain`)."""
 
@@ -168,14 +100,12 @@ class StreamHub:
         self.max_streams = max_streams
         self.max_per_peer = max_per_peer
         self.lock = threading.Lock()
+        Subscriptions.__init__(self)  # topics, watchers, on_watch_change
         self.streams: Dict[Key, Stream] = {}
         self.per_peer: Dict[bytes, int] = {}
         self.heard: Dict[bytes, float] = {}  # connection -> when it last sent anything
-        self.topics: List[EventSource] = []
-        self.watchers: Dict[str, List[EventSource]] = {}
         self.schedule: Callable[[Stream], None] = lambda stream: None
         self.ring: Callable[[], None] = lambda: None
-        self.on_watch_change: Callable[[Set[str]], None] = lambda names: None
         self._dirty: Deque[Stream] = collections.deque()
         self._rung = False
 
@@ -450,76 +380,6 @@ class StreamHub:
             stream.finished = True
             self._remove(stream)
         _close_source(stream.source, self)
-
-    # ------------------------------------------------------------------ events
-
-    def subscribe(self, prefix: str) -> EventSource:
-        source = EventSource(self, "topic", prefix)
-        with self.lock:
-            self.topics.append(source)
-        return source
-
-    def watch(self, name: str, value: Any) -> EventSource:
-        source = EventSource(self, "attr", name, latest=True)
-        with self.lock:
-            first = name not in self.watchers
-            self.watchers.setdefault(name, []).append(source)
-            source.offer(value, encode_item(value))
-            names = set(self.watchers)
-        if first:
-            self.on_watch_change(names)
-        return source
-
-    def unsubscribe(self, source: EventSource) -> None:
-        with self.lock:
-            if source.stream is not None:
-                self._remove(source.stream)
-            changed = self._unsubscribe(source)
-            names = set(self.watchers)
-        if changed:
-            self.on_watch_change(names)
-
-    def _unsubscribe(self, source: EventSource) -> bool:
-        """Under the lock; True when the set of watched names changed."""
-        source.closed = True
-        source._ready.notify_all()
-        source.fed()
-        if source.kind == "topic":
-            if source in self.topics:
-                self.topics.remove(source)
-            return False
-        watchers = self.watchers.get(source.key, [])
-        if source in watchers:
-            watchers.remove(source)
-        if not watchers and source.key in self.watchers:
-            del self.watchers[source.key]
-            return True
-        return False
-
-    def publish(self, topic: str, value: Any) -> int:
-        """Offer an event to every subscription whose prefix ``topic`` starts with; how many."""
-        if not self.topics or topic.startswith("_"):
-            return 0
-        event = {"topic": topic, "value": value, "missed": 0}
-        encoded = encode_item(event)  # raises TypeError for a value that cannot travel
-        reached = 0
-        with self.lock:
-            for source in self.topics:
-                if topic.startswith(source.key):
-                    source.offer(event, encoded)
-                    reached += 1
-        return reached
-
-    def changed(self, name: str, value: Any) -> None:
-        """The watched attribute ``name`` was assigned ``value``."""
-        try:
-            encoded = encode_item(value)
-        except Exception as exc:
-            value = f"<{type(value).__name__}: cannot be sent: {exc}>"
-            encoded = encode_item(value)
-        with self.lock:
-            for source in self.watchers.get(name, ()):
-                source.offer(value, encoded)
 
 
 def _close_source(source: Any, hub: StreamHub) -> None:

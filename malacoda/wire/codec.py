@@ -47,17 +47,19 @@ comparisons while holding the GIL.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import operator
 import re
 import uuid
 from decimal import Decimal
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import msgpack
 
 from malacoda.errors import ProtocolError
+from malacoda.wire.named import by_name as _named_by_name
+from malacoda.wire.named import by_type as _named_by_type
+from malacoda.wire.named import register_type as register_type  # the public name, re-exported
 
 _first = operator.itemgetter(0)
 MAX_LENGTH = 1 << 30  # one str / bin / ext payload
@@ -80,48 +82,6 @@ EXT_TUPLE, EXT_SET, EXT_FROZENSET = 1, 2, 3
 EXT_DATETIME, EXT_DATE, EXT_TIME, EXT_TIMEDELTA = 4, 5, 6, 7
 EXT_DECIMAL, EXT_UUID, EXT_COMPLEX, EXT_BIGINT = 8, 9, 10, 11
 EXT_BUFFER, EXT_NAMED = 12, 13
-
-
-@dataclasses.dataclass(frozen=True)
-class _NamedType:
-    name: str
-    cls: type
-    to_data: Callable[[Any], Any]
-    from_data: Callable[[Any], Any]
-
-
-_named_by_type: Dict[type, _NamedType] = {}
-_named_by_name: Dict[str, _NamedType] = {}
-
-
-def register_type(
-    cls: type,
-    name: Optional[str] = None,
-    to_data: Optional[Callable[[Any], Any]] = None,
-    from_data: Optional[Callable[[Any], Any]] = None,
-) -> type:
-    """Allow ``cls`` on the wire under ``name`` (default: ``module.QualName``).
-
-    Both ends must register the same name. A dataclass needs nothing more: its fields travel as a
-    map and it is rebuilt with its constructor. Other classes give ``to_data`` (object → codec
-    value) and ``from_data`` (codec value → object). Usable as a class decorator.
-    """
-    name = name or f"{cls.__module__}.{cls.__qualname__}"
-    if to_data is None or from_data is None:
-        if not dataclasses.is_dataclass(cls):
-            raise TypeError(f"{cls!r} is not a dataclass: give to_data and from_data")
-        fields = [f.name for f in dataclasses.fields(cls)]
-
-        def to_data(obj: Any, _fields: List[str] = fields) -> Any:
-            return {f: getattr(obj, f) for f in _fields}
-
-        def from_data(data: Any, _cls: type = cls) -> Any:
-            return _cls(**data)
-
-    entry = _NamedType(name, cls, to_data, from_data)
-    _named_by_type[cls] = entry
-    _named_by_name[name] = entry
-    return cls
 
 
 class Encoder:
