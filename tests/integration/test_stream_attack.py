@@ -3,11 +3,13 @@ daemon) and a hostile client of the owner's own daemon can do to them."""
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 import malacoda
 from malacoda.host.registry import Registry
 from malacoda.wire import protocol as p
+from tests.integration.test_bounds import HostileRouter
 from tests.support.wire import Wire
 
 
@@ -52,3 +54,80 @@ def test_an_open_daemon_hides_an_async_generators_traceback_from_others(start_da
     body = _error_of_stream(stranger, b"a1", "afail_at", 1)
     assert body["type"] == "ValueError" and body["message"] == "failed at 1"
     assert body["traceback"] == "", "an open daemon sent an async generator's traceback"
+
+
+# ------------------------------------------------------------------ a hostile daemon's stream
+
+STREAM_DESCRIPTION = {"name": "Evil", "class": "x.Evil", "doc": None, "incarnation": "evil",
+                      "version": "0", "attributes": [], "extensions": {"streams": 1},
+                      "methods": {"flood": {"doc": None, "params": []}}}
+
+
+class _FloodingRouter(HostileRouter):
+    """A fake daemon whose ``flood`` opens a stream with a window of 4 and, at the first
+    credit, sends ``messages`` ITEMS of ``per_message`` items each, whatever the credit."""
+
+    def __init__(self, messages: int, per_message: int) -> None:
+        self.messages, self.per_message, self.sent = messages, per_message, False
+        super().__init__("Evil", STREAM_DESCRIPTION, None)
+
+    def _serve(self) -> None:  # as HostileRouter's, but a request may have no reply or many
+        while not self.stopping:
+            if not self.sock.poll(50):
+                continue
+            identity, *frames = self.sock.recv_multipart()
+            request = p.parse_request(frames)
+            out = []
+            if request.op == p.DESCRIBE:
+                out = [p.reply_frames(request.rid, p.OK, "evil", self.description)]
+            elif request.op == p.PING:
+                out = [p.reply_frames(request.rid, p.OK, "evil", "pong")]
+            elif request.op == p.CALL:
+                out = [p.reply_frames(request.rid, p.STREAM, "evil",
+                                      {"window": 4, "lease": 10000})]
+            elif request.op == p.CREDIT and not self.sent:
+                self.sent = True
+                items = [msgpack.packb(i) for i in range(self.per_message)]
+                out = [p.items_frames(request.rid, "evil", k * self.per_message, items)
+                       for k in range(self.messages)]
+            for message in out:
+                self.sock.send_multipart([identity, *message], copy=False)
+
+
+def test_a_stream_past_its_credit_is_refused_by_the_proxy(home):
+    """A hostile daemon that sends 100 items in one ITEMS on a window of 4: the proxy must not
+    take what it never granted (its buffer is the window), but say so."""
+    from malacoda.errors import ProtocolError
+
+    server = _FloodingRouter(messages=1, per_message=100)
+    try:
+        d = malacoda.get("Evil", timeout=10)
+        it = d.flood()
+        with pytest.raises(ProtocolError, match="more items than"):
+            next(it)
+        assert len(it._items) <= 4
+    finally:
+        server.close()
+
+
+@pytest.mark.asyncio
+async def test_an_async_stream_past_its_credit_is_refused(home):
+    """The same on the AsyncProxy, whose reader takes every message in as it comes: 200
+    ITEMS of 1000 items while the consumer sleeps grew its buffer to 200,000 items."""
+    import asyncio
+
+    import malacoda.aio
+    from malacoda.errors import ProtocolError
+
+    server = _FloodingRouter(messages=200, per_message=1000)
+    try:
+        async with malacoda.aio.get("Evil", timeout=10) as d:
+            stream = await d.flood()
+            await asyncio.sleep(1.0)  # a slow consumer, while the daemon floods
+            buffered = len(stream._items)
+            assert buffered <= 4, f"{buffered} items buffered on a window of 4"
+            with pytest.raises(ProtocolError, match="more items than"):
+                async for _ in stream:
+                    pass
+    finally:
+        server.close()
