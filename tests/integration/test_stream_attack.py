@@ -10,6 +10,7 @@ import malacoda
 from malacoda.host.registry import Registry
 from malacoda.wire import protocol as p
 from tests.integration.test_bounds import HostileRouter
+from tests.support import wait_for
 from tests.support.wire import Wire
 
 
@@ -131,3 +132,41 @@ async def test_an_async_stream_past_its_credit_is_refused(home):
                     pass
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------ another connection's stream
+
+
+def test_another_connection_cannot_cancel_or_feed_a_stream_by_its_id(start_daemon, dealer):
+    """A stream belongs to the connection that opened it: a second connection that knows (or
+    guesses) its request id gets 'no stream' for a credit, and its cancel does nothing."""
+    start_daemon("StreamDaemon", lease=5.0)
+    port = Registry().lookup("StreamDaemon").port
+    owner, other = dealer(port), dealer(port)
+    rid = b"guess-me"
+    assert owner.ask(_call(rid, "endless")).status == p.STREAM
+    other.send(p.request_frames(rid, p.CANCEL, None, None, None))
+    lost = other.ask(p.request_frames(rid, p.CREDIT, None, 10**6, None))
+    assert lost.status == p.ERROR and lost.value()["type"] == "LookupError"
+    d = malacoda.get("StreamDaemon", timeout=10)
+    assert d.produced == 0 and d.open_streams() == 1  # neither fed nor cancelled
+    owner.send(p.request_frames(rid, p.CREDIT, None, 3, None))
+    got = []
+    while len(got) < 3:
+        reply = owner.recv()
+        assert reply.rid == rid and reply.status == p.ITEMS
+        got.extend(reply.value()[1])
+    assert got == [0, 1, 2]
+
+
+def test_a_watcher_that_goes_silent_takes_the_hook_with_it(start_daemon, dealer):
+    """A raw watcher that stops talking (its client died): at the lease its stream closes and
+    attribute writes no longer go through the watchers' hook."""
+    start_daemon("StreamDaemon", lease=1.0)
+    port = Registry().lookup("StreamDaemon").port
+    w = dealer(port)
+    assert w.ask(_call(b"w1", "watch", "pst_counter")).status == p.STREAM
+    d = malacoda.get("StreamDaemon", timeout=10)
+    assert d.hooked()
+    wait_for(lambda: d.open_streams() == 0 and not d.hooked(), timeout=5,
+             what="the silent watcher's lease to run out and the hook to go")
