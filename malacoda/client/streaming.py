@@ -63,7 +63,9 @@ class RemoteIterator:
         self._over = False
         self._closed_here = False
         self._lock = threading.Lock()
-        self._waiter = channel.open_stream(rid)
+        # at most a window of ITEMS (each of one item or more), the end, and the answers to
+        # credits sent as it came
+        self._waiter = channel.open_stream(rid, limit=self._window + 4)
         _keeper.add(self)
         self._post(p.CREDIT, self._window)
 
@@ -94,6 +96,9 @@ class RemoteIterator:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             reply = self._channel.receive(self._waiter, deadline)
+        except ProtocolError:  # the daemon sent more than the credit allows
+            self._cancel()
+            raise
         except ConnectionLost as lost:
             self._end()
             if self._closed_here:

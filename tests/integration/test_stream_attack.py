@@ -3,6 +3,8 @@ daemon) and a hostile client of the owner's own daemon can do to them."""
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import pytest
 
@@ -61,7 +63,8 @@ def test_an_open_daemon_hides_an_async_generators_traceback_from_others(start_da
 
 STREAM_DESCRIPTION = {"name": "Evil", "class": "x.Evil", "doc": None, "incarnation": "evil",
                       "version": "0", "attributes": [], "extensions": {"streams": 1},
-                      "methods": {"flood": {"doc": None, "params": []}}}
+                      "methods": {"flood": {"doc": None, "params": []},
+                                  "hang": {"doc": None, "params": []}}}
 
 
 class _FloodingRouter(HostileRouter):
@@ -70,6 +73,7 @@ class _FloodingRouter(HostileRouter):
 
     def __init__(self, messages: int, per_message: int) -> None:
         self.messages, self.per_message, self.sent = messages, per_message, False
+        self.item = None  # each item's value: its index unless set
         super().__init__("Evil", STREAM_DESCRIPTION, None)
 
     def _serve(self) -> None:  # as HostileRouter's, but a request may have no reply or many
@@ -83,12 +87,15 @@ class _FloodingRouter(HostileRouter):
                 out = [p.reply_frames(request.rid, p.OK, "evil", self.description)]
             elif request.op == p.PING:
                 out = [p.reply_frames(request.rid, p.OK, "evil", "pong")]
+            elif request.op == p.CALL and request.name == "hang":
+                pass  # never answered
             elif request.op == p.CALL:
                 out = [p.reply_frames(request.rid, p.STREAM, "evil",
                                       {"window": 4, "lease": 10000})]
             elif request.op == p.CREDIT and not self.sent:
                 self.sent = True
-                items = [msgpack.packb(i) for i in range(self.per_message)]
+                items = [msgpack.packb(i if self.item is None else self.item)
+                         for i in range(self.per_message)]
                 out = [p.items_frames(request.rid, "evil", k * self.per_message, items)
                        for k in range(self.messages)]
             for message in out:
@@ -170,3 +177,41 @@ def test_a_watcher_that_goes_silent_takes_the_hook_with_it(start_daemon, dealer)
     assert d.hooked()
     wait_for(lambda: d.open_streams() == 0 and not d.hooked(), timeout=5,
              what="the silent watcher's lease to run out and the hook to go")
+
+
+def test_an_item_past_the_proxys_max_message_fails_the_stream_not_hangs(home):
+    """A hostile daemon's ITEMS larger than the proxy's max_message: ZeroMQ drops the link; the
+    consumer gets ConnectionLost within its timeout, never a hang."""
+    from malacoda.errors import CallTimeout, ConnectionLost, ProtocolError
+
+    server = _FloodingRouter(messages=1, per_message=1)
+    server.item = b"\0" * (2 << 20)
+    try:
+        d = malacoda.get("Evil", timeout=5, max_message=1 << 20)
+        it = d.flood()
+        started = time.monotonic()
+        with pytest.raises((ConnectionLost, ProtocolError)) as failed:
+            next(it)
+        assert not isinstance(failed.value, CallTimeout)
+        assert time.monotonic() - started < 5
+    finally:
+        server.close()
+
+
+def test_a_flood_read_by_another_call_is_not_queued_without_bound(home):
+    """While another call of the same proxy reads the socket, a hostile daemon's ITEMS for a
+    stream are queued for its consumer: 2,000 messages on a window of 4 must not all be kept."""
+    from malacoda.errors import CallTimeout, ProtocolError
+
+    server = _FloodingRouter(messages=2000, per_message=1)
+    try:
+        d = malacoda.get("Evil", timeout=10)
+        it = d.flood()  # its credit goes out: the flood comes
+        with pytest.raises(CallTimeout):
+            d.hang(timeout=1.5)  # this thread reads the socket meanwhile
+        queued = len(it._waiter.queue)
+        assert queued <= 4 + 4, f"{queued} messages queued for a stream with a window of 4"
+        with pytest.raises(ProtocolError, match="more"):
+            list(it)
+    finally:
+        server.close()
