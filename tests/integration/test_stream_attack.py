@@ -215,3 +215,19 @@ def test_a_flood_read_by_another_call_is_not_queued_without_bound(home):
             list(it)
     finally:
         server.close()
+
+
+def test_a_slow_reader_of_several_streams_loses_no_items(start_daemon):
+    """Four streams of a slow producer (about an item a message) on one proxy that reads nothing for
+    a while: their windows together (4,096 messages) exceed ZeroMQ's high-water marks; every
+    item must still arrive, in order (a ROUTER drops what is past its mark)."""
+    start_daemon("StreamDaemon", lease=5.0)
+    d = malacoda.get("StreamDaemon", timeout=20)
+    streams = [d.count(100000, 0.001) for _ in range(4)]
+    for it in streams:
+        assert next(it) == 0
+    wait_for(lambda: d.open_streams() == 4, what="four streams")
+    time.sleep(8)  # each produces its window, one item per message, none read
+    for it in streams:
+        assert [next(it) for _ in range(1500)] == list(range(1, 1501))
+        it.close()
