@@ -231,3 +231,21 @@ def test_a_slow_reader_of_several_streams_loses_no_items(start_daemon):
     for it in streams:
         assert [next(it) for _ in range(1500)] == list(range(1, 1501))
         it.close()
+
+
+def test_watching_an_attribute_that_cannot_travel_leaves_nothing_behind(start_daemon):
+    """``watch('lock')`` (a threading.Lock: its value cannot be sent) fails; the failed watch
+    must not stay among the watchers: else each such call keeps an entry for ever (a client
+    repeating it grows the daemon), and the hook never goes once real watchers leave."""
+    start_daemon("StreamDaemon", lease=5.0)
+    d = malacoda.get("StreamDaemon", timeout=10)
+    for _ in range(3):
+        with pytest.raises(Exception) as failed:
+            next(iter(d.watch("lock")))
+        assert "cannot" in str(failed.value) or "lock" in str(failed.value).lower()
+    assert not d.hooked()
+    with d.watch("pst_counter") as values:
+        assert next(values) == 0
+        assert d.hooked()
+    wait_for(lambda: not d.hooked() and d.open_streams() == 0, timeout=5,
+             what="the hook to go with the last watcher")
