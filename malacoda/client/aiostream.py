@@ -60,6 +60,7 @@ class AsyncStream:
         self._items: Deque[Any] = collections.deque()
         self._next = 0  # the index of the next item expected from the daemon
         self._taken = 0  # items taken since the last credit
+        self._granted = 0  # items granted in all: a daemon sending more is refused
         self._over = False  # no more messages will come (ended, failed, lost, closed)
         self._error: Optional[BaseException] = None  # raised once the items before it are out
         self._waiter: Optional[asyncio.Future[bool]] = None
@@ -175,6 +176,10 @@ class AsyncStream:
                 self._cancel()
                 raise ConnectionLost(f"{self._label}: items {self._next} to {first - 1} of the "
                                      "stream were lost on the way")
+            if first + len(items) > self._granted:  # a hostile daemon: never buffered
+                self._cancel()
+                raise ProtocolError(f"{self._label}: the daemon sent more items than granted "
+                                    f"({first + len(items)} of {self._granted})")
             self._next += len(items)
             self._items.extend(items)
             return
@@ -197,6 +202,8 @@ class AsyncStream:
             waiter.set_result(False)
 
     def _post(self, op: str, body: Any) -> None:
+        if op == p.CREDIT:
+            self._granted += body
         self._channel.post(p.request_frames(self._rid, op, None, body, None))
 
     def _cancel(self) -> None:

@@ -17,7 +17,7 @@ from typing import Deque, List, Optional
 
 from malacoda.client.channel import Channel
 from malacoda.client.waiter import Waiter
-from malacoda.errors import ConnectionLost
+from malacoda.errors import ConnectionLost, ProtocolError
 from malacoda.wire import protocol as p
 from malacoda.wire.frames import try_send
 
@@ -30,11 +30,14 @@ class StreamWaiter(Waiter):
     queue is bounded by the stream's window.
     """
 
-    __slots__ = ("queue", "rid", "wants_role")
+    __slots__ = ("queue", "rid", "wants_role", "limit")
 
-    def __init__(self, rid: bytes) -> None:
+    def __init__(self, rid: bytes, limit: Optional[int] = None) -> None:
         super().__init__()
         self.rid = rid
+        # the most messages a daemon keeping to the credit can have queued here (a hostile
+        # one sending more fails the stream rather than grow this queue)
+        self.limit = limit
         self.queue: Deque[p.Reply] = collections.deque()
         self.wants_role = False  # True while its consumer waits in StreamChannel.receive
 
@@ -49,6 +52,11 @@ class StreamWaiter(Waiter):
     @reply.setter
     def reply(self, value: Optional[p.Reply]) -> None:
         if value is not None:
+            if self.limit is not None and len(self.queue) >= self.limit:
+                if self.error is None:
+                    self.error = ProtocolError("the daemon sent more messages than the "
+                                               "stream's credit allows")
+                return
             self.queue.append(value)
 
     def fail(self, error: BaseException) -> None:
@@ -60,10 +68,10 @@ class StreamWaiter(Waiter):
 class StreamChannel(Channel):
     """A channel whose proxy can stream: every method of :class:`Channel`, and these."""
 
-    def open_stream(self, rid: bytes) -> StreamWaiter:
+    def open_stream(self, rid: bytes, limit: Optional[int] = None) -> StreamWaiter:
         """Receive every later message to ``rid`` (a stream the daemon opened) until
         :meth:`close_stream`."""
-        waiter = StreamWaiter(rid)
+        waiter = StreamWaiter(rid, limit)
         with self._mu:
             if self.broken is not None:
                 raise ConnectionLost(str(self.broken))

@@ -59,14 +59,19 @@ class RemoteIterator:
         self._items: Deque[Any] = collections.deque()
         self._next = 0  # the index of the next item expected from the daemon
         self._taken = 0  # items taken since the last credit
+        self._granted = 0  # items granted in all: a daemon sending more is refused
         self._over = False
         self._closed_here = False
         self._lock = threading.Lock()
-        self._waiter = channel.open_stream(rid)
+        # at most a window of ITEMS (each of one item or more), the end, and the answers to
+        # credits sent as it came
+        self._waiter = channel.open_stream(rid, limit=self._window + 4)
         _keeper.add(self)
         self._post(p.CREDIT, self._window)
 
     def _post(self, op: str, body: Any) -> None:
+        if op == p.CREDIT:
+            self._granted += body
         self._channel.post(p.request_frames(self._rid, op, None, body, None))
 
     def __iter__(self) -> RemoteIterator:
@@ -91,6 +96,9 @@ class RemoteIterator:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             reply = self._channel.receive(self._waiter, deadline)
+        except ProtocolError:  # the daemon sent more than the credit allows
+            self._cancel()
+            raise
         except ConnectionLost as lost:
             self._end()
             if self._closed_here:
@@ -114,6 +122,10 @@ class RemoteIterator:
                 self._cancel()
                 raise ConnectionLost(f"{self._label}: items {self._next} to {first - 1} of the "
                                      "stream were lost on the way")
+            if first + len(items) > self._granted:  # a hostile daemon: never buffered
+                self._cancel()
+                raise ProtocolError(f"{self._label}: the daemon sent more items than granted "
+                                    f"({first + len(items)} of {self._granted})")
             self._next += len(items)
             self._items.extend(items)
             return

@@ -254,7 +254,7 @@ class AsyncGenSource(EventSource):
                 return
             stream.finished = True
             if error is not None:
-                stream.final = p.reply_frames(self.rid, p.ERROR, hub.incarnation, error)
+                stream.final = hub.error_frames(stream.key, error)
             else:
                 stream.final = p.reply_frames(self.rid, p.END, hub.incarnation, stream.produced)
             if not stream.dirty:

@@ -81,9 +81,17 @@ class Events:
         hub.on_watch_change = self._malacoda_watched
 
     def _malacoda_watched(self, names: Set[str]) -> None:
-        """The set of watched attributes changed: install or remove the class's hook."""
+        """The set of watched attributes changed: install or remove the class's hook.
+
+        ``names`` is the hub's view when it changed, told after the hub's lock was released:
+        another thread's later change may have been told first. So the hook follows what is
+        watched now (read under this lock): the last notice to run sees the last change."""
         cls = type(self)
+        hub = self._malacoda_hub
         with _hook_lock:
+            if hub is not None:
+                with hub.lock:
+                    names = set(hub.watchers)
             installed = cls.__dict__.get("__setattr__")
             hooked = getattr(installed, "_malacoda_hook", False)
             if names and not hooked:

@@ -148,9 +148,18 @@ class Server(Outbox, StreamServing, AsyncCalls):
         self.replies = ReplyCache(incarnation=dispatcher.incarnation)
         self._init_streams(dispatcher.incarnation, workers, stream_window, stream_lease,
                            max_streams)
-        #: Set for an ``open`` daemon: only callers whose routing id starts with it (its owner)
-        #: get remote tracebacks; others get the exception's type and message alone.
-        self.owner_prefix: Optional[bytes] = None
+        self.owner_prefix = None  # (the property below: the streams' too)
+
+    @property
+    def owner_prefix(self) -> Optional[bytes]:
+        """Set for an ``open`` daemon: only callers whose routing id starts with it (its owner)
+        get remote tracebacks, of calls and of streams; others get the exception's type and
+        message alone."""
+        return self.streams.owner_prefix
+
+    @owner_prefix.setter
+    def owner_prefix(self, prefix: Optional[bytes]) -> None:
+        self.streams.owner_prefix = prefix
 
     # ------------------------------------------------------------------ lifecycle
 

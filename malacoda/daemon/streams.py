@@ -108,6 +108,9 @@ class StreamHub(Subscriptions):
         self.ring: Callable[[], None] = lambda: None
         self._dirty: Deque[Stream] = collections.deque()
         self._rung = False
+        #: An ``open`` daemon's owner's routing-id prefix (the server's): a stream's ERROR
+        #: carries its traceback only to connections whose routing id starts with it.
+        self.owner_prefix: Optional[bytes] = None
 
     @property
     def count(self) -> int:
@@ -281,13 +284,22 @@ class StreamHub(Subscriptions):
                 self._remove(stream)
             else:
                 if error is not None:
-                    stream.final = p.reply_frames(rid, p.ERROR, self.incarnation, error)
+                    stream.final = self.error_frames(stream.key, error)
                 else:
                     stream.final = p.reply_frames(rid, p.END, self.incarnation, stream.produced)
                 if not stream.dirty:
                     self._mark(stream)
         _close_source(it, self)
         return False
+
+    def error_frames(self, key: Key, error: Dict[str, Any]) -> List[bytes]:
+        """The ERROR ending the stream ``key``: without its traceback for a connection that
+        is not an ``open`` daemon's owner's (as the server does for a call's error)."""
+        identity, rid = key
+        if (self.owner_prefix is not None and error.get("traceback")
+                and not identity.startswith(self.owner_prefix)):
+            error = {**error, "traceback": ""}
+        return p.reply_frames(rid, p.ERROR, self.incarnation, error)
 
     def _feed(self, stream: Stream) -> None:
         """Under the lock: move an event stream's pending events into its queue, as its

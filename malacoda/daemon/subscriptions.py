@@ -110,10 +110,11 @@ class Subscriptions:
 
     def watch(self, name: str, value: Any) -> EventSource:
         source = EventSource(cast("StreamHub", self), "attr", name, latest=True)
+        encoded = encode_item(value)  # a value that cannot travel raises before anything is kept
         with self.lock:
             first = name not in self.watchers
             self.watchers.setdefault(name, []).append(source)
-            source.offer(value, encode_item(value))
+            source.offer(value, encoded)
             names = set(self.watchers)
         if first:
             self.on_watch_change(names)
