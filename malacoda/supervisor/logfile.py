@@ -218,7 +218,7 @@ def _last_lines(file: Path, count: int, block: int) -> List[str]:
     """The last ``count`` (> 0) lines of ``file`` ([] when it does not exist), split at each
     newline (only there: see :func:`_line`) and decoded as UTF-8 with replacement."""
     try:
-        f = open(file, "rb")  # noqa: SIM115
+        f = open(file, "rb")
     except FileNotFoundError:
         return []
     with f:
@@ -269,7 +269,7 @@ def follow(path: Path, stop: Callable[[], bool] = lambda: False,
             time.sleep(interval)
             continue
         if f is None:
-            f = open(path, encoding="utf-8", errors="replace", newline="\n")  # noqa: SIM115
+            f = open(path, encoding="utf-8", errors="replace", newline="\n")
             continue
         current = os.fstat(f.fileno())
         if (st.st_ino, st.st_dev) != (current.st_ino, current.st_dev) or st.st_size < f.tell():
@@ -298,7 +298,7 @@ def _next_generation(path: Path, done: tuple):  # type: ignore[no-untyped-def]
     start = ids.index(done) + 1 if done in ids else 0
     for candidate in generations[start:]:
         try:
-            return open(candidate, encoding="utf-8", errors="replace", newline="\n")  # noqa: SIM115
+            return open(candidate, encoding="utf-8", errors="replace", newline="\n")
         except FileNotFoundError:
             continue
     return None
@@ -306,7 +306,7 @@ def _next_generation(path: Path, done: tuple):  # type: ignore[no-untyped-def]
 
 def _open_at_end(path: Path):  # type: ignore[no-untyped-def]
     try:
-        f = open(path, encoding="utf-8", errors="replace", newline="\n")  # noqa: SIM115
+        f = open(path, encoding="utf-8", errors="replace", newline="\n")
     except FileNotFoundError:
         return None
     f.seek(0, os.SEEK_END)
