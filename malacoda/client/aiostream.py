@@ -28,6 +28,7 @@ import asyncio
 import collections
 from typing import TYPE_CHECKING, Any, Callable, Deque, Optional
 
+from malacoda.client.streaming import StreamConsumer
 from malacoda.errors import CallTimeout, ConnectionLost, ProtocolError
 from malacoda.wire import protocol as p
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 WINDOW = 1024  # items a client lets the daemon run ahead (cut to the daemon's own window)
 
 
-class AsyncStream:
+class AsyncStream(StreamConsumer):
     """The items of one stream, in order: an async iterator (``async for``)."""
 
     def __init__(self, channel: AsyncChannel, rid: bytes, incarnation: str, opened: Any,
@@ -164,37 +165,7 @@ class AsyncStream:
     def _take_in(self, reply: p.Reply) -> None:
         if reply.incarnation != self._incarnation:
             raise ConnectionLost(f"{self._label}: the daemon restarted during the stream")
-        status = reply.status
-        if status == p.ITEMS:
-            value = reply.value()
-            if (type(value) is not list or len(value) != 2 or type(value[0]) is not int
-                    or type(value[1]) is not list):
-                self._cancel()
-                raise ProtocolError(f"{self._label}: malformed ITEMS reply")
-            first, items = value
-            if first != self._next:
-                self._cancel()
-                raise ConnectionLost(f"{self._label}: items {self._next} to {first - 1} of the "
-                                     "stream were lost on the way")
-            if first + len(items) > self._granted:  # a hostile daemon: never buffered
-                self._cancel()
-                raise ProtocolError(f"{self._label}: the daemon sent more items than granted "
-                                    f"({first + len(items)} of {self._granted})")
-            self._next += len(items)
-            self._items.extend(items)
-            return
-        self._end()
-        if status == p.END:
-            return
-        value = reply.value()
-        if status == p.ERROR:
-            if isinstance(value, dict) and value.get("type") == "LookupError" \
-                    and str(value.get("message", "")).startswith("no stream"):
-                raise ConnectionLost(f"{self._label}: the daemon lost the stream: "
-                                     f"{value.get('message')}")
-            raise self._error_of(value)
-        message = value.get("message", "") if isinstance(value, dict) else value
-        raise ProtocolError(f"{self._label}: {p.STATUS_NAMES.get(status, status)}: {message}")
+        super()._take_in(reply)
 
     def _wake_consumer(self) -> None:
         waiter = self._waiter

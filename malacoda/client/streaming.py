@@ -35,7 +35,61 @@ KEEPALIVE_MAX = 5.0  # seconds between keep-alive pings at most
 FLUSH_EVERY = 0.25  # seconds: how soon a cancel from a __del__ goes out when nobody reads
 
 
-class RemoteIterator:
+class StreamConsumer:
+    """What the synchronous :class:`RemoteIterator` and the asyncio ``AsyncStream`` share: how
+    one reply of their stream (from its own daemon incarnation) is taken in. ITEMS are checked
+    (their form, no gap, no more than granted) and queued; END ends the stream; an ERROR raises
+    the remote exception, or ConnectionLost when the daemon no longer knows the stream (its
+    lease ran out). A subclass has ``_label``, ``_next``, ``_granted``, ``_items``,
+    ``_cancel()``, ``_end()`` and ``_error_of()``."""
+
+    _label: str
+    _next: int
+    _granted: int
+    _items: Any
+    _error_of: Callable[[Any], BaseException]  # an ERROR reply's body -> the exception to raise
+
+    def _cancel(self) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        raise NotImplementedError
+
+    def _take_in(self, reply: p.Reply) -> None:
+        status = reply.status
+        if status == p.ITEMS:
+            value = reply.value()
+            if (type(value) is not list or len(value) != 2 or type(value[0]) is not int
+                    or type(value[1]) is not list):
+                self._cancel()
+                raise ProtocolError(f"{self._label}: malformed ITEMS reply")
+            first, items = value
+            if first != self._next:
+                self._cancel()
+                raise ConnectionLost(f"{self._label}: items {self._next} to {first - 1} of the "
+                                     "stream were lost on the way")
+            if first + len(items) > self._granted:  # a hostile daemon: never buffered
+                self._cancel()
+                raise ProtocolError(f"{self._label}: the daemon sent more items than granted "
+                                    f"({first + len(items)} of {self._granted})")
+            self._next += len(items)
+            self._items.extend(items)
+            return
+        self._end()
+        if status == p.END:
+            return
+        value = reply.value()
+        if status == p.ERROR:
+            if isinstance(value, dict) and value.get("type") == "LookupError" \
+                    and str(value.get("message", "")).startswith("no stream"):
+                raise ConnectionLost(f"{self._label}: the daemon lost the stream: "
+                                     f"{value.get('message')}")
+            raise self._error_of(value)
+        message = value.get("message", "") if isinstance(value, dict) else value
+        raise ProtocolError(f"{self._label}: {p.STATUS_NAMES.get(status, status)}: {message}")
+
+
+class RemoteIterator(StreamConsumer):
     """The items of one stream, in order. Safe to share between threads (one item each)."""
 
     def __init__(self, channel: StreamChannel, rid: bytes, incarnation: str, opened: Any,
@@ -110,37 +164,7 @@ class RemoteIterator:
         if reply.incarnation != self._incarnation:
             self._end()
             raise ConnectionLost(f"{self._label}: the daemon restarted during the stream")
-        status = reply.status
-        if status == p.ITEMS:
-            value = reply.value()
-            if (type(value) is not list or len(value) != 2 or type(value[0]) is not int
-                    or type(value[1]) is not list):
-                self._cancel()
-                raise ProtocolError(f"{self._label}: malformed ITEMS reply")
-            first, items = value
-            if first != self._next:
-                self._cancel()
-                raise ConnectionLost(f"{self._label}: items {self._next} to {first - 1} of the "
-                                     "stream were lost on the way")
-            if first + len(items) > self._granted:  # a hostile daemon: never buffered
-                self._cancel()
-                raise ProtocolError(f"{self._label}: the daemon sent more items than granted "
-                                    f"({first + len(items)} of {self._granted})")
-            self._next += len(items)
-            self._items.extend(items)
-            return
-        self._end()
-        if status == p.END:
-            return
-        value = reply.value()
-        if status == p.ERROR:
-            if isinstance(value, dict) and value.get("type") == "LookupError" \
-                    and str(value.get("message", "")).startswith("no stream"):
-                raise ConnectionLost(f"{self._label}: the daemon lost the stream: "
-                                     f"{value.get('message')}")
-            raise self._error_of(value)
-        message = value.get("message", "") if isinstance(value, dict) else value
-        raise ProtocolError(f"{self._label}: {p.STATUS_NAMES.get(status, status)}: {message}")
+        self._take_in(reply)
 
     def _end(self) -> None:
         """The stream is over (ended, failed or lost): no credit, no cancel."""
