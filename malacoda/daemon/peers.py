@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 OVERHEAD = 64  # bytes credited per frame for its framing (ZMTP: 2 or 9, CURVE: 35 or 42)
 SLACK = 256 << 10  # beyond max_message (at least; max_message / 8 if more): handshakes, ZMTP
 # commands, and the next request's first bytes before the daemon starts reading the one before
-STALL = 0.1  # seconds: a connection none of whose messages was read since holds a tail only
+STALL = 1.0  # seconds: a connection none of whose messages was read since holds a tail only
 MIN_CHECK = 0.001  # seconds between two looks at the connections, at the least
 FLOOD_RATE = 8 << 30  # bytes a second one connection can bring at most (loopback, generous)
 SRCFD = int(zmq.SRCFD)
