@@ -28,8 +28,8 @@ import asyncio
 import collections
 from typing import TYPE_CHECKING, Any, Callable, Deque, Optional
 
-from malacoda.client.streaming import StreamConsumer
-from malacoda.errors import CallTimeout, ConnectionLost, ProtocolError
+from malacoda.client.streaming import StreamConsumer, opened_stream
+from malacoda.errors import CallTimeout, ConnectionLost
 from malacoda.wire import protocol as p
 
 if TYPE_CHECKING:
@@ -44,11 +44,7 @@ class AsyncStream(StreamConsumer):
     def __init__(self, channel: AsyncChannel, rid: bytes, incarnation: str, opened: Any,
                  timeout: Optional[float], label: str,
                  error_of: Callable[[Any], BaseException], window: int = WINDOW) -> None:
-        if not isinstance(opened, dict):
-            raise ProtocolError(f"malformed STREAM reply: {opened!r}")
-        theirs, lease = opened.get("window"), opened.get("lease")
-        if type(theirs) is not int or theirs < 1 or type(lease) is not int or lease < 1:
-            raise ProtocolError(f"malformed STREAM reply: {opened!r}")
+        theirs, lease = opened_stream(opened)
         self._channel = channel
         self._rid = rid
         self._incarnation = incarnation

@@ -24,7 +24,7 @@ import collections
 import threading
 import time
 import weakref
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from malacoda.client.stream_channel import StreamChannel
 from malacoda.errors import CallTimeout, ConnectionLost, ProtocolError
@@ -33,6 +33,16 @@ from malacoda.wire import protocol as p
 WINDOW = 1024  # items a client lets the daemon run ahead (cut to the daemon's own window)
 KEEPALIVE_MAX = 5.0  # seconds between keep-alive pings at most
 FLUSH_EVERY = 0.25  # seconds: how soon a cancel from a __del__ goes out when nobody reads
+
+
+def opened_stream(opened: Any) -> Tuple[int, int]:
+    """The daemon's window and lease from a STREAM reply's body (ProtocolError if malformed)."""
+    if not isinstance(opened, dict):
+        raise ProtocolError(f"malformed STREAM reply: {opened!r}")
+    theirs, lease = opened.get("window"), opened.get("lease")
+    if type(theirs) is not int or theirs < 1 or type(lease) is not int or lease < 1:
+        raise ProtocolError(f"malformed STREAM reply: {opened!r}")
+    return theirs, lease
 
 
 class StreamConsumer:
@@ -95,11 +105,7 @@ class RemoteIterator(StreamConsumer):
     def __init__(self, channel: StreamChannel, rid: bytes, incarnation: str, opened: Any,
                  timeout: Optional[float], label: str, owner: Any,
                  error_of: Callable[[Any], BaseException], window: int = WINDOW) -> None:
-        if not isinstance(opened, dict):
-            raise ProtocolError(f"malformed STREAM reply: {opened!r}")
-        theirs, lease = opened.get("window"), opened.get("lease")
-        if type(theirs) is not int or theirs < 1 or type(lease) is not int or lease < 1:
-            raise ProtocolError(f"malformed STREAM reply: {opened!r}")
+        theirs, lease = opened_stream(opened)
         self._channel = channel
         self._rid = rid
         self._incarnation = incarnation
